@@ -1,0 +1,38 @@
+# Set-up and entry points. `make pipeline` and `make test` are all a fresh machine needs (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+export NO_ALBUMENTATIONS_UPDATE := 1
+export MPLBACKEND := Agg
+export PATH := $(BIN):$(PATH)
+
+.PHONY: pipeline test lint bench clean-venv
+
+$(VENV)/.pipeline: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e '.[pipeline]'
+	touch $@
+
+$(VENV)/.test: pyproject.toml $(VENV)/.pipeline
+	$(BIN)/pip install -q -e '.[test,parity]'
+	touch $@
+
+## Run the whole DVC pipeline on the offline default data.
+pipeline: $(VENV)/.pipeline
+	$(BIN)/dvc config --local core.analytics false
+	$(BIN)/dvc repro
+
+## Lint and run the test suite (PyTorch / pycocotools parity tests included).
+test: $(VENV)/.test lint
+	$(BIN)/pytest
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check src tests bench
+
+## Benchmarks against PyTorch on this machine (not part of the tests).
+bench: $(VENV)/.test
+	$(BIN)/python bench/bench_convnet.py
+
+clean-venv:
+	rm -rf $(VENV)

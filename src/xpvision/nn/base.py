@@ -1,0 +1,238 @@
+"""The ``Layer`` base class and the ``Sequential`` container.
+
+Conventions every layer follows
+-------------------------------
+* **Layout.** Image tensors have the *shape* ``(N, C, H, W)`` at every public boundary, as in PyTorch. Inside, the
+  layers keep them *channels-last in memory* (PyTorch's ``channels_last``): a layer's output is an
+  ``(N, C, H, W)``-shaped view of a C-contiguous ``(N, H, W, C)`` buffer, so that a convolution's GEMM output is
+  already the next layer's input and no transposes are paid between layers. A plain C-contiguous NCHW array is
+  accepted too (it is converted once). :func:`xpvision.nn.functional.nhwc` gives the ``(N, H, W, C)`` view.
+* **dtype.** float32 unless the caller passes float64 (gradient checks); layers never upcast silently.
+* **Parameters.** ``params[name]`` holds the array and ``grads[name]`` the gradient of the same shape, allocated by
+  :meth:`Layer.add_param`. ``backward`` writes gradients *in place* (``self.grads['W'][...] = dW``), never rebinds
+  them, and ``forward`` reads ``self.params[...]`` on every call: optimizers may replace both by views into one flat
+  buffer. ``buffers`` hold non-trained state saved with the weights (batch-norm running statistics).
+* **Training flag.** ``training`` switches dropout and batch norm; ``train()``/``eval()`` set it recursively.
+* **Freezing.** ``trainable = False`` (``freeze()``) keeps a layer's parameters out of the optimizer; its
+  ``backward`` still returns the input gradient but need not fill its parameter gradients.
+* **Spec.** ``config()`` returns the JSON-able constructor arguments; :func:`build_layer` rebuilds a layer from
+  ``spec()``, so a model on disk is an ``.npz`` of ``state_dict()`` plus a JSON spec, never a pickle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+
+from xpvision import backend
+from xpvision.errors import WeightsError
+
+LAYERS: dict[str, type[Layer]] = {}
+
+
+class Layer:
+    """Base class: ``forward(x)``, ``backward(dout)``, ``params``/``grads``/``buffers`` dicts, ``training`` flag."""
+
+    registered: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("registered", True):
+            LAYERS[cls.__name__] = cls
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+        self.grads: dict[str, Any] = {}
+        self.buffers: dict[str, Any] = {}
+        self.training = True
+        self.trainable = True
+
+    # -- computation -------------------------------------------------------------------------------------------
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dout):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    # -- parameters ---------------------------------------------------------------------------------------------
+    def add_param(self, name: str, value) -> None:
+        """Register a parameter and allocate its zero gradient of the same shape, dtype and device."""
+        xp = backend.get_array_module(value)
+        self.params[name] = value
+        self.grads[name] = xp.zeros_like(value)
+
+    def children(self) -> Iterator[tuple[str, Layer]]:
+        """Direct sub-layers with their names. Containers override this."""
+        return iter(())
+
+    def named_layers(self, prefix: str = "") -> Iterator[tuple[str, Layer]]:
+        """This layer (named ``prefix``) and all sub-layers, depth first, with dotted names."""
+        yield prefix, self
+        for name, child in self.children():
+            yield from child.named_layers(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self, trainable_only: bool = False) -> Iterator[tuple[str, Layer, str]]:
+        """``(qualified_name, layer, key)`` for every parameter; ``layer.params[key]`` is the array."""
+        for lname, layer in self.named_layers():
+            if trainable_only and not layer.trainable:
+                continue
+            for key in layer.params:
+                yield (f"{lname}.{key}" if lname else key), layer, key
+
+    def zero_grad(self) -> None:
+        for _, layer, key in self.named_parameters():
+            layer.grads[key][...] = 0
+
+    def num_parameters(self) -> int:
+        return int(sum(layer.params[key].size for _, layer, key in self.named_parameters()))
+
+    # -- modes ----------------------------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> Layer:
+        for _, layer in self.named_layers():
+            layer.training = mode
+        return self
+
+    def eval(self) -> Layer:
+        return self.train(False)
+
+    def freeze(self) -> Layer:
+        for _, layer in self.named_layers():
+            layer.trainable = False
+        return self
+
+    def unfreeze(self) -> Layer:
+        for _, layer in self.named_layers():
+            layer.trainable = True
+        return self
+
+    # -- device ---------------------------------------------------------------------------------------------------
+    def to(self, device: str) -> Layer:
+        """Move parameters, gradients and buffers of this layer and its sub-layers to ``'cpu'`` or ``'gpu'``."""
+        backend.check_device(device)
+        for _, layer in self.named_layers():
+            for store in (layer.params, layer.grads, layer.buffers):
+                for key, value in store.items():
+                    store[key] = backend.to_device(value, device)
+        return self
+
+    @property
+    def device(self) -> str:
+        for _, layer, key in self.named_parameters():
+            return backend.device_of(layer.params[key])
+        return "cpu"
+
+    # -- weights --------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters and buffers as NumPy copies, keyed ``'<layer path>.<key>'`` (buffers too)."""
+        state = {}
+        for lname, layer in self.named_layers():
+            for key, value in {**layer.params, **layer.buffers}.items():
+                state[f"{lname}.{key}" if lname else key] = np.array(backend.to_numpy(value))
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> dict[str, list[str]]:
+        """Copy arrays from ``state`` into the parameters and buffers of matching names.
+
+        Returns a report ``{'loaded': [...], 'missing': [...], 'unexpected': [...], 'mismatched': [...]}``, where
+        ``mismatched`` entries read ``'name: file (shape) vs model (shape)'``. With ``strict`` any missing,
+        unexpected or mismatched entry raises :class:`WeightsError` listing them all, and nothing is changed.
+        """
+        targets: dict[str, tuple[dict, str]] = {}
+        for lname, layer in self.named_layers():
+            for store in (layer.params, layer.buffers):
+                for key in store:
+                    targets[f"{lname}.{key}" if lname else key] = (store, key)
+        report: dict[str, list[str]] = {"loaded": [], "missing": [], "unexpected": [], "mismatched": []}
+        updates = []
+        for name, (store, key) in targets.items():
+            if name not in state:
+                report["missing"].append(name)
+                continue
+            value = np.asarray(state[name])
+            if value.shape != tuple(store[key].shape):
+                report["mismatched"].append(
+                    f"{name}: file {tuple(value.shape)} vs model {tuple(store[key].shape)}")
+                continue
+            updates.append((name, store, key, value))
+        report["unexpected"] = sorted(set(state) - set(targets))
+        if strict and (report["missing"] or report["unexpected"] or report["mismatched"]):
+            problems = {k: v for k, v in report.items() if k != "loaded" and v}
+            raise WeightsError(f"weights do not match the model: {problems}")
+        for name, store, key, value in updates:
+            xp = backend.get_array_module(store[key])
+            store[key][...] = xp.asarray(value.astype(store[key].dtype, copy=False))
+            report["loaded"].append(name)
+        return report
+
+    # -- spec -----------------------------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """JSON-able constructor arguments that rebuild this layer (without its weights)."""
+        return {}
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "config": self.config()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "layers")
+        return f"{type(self).__name__}({args})"
+
+
+def build_layer(spec: dict[str, Any]) -> Layer:
+    """Rebuild a layer (or a whole model) from :meth:`Layer.spec` output."""
+    try:
+        cls = LAYERS[spec["type"]]
+    except KeyError as e:
+        raise WeightsError(f"unknown layer type in spec: {spec.get('type')!r}; known: {sorted(LAYERS)}") from e
+    return cls.from_config(spec.get("config", {})) if hasattr(cls, "from_config") else cls(**spec.get("config", {}))
+
+
+class Sequential(Layer):
+    """Layers applied in order. Built from layers (named ``'0'``, ``'1'``, ...) or ``(name, layer)`` pairs."""
+
+    def __init__(self, *layers: Layer | tuple[str, Layer] | Iterable[tuple[str, Layer]]) -> None:
+        super().__init__()
+        if len(layers) == 1 and not isinstance(layers[0], Layer | tuple):
+            layers = tuple(layers[0])
+        self.layers: dict[str, Layer] = {}
+        for i, item in enumerate(layers):
+            name, layer = item if isinstance(item, tuple) else (str(i), item)
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential item {name!r} is a {type(layer).__name__}, not a Layer")
+            if name in self.layers or "." in name:
+                raise ValueError(f"layer name {name!r} is duplicated or contains '.'")
+            self.layers[name] = layer
+
+    def children(self) -> Iterator[tuple[str, Layer]]:
+        return iter(self.layers.items())
+
+    def forward(self, x):
+        for layer in self.layers.values():
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dout):
+        for layer in reversed(self.layers.values()):
+            dout = layer.backward(dout)
+        return dout
+
+    def __getitem__(self, key: int | str) -> Layer:
+        return list(self.layers.values())[key] if isinstance(key, int) else self.layers[key]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __setitem__(self, name: str, layer: Layer) -> None:
+        """Replace (or append) the layer called ``name`` (used to swap a model's head)."""
+        self.layers[name] = layer
+
+    def config(self) -> dict[str, Any]:
+        return {"layers": [[name, layer.spec()] for name, layer in self.layers.items()]}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Sequential:
+        return cls(*[(name, build_layer(spec)) for name, spec in config["layers"]])
