@@ -1,0 +1,329 @@
+"""``params.yaml`` blocks -> frozen, validated dataclasses.
+
+Every key of ``params.yaml`` is required and every unknown key is refused: DVC tracks parameters by the keys
+it finds in the file, so a default hidden in code would change results without DVC noticing. A bad value stops
+the stage with :class:`~xpvision.errors.ConfigError` naming the key, e.g.
+``params.yaml: train.classification.lr: expected a positive number, got -1``.
+
+The file has one section per stage (``download``, ``augment``, ``train``, ``evaluate``, ``export``) holding
+one block per task, plus ``tracking`` (MLflow) and ``transfer`` (the transfer-learning comparison report).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from xpvision.errors import ConfigError
+
+BASE_TASKS = ("classification", "detection", "segmentation")
+"""Tasks with their own data (``download`` and ``augment`` blocks)."""
+FINETUNED_TASKS = ("detection_ft", "segmentation_ft")
+"""Detector and FCN initialised from the digits classifier; they train on their base task's data."""
+TASKS = BASE_TASKS + FINETUNED_TASKS
+
+DATASETS = {
+    "classification": ("digits", "mnist", "fashion-mnist"),
+    "detection": ("digit-scenes", "voc2007", "voc2012", "coco2017"),
+    "segmentation": ("digit-scenes", "voc2012", "coco2017"),
+}
+
+
+def data_task(task: str) -> str:
+    """The task whose data ``task`` trains on (``'detection_ft'`` -> ``'detection'``)."""
+    return task.removesuffix("_ft")
+
+
+# -- checks --------------------------------------------------------------------------------------------------
+Check = tuple[Callable[[Any], bool], str]
+POSITIVE: Check = (lambda v: v > 0, "a positive number")
+NON_NEGATIVE: Check = (lambda v: v >= 0, "a number >= 0")
+PROBABILITY: Check = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
+OPEN_UNIT: Check = (lambda v: 0 < v < 1, "a number in (0, 1)")
+
+
+def _opt(check: Check) -> Check:
+    """The same check, letting ``null`` through."""
+    predicate, text = check
+    return (lambda v: v is None or predicate(v)), f"{text} or null"
+
+
+def checked(check: Check) -> Any:
+    """A required dataclass field whose value must pass ``check``."""
+    return field(metadata={"check": check})
+
+
+# -- blocks --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow settings. ``MLFLOW_TRACKING_URI`` (environment) overrides ``uri``."""
+
+    uri: str
+    """Tracking URI; the default ``sqlite:///mlflow.db`` is a store in the project root."""
+    experiment_prefix: str
+    """Experiments are named ``<prefix>-<task>`` (one experiment per task)."""
+    on_unreachable: Literal["fail", "local"]
+    """What a stage does when the tracking server does not answer: stop before any work, or log locally."""
+    local_uri: str
+    """The store used when ``on_unreachable`` is ``local`` and the server is down."""
+    connect_timeout_s: float = checked(POSITIVE)
+    log_models: bool
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """Which digits dataset the classifier reads and how much of it."""
+
+    dataset: Literal["digits", "mnist", "fashion-mnist"]
+    mirrors: tuple[str, ...]
+    """Mirrors tried before the official URLs: http(s) URLs, ``file://`` URLs or directories."""
+    max_images: int | None = checked(_opt(POSITIVE))
+    """Keep at most ``max_images`` training images (null = all); the test split is kept whole."""
+    seed: int = checked(NON_NEGATIVE)
+
+
+@dataclass(frozen=True)
+class SceneDownloadConfig:
+    """Which scene dataset (boxes and masks) a detection or segmentation task reads."""
+
+    dataset: Literal["digit-scenes", "voc2007", "voc2012", "coco2017"]
+    mirrors: tuple[str, ...]
+    max_images: int | None = checked(_opt(POSITIVE))
+    image_size: int = checked(POSITIVE)
+    """Side of the square images the task trains on (scenes are generated at, or resized to, this size)."""
+    num_train: int = checked(POSITIVE)
+    """``digit-scenes`` only: number of generated training scenes (real datasets use ``max_images``)."""
+    num_test: int = checked(POSITIVE)
+    seed: int = checked(NON_NEGATIVE)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-set augmentation: albumentations transforms, ``copies`` augmented variants per image."""
+
+    transforms: tuple[Mapping[str, Any], ...]
+    copies: int = checked(NON_NEGATIVE)
+    keep_original: bool
+    seed: int = checked(NON_NEGATIVE)
+    preview_images: int = checked(NON_NEGATIVE)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Model, optimiser and schedule of one training run."""
+
+    model: str
+    model_args: Mapping[str, Any]
+    init_from: str | None
+    """Task whose trained model initialises this one (``classification`` for the fine-tuned variants)."""
+    freeze: Literal["none", "head", "partial"]
+    """Transfer mode: ``none`` trains everything, ``head`` only the new head, ``partial`` all but the first
+    ``freeze_layers`` backbone layers."""
+    freeze_layers: int = checked(NON_NEGATIVE)
+    pretrained_lr_scale: float = checked(POSITIVE)
+    optimizer: Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+    lr: float = checked(POSITIVE)
+    weight_decay: float = checked(NON_NEGATIVE)
+    schedule: Literal["constant", "step", "cosine"]
+    warmup_epochs: int = checked(NON_NEGATIVE)
+    epochs: int = checked(POSITIVE)
+    batch_size: int = checked(POSITIVE)
+    grad_clip: float | None = checked(_opt(POSITIVE))
+    val_fraction: float = checked(OPEN_UNIT)
+    seed: int = checked(NON_NEGATIVE)
+    device: Literal["cpu", "gpu"]
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Test-set evaluation of a classifier or an FCN, and the sample plots drawn from it."""
+
+    batch_size: int = checked(POSITIVE)
+    sample_images: int = checked(NON_NEGATIVE)
+    """Test images drawn with their predictions into ``reports/<task>/samples.png``."""
+
+
+@dataclass(frozen=True)
+class DetectionEvaluateConfig:
+    """Test-set evaluation of a detector: VOC and COCO mAP, PR curves, sample detections."""
+
+    batch_size: int = checked(POSITIVE)
+    sample_images: int = checked(NON_NEGATIVE)
+    score_threshold: float = checked(PROBABILITY)
+    """Detections scoring less are dropped before NMS."""
+    nms_iou: float = checked(PROBABILITY)
+    """NMS suppresses boxes whose IoU with a better-scoring box of the same class exceeds this."""
+    voc07_metric: bool
+    """11-point VOC2007 AP instead of the all-point area (VOC2010+)."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """ONNX export, checked against xpvision's own outputs with onnxruntime."""
+
+    opset: int = checked((lambda v: 13 <= v <= 21, "an ONNX opset in [13, 21]"))
+    check_samples: int = checked(POSITIVE)
+    atol: float = checked((lambda v: 0 < v <= 1e-4, "a tolerance in (0, 1e-4]"))
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """The transfer-learning comparison: fine-tuned vs from scratch, for each mode, on a small subset."""
+
+    tasks: tuple[Literal["detection", "segmentation"], ...]
+    modes: tuple[Literal["head", "partial", "full"], ...]
+    subset_size: int = checked(POSITIVE)
+    epochs: int = checked(POSITIVE)
+    seed: int = checked(NON_NEGATIVE)
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole ``params.yaml``: ``params.train['classification']`` is a :class:`TrainConfig`, etc."""
+
+    tracking: TrackingConfig
+    download: Mapping[str, DownloadConfig | SceneDownloadConfig]
+    augment: Mapping[str, AugmentConfig]
+    train: Mapping[str, TrainConfig]
+    evaluate: Mapping[str, EvaluateConfig | DetectionEvaluateConfig]
+    export: Mapping[str, ExportConfig]
+    transfer: TransferConfig
+
+
+SECTIONS: dict[str, dict[str, type]] = {
+    "download": {"classification": DownloadConfig, "detection": SceneDownloadConfig,
+                 "segmentation": SceneDownloadConfig},
+    "augment": dict.fromkeys(BASE_TASKS, AugmentConfig),
+    "train": dict.fromkeys(TASKS, TrainConfig),
+    "evaluate": {task: DetectionEvaluateConfig if data_task(task) == "detection" else EvaluateConfig
+                 for task in TASKS},
+    "export": dict.fromkeys(TASKS, ExportConfig),
+}
+"""Section -> task -> the dataclass of that block."""
+
+
+# -- loading -------------------------------------------------------------------------------------------------
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate the whole parameter file; raise :class:`ConfigError` naming the first bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: parameter file not found") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    return parse_params(raw, source=str(path))
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate an already-parsed parameter mapping (see :func:`load_params`)."""
+    top = _mapping(raw, source, "")
+    _check_keys(top, {"tracking", "transfer", *SECTIONS}, source, "")
+    sections = {}
+    for name, classes in SECTIONS.items():
+        blocks = _mapping(top[name], source, name)
+        _check_keys(blocks, set(classes), source, name)
+        sections[name] = types.MappingProxyType(
+            {task: build_block(cls, blocks[task], source, f"{name}.{task}") for task, cls in classes.items()})
+    for task, block in sections["download"].items():
+        if block.dataset not in DATASETS[task]:
+            _fail(source, f"download.{task}.dataset", f"one of {', '.join(DATASETS[task])}", block.dataset)
+    for task, block in sections["train"].items():
+        if block.init_from is not None and block.init_from not in TASKS:
+            _fail(source, f"train.{task}.init_from", f"null or one of {', '.join(TASKS)}", block.init_from)
+    return Params(tracking=build_block(TrackingConfig, top["tracking"], source, "tracking"),
+                  transfer=build_block(TransferConfig, top["transfer"], source, "transfer"), **sections)
+
+
+def build_block(cls: type, raw: Any, source: str, key: str) -> Any:
+    """Build dataclass ``cls`` from mapping ``raw`` found at dotted ``key`` of file ``source``."""
+    values = _mapping(raw, source, key)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _check_keys(values, set(fields), source, key)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, f in fields.items():
+        value = _coerce(values[name], hints[name], source, f"{key}.{name}")
+        check = f.metadata.get("check")
+        if check is not None and not check[0](value):
+            _fail(source, f"{key}.{name}", check[1], values[name])
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def block_dict(block: Any) -> dict[str, Any]:
+    """A block as plain JSON-able Python (tuples -> lists, mappings -> dicts), e.g. to log it as params."""
+    return _plain(dataclasses.asdict(block))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, source, key)
+    if origin is Literal:
+        if value not in args:
+            _fail(source, key, f"one of {', '.join(map(str, args))}", value)
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            _fail(source, key, "a list", value)
+        return tuple(_coerce(v, args[0], source, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is Mapping:
+        return types.MappingProxyType(dict(_mapping(value, source, key)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            _fail(source, key, "true or false", value)
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(source, key, "an integer", value)
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            _fail(source, key, "a number", value)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            _fail(source, key, "a string", value)
+        return value
+    raise TypeError(f"config field {key} has an unsupported annotation {hint!r}")
+
+
+def _mapping(value: Any, source: str, key: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        _fail(source, key or "(top level)", "a mapping of keys to values", value)
+    return value
+
+
+def _check_keys(values: Mapping[str, Any], expected: set[str], source: str, key: str) -> None:
+    prefix = f"{key}." if key else ""
+    unknown = sorted(set(map(str, values)) - expected)
+    if unknown:
+        raise ConfigError(
+            f"{source}: {prefix}{unknown[0]}: unknown key; expected one of {', '.join(sorted(expected))}")
+    missing = sorted(expected - set(values))
+    if missing:
+        raise ConfigError(f"{source}: {prefix}{missing[0]}: missing key (required: {', '.join(missing)})")
+
+
+def _fail(source: str, key: str, expected: str, got: Any) -> typing.NoReturn:
+    shown = "null" if got is None else (f"{got!r}" if isinstance(got, str) else str(got))
+    raise ConfigError(f"{source}: {key}: expected {expected}, got {shown}")
