@@ -1,0 +1,102 @@
+"""params.yaml validation: the project's own file loads, and every kind of bad value names its key."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xpvision.config import TASKS, load_params, parse_params
+from xpvision.errors import ConfigError
+
+PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+@pytest.fixture(scope="module")
+def raw():
+    return yaml.safe_load(PARAMS_FILE.read_text())
+
+
+def with_value(raw, dotted, value):
+    data = copy.deepcopy(raw)
+    *parents, last = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node[key]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return data
+
+
+DELETE = object()
+
+
+def test_project_params_load_into_frozen_blocks():
+    params = load_params(PARAMS_FILE)
+    assert set(params.train) == set(TASKS)
+    train = params.train["classification"]
+    assert train.lr > 0 and isinstance(train.epochs, int)
+    with pytest.raises(AttributeError):
+        train.lr = 1.0  # frozen
+    with pytest.raises(TypeError):
+        train.model_args["extra"] = 1  # read-only mapping
+    assert isinstance(params.augment["detection"].transforms, tuple)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("train.classification.lr", -1, "params.yaml: train.classification.lr: expected a positive number, got -1"),
+    ("train.classification.epochs", "ten", "train.classification.epochs: expected an integer, got 'ten'"),
+    ("train.classification.epochs", 2.5, "train.classification.epochs: expected an integer, got 2.5"),
+    ("train.classification.epochs", True, "train.classification.epochs: expected an integer, got True"),
+    ("train.detection.optimizer", "adamax", "train.detection.optimizer: expected one of sgd, momentum"),
+    ("train.segmentation.val_fraction", 1.0, "train.segmentation.val_fraction: expected a number in (0, 1)"),
+    ("download.classification.dataset", "cifar10",
+     "download.classification.dataset: expected one of digits, mnist, fashion-mnist, got 'cifar10'"),
+    ("download.segmentation.dataset", "voc2007",
+     "download.segmentation.dataset: expected one of digit-scenes, voc2012, coco2017, got 'voc2007'"),
+    ("download.detection.max_images", 0, "download.detection.max_images: expected a positive number or null"),
+    ("download.detection.mirrors", "http://x", "download.detection.mirrors: expected a list, got 'http://x'"),
+    ("download.detection.mirrors", [3], "download.detection.mirrors[0]: expected a string, got 3"),
+    ("export.detection.atol", 1e-3, "export.detection.atol: expected a tolerance in (0, 1e-4], got 0.001"),
+    ("tracking.on_unreachable", "retry", "tracking.on_unreachable: expected one of fail, local, got 'retry'"),
+    ("tracking.log_models", "yes", "tracking.log_models: expected true or false, got 'yes'"),
+    ("train.detection_ft.init_from", "imagenet", "train.detection_ft.init_from: expected null or one of"),
+    ("evaluate.detection.nms_iou", 1.5, "evaluate.detection.nms_iou: expected a number in [0, 1], got 1.5"),
+    ("transfer.modes", ["head", "all"], "transfer.modes[1]: expected one of head, partial, full, got 'all'"),
+    ("train.classification.model_args", [1], "train.classification.model_args: expected a mapping"),
+])
+def test_bad_value_names_key_expected_and_actual(raw, key, value, message):
+    with pytest.raises(ConfigError) as info:
+        parse_params(with_value(raw, key, value))
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(("key", "message"), [
+    ("train.classification.lrr", "params.yaml: train.classification.lrr: unknown key; expected one of"),
+    ("evaluate.classification.nms_iou", "evaluate.classification.nms_iou: unknown key"),
+    ("train.regression", "train.regression: unknown key; expected one of classification, detection"),
+    ("trian", "params.yaml: trian: unknown key"),
+])
+def test_unknown_key_is_refused(raw, key, message):
+    with pytest.raises(ConfigError, match="unknown key") as info:
+        parse_params(with_value(raw, key, {"a": 1} if key.count(".") < 2 else 1))
+    assert message in str(info.value)
+
+
+def test_missing_key_is_refused(raw):
+    with pytest.raises(ConfigError, match=r"train\.detection\.lr: missing key"):
+        parse_params(with_value(raw, "train.detection.lr", DELETE))
+
+
+def test_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match=rf"{bad.name}: not valid YAML"):
+        load_params(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match=r"\(top level\): expected a mapping"):
+        load_params(bad)
