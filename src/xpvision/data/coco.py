@@ -1,0 +1,211 @@
+"""COCO instances JSON: categories to contiguous ids, boxes to ``xyxy``, polygon and RLE masks to semantic masks.
+
+RLE (as in pycocotools): run lengths over the mask in *column-major* order, starting with a run of zeros. An
+uncompressed RLE has ``counts`` as a list of ints; a compressed one as a string where each count (after the
+third, as the difference to the count two places before) is written in 5-bit groups, least significant first,
+each group + 48 as an ASCII character, bit 0x20 meaning "more groups follow" and bit 0x10 of the last group the
+sign. Polygons are rasterised with PIL's ImageDraw (pixel centres inside or on the outline), which agrees with
+pycocotools' rasteriser except along some boundary pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from xpvision.data.images import read_image, resize_sample
+from xpvision.errors import DataError
+
+IGNORE = 255
+
+
+def rle_string_to_counts(s: str) -> list[int]:
+    """Decode a compressed COCO RLE string into its run lengths."""
+    counts: list[int] = []
+    p = 0
+    data = s.encode("ascii")
+    while p < len(data):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(data):
+                raise DataError(f"compressed RLE {s[:40]!r}: ends in the middle of a count")
+            c = data[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def counts_to_rle_string(counts: list[int]) -> str:
+    """Encode run lengths as a compressed COCO RLE string (inverse of :func:`rle_string_to_counts`)."""
+    out = []
+    for i, count in enumerate(counts):
+        x = count - counts[i - 2] if i > 2 else count
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = x != -1 if c & 0x10 else x != 0
+            if more:
+                c |= 0x20
+            out.append(chr(c + 48))
+    return "".join(out)
+
+
+def rle_decode(counts: list[int] | str, height: int, width: int) -> np.ndarray:
+    """Decode an RLE (run-length list or compressed string) to a ``(height, width)`` uint8 0/1 mask."""
+    runs = rle_string_to_counts(counts) if isinstance(counts, str) else [int(c) for c in counts]
+    if any(r < 0 for r in runs) or sum(runs) != height * width:
+        raise DataError(f"RLE runs sum to {sum(runs)} (min {min(runs, default=0)}); expected "
+                        f"{height * width} non-negative for a {height}x{width} mask")
+    values = np.arange(len(runs)) % 2
+    flat = np.repeat(values.astype(np.uint8), runs)
+    return flat.reshape(width, height).T.copy()  # column-major runs -> (H, W)
+
+
+def rle_encode(mask: np.ndarray) -> dict:
+    """Compressed COCO RLE ``{"size": [H, W], "counts": str}`` of a ``(H, W)`` 0/1 mask."""
+    flat = (np.asarray(mask).T.reshape(-1) > 0).astype(np.int8)  # column-major
+    change = np.flatnonzero(np.diff(flat)) + 1
+    edges = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(edges).tolist()
+    if flat.size and flat[0] == 1:
+        runs = [0, *runs]
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts_to_rle_string(runs)}
+
+
+def polygons_to_mask(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
+    """Rasterise COCO polygons ``[[x0, y0, x1, y1, ...], ...]`` to a ``(height, width)`` uint8 0/1 mask."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for poly in polygons:
+        if len(poly) < 6 or len(poly) % 2:
+            raise DataError(f"COCO polygon with {len(poly)} coordinates; expected an even number >= 6")
+        # COCO polygon vertices are in continuous coordinates; PIL fills pixel (i, j) by its index, so shift by
+        # half a pixel to test pixel centres.
+        draw.polygon([(x - 0.5, y - 0.5) for x, y in zip(poly[0::2], poly[1::2], strict=True)], fill=1, outline=1)
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarray:
+    """An annotation's ``segmentation`` (polygons, uncompressed or compressed RLE) as a ``(H, W)`` 0/1 mask."""
+    if isinstance(segmentation, list):
+        return polygons_to_mask(segmentation, height, width)
+    if isinstance(segmentation, dict) and "counts" in segmentation:
+        size = segmentation.get("size")
+        if size is not None and list(size) != [height, width]:
+            raise DataError(f"RLE size {size} differs from the image size [{height}, {width}]")
+        return rle_decode(segmentation["counts"], height, width)
+    raise DataError(f"COCO segmentation of type {type(segmentation).__name__}; expected polygons or an RLE dict")
+
+
+def read_coco_json(path: str | os.PathLike) -> dict:
+    """Load and structurally check an instances JSON (``images``, ``annotations``, ``categories``)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError as e:
+        raise DataError(f"COCO annotation file {path} does not exist") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"COCO annotation file {path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise DataError(f"COCO annotation file {path}: expected a JSON object, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DataError(f"COCO annotation file {path}: key {key!r} missing or not a list")
+    return data
+
+
+def load_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *,
+              classes: tuple[str, ...] | None = None, max_images: int | None = None,
+              image_size: tuple[int, int] | None = None, with_masks: bool = True) -> tuple[list[dict], tuple]:
+    """Read a COCO instances file and its images.
+
+    Category ids, sorted, map to contiguous labels ``0..K-1`` (names from ``categories``); ``classes`` keeps a
+    subset by name, in the given order, and drops images left without annotations. Crowd annotations
+    (``iscrowd = 1``) are kept with ``difficult = True`` (ignored by the metrics, like VOC's difficult) and
+    their pixels are ``255`` (ignore) in the semantic mask where no object is. Objects are painted largest
+    first, so a small object on top of a large one stays visible; mask value is ``label + 1``.
+
+    Returns:
+        ``(samples, class_names)``; samples ``{"id", "image" (H, W, 3) uint8, "boxes" (R, 4) float32 xyxy,
+        "labels" (R,) int64, "difficult" (R,) bool, "iscrowd" (R,) bool[, "mask" (H, W) uint8]}``, by image id.
+    """
+    json_path, image_dir = Path(json_path), Path(image_dir)
+    data = read_coco_json(json_path)
+    try:
+        categories = sorted(data["categories"], key=lambda c: int(c["id"]))
+        names = tuple(str(c["name"]) for c in categories)
+        cat_label = {int(c["id"]): i for i, c in enumerate(categories)}
+        keep = names if classes is None else tuple(classes)
+        unknown = sorted(set(keep) - set(names))
+        if unknown:
+            raise DataError(f"COCO {json_path}: classes {unknown} are not among its categories {list(names)}")
+        new_label = {cat_id: keep.index(names[lab]) for cat_id, lab in cat_label.items() if names[lab] in keep}
+        anns_by_image: dict[int, list] = {}
+        for ann in data["annotations"]:
+            if int(ann["category_id"]) not in cat_label:
+                raise DataError(f"COCO {json_path}: annotation {ann.get('id')} has unknown category_id "
+                                f"{ann['category_id']}")
+            if int(ann["category_id"]) in new_label:
+                anns_by_image.setdefault(int(ann["image_id"]), []).append(ann)
+        images = sorted(data["images"], key=lambda im: int(im["id"]))
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"COCO {json_path}: malformed entry ({type(e).__name__}: {e})") from e
+    samples = []
+    for info in images:
+        if max_images is not None and len(samples) >= max_images:
+            break
+        anns = anns_by_image.get(int(info["id"]), [])
+        if classes is not None and not anns:
+            continue
+        sample = _coco_sample(info, anns, new_label, image_dir, json_path, with_masks)
+        samples.append(resize_sample(sample, image_size) if image_size else sample)
+    return samples, keep
+
+
+def _coco_sample(info: dict, anns: list[dict], new_label: dict[int, int], image_dir: Path, json_path: Path,
+                 with_masks: bool) -> dict:
+    height, width = int(info["height"]), int(info["width"])
+    image = read_image(image_dir / info["file_name"])
+    if image.shape[:2] != (height, width):
+        raise DataError(f"COCO {json_path}: image {info['file_name']} is {image.shape[1]}x{image.shape[0]}, "
+                        f"the JSON says {width}x{height}")
+    try:
+        xywh = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)  # (R, 4)
+        crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
+        labels = np.array([new_label[int(a["category_id"])] for a in anns], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"COCO {json_path}: malformed annotation of image {info['id']} ({e})") from e
+    boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)  # (R, 4) xyxy
+    sample = {"id": int(info["id"]), "image": image, "boxes": boxes, "labels": labels, "difficult": crowd,
+              "iscrowd": crowd}
+    if with_masks:
+        mask = np.zeros((height, width), dtype=np.uint8)
+        crowd_region = np.zeros((height, width), dtype=bool)
+        order = sorted(range(len(anns)), key=lambda i: -float(anns[i].get("area", 0)))
+        for i in order:
+            try:
+                instance = segmentation_to_mask(anns[i]["segmentation"], height, width).astype(bool)
+            except (KeyError, DataError) as e:
+                raise DataError(f"COCO {json_path}: annotation {anns[i].get('id')}: {e}") from e
+            if crowd[i]:
+                crowd_region |= instance
+            else:
+                mask[instance] = labels[i] + 1
+        mask[crowd_region & (mask == 0)] = IGNORE
+        sample["mask"] = mask
+    return sample
