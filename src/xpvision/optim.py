@@ -1,0 +1,593 @@
+"""Optimizers, gradient clipping and learning-rate schedules.
+
+Optimizers
+----------
+``SGD``, ``Momentum``, ``Nesterov``, ``AdaGrad``, ``RMSprop``, ``Adam`` and ``AdamW`` follow ``torch.optim``'s
+update rules (weight decay is an L2 term added to the gradient, except ``AdamW`` which decays the weights
+directly).
+The first argument is a model (its trainable parameters) or a list of parameter groups::
+
+    Adam(model, lr=1e-3)
+    Adam([{"params": model["features"], "lr": 1e-4}, {"params": model["head"]}], lr=1e-3)
+
+where a group's ``params`` is a ``Layer`` (its trainable parameters) or a list of ``(layer, key)`` pairs, and
+any hyper-parameter in a group overrides the optimizer's default for that group.
+``optimizer.param_groups[i]['lr']`` is read on every ``step()``, so schedules (or you) may change it between
+steps.
+
+Flat buffers
+------------
+At construction the optimizer packs the parameters of each group (per dtype and device) into one contiguous
+flat array and the gradients into another, and rebinds every ``layer.params[key]`` / ``layer.grads[key]``
+to a view into them (layers read their parameters from the dict on every call and write gradients in place,
+see :mod:`xpvision.nn.base`). An update is then a handful of vectorised operations over one array, written
+with ``out=`` into preallocated buffers. Consequences:
+
+* **Build the optimizer after** ``model.to(device)``: moving a model rebinds its arrays, and ``step()`` raises
+  :class:`~xpvision.errors.TrainingError` if it finds a parameter that is no longer a view into its buffer.
+* Frozen layers (``trainable = False``) are left out and keep their own arrays.
+* ``model.load_state_dict`` copies in place, so loading weights after building the optimizer is fine.
+
+All arrays (buffers, state) live on the device of the parameters: the same code runs on NumPy and CuPy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from xpvision import backend
+from xpvision.errors import ConfigError, TrainingError, WeightsError
+from xpvision.nn.base import Layer
+
+ParamRef = tuple[Layer, str]
+
+
+class _Bucket:
+    """The parameters of one group with one dtype and device, packed into flat ``(P,)`` buffers.
+
+    ``params`` and ``grads`` are 1-D arrays of the parameters' dtype; every ``layer.params[key]`` becomes a
+    view ``params[offset:offset + size].reshape(shape)`` (likewise the gradient). ``state`` holds the
+    optimizer's per-element state (moments, accumulators), each a ``(P,)`` array; ``scratch``
+    holds reusable work buffers.
+    """
+
+    def __init__(self, group_index: int, refs: list[ParamRef], names: list[str]) -> None:
+        first = refs[0][0].params[refs[0][1]]
+        self.xp = backend.get_array_module(first)
+        self.group_index = group_index
+        self.refs = refs
+        self.names = names
+        total = sum(int(layer.params[key].size) for layer, key in refs)
+        self.params = self.xp.empty(total, dtype=first.dtype)
+        self.grads = self.xp.zeros(total, dtype=first.dtype)
+        self.param_views: list[Any] = []
+        self.grad_views: list[Any] = []
+        offset = 0
+        for layer, key in refs:
+            value = layer.params[key]
+            size, shape = int(value.size), value.shape
+            self.params[offset:offset + size] = value.reshape(-1)
+            param_view = self.params[offset:offset + size].reshape(shape)
+            grad_view = self.grads[offset:offset + size].reshape(shape)
+            layer.params[key], layer.grads[key] = param_view, grad_view
+            self.param_views.append(param_view)
+            self.grad_views.append(grad_view)
+            offset += size
+        self.state: dict[str, Any] = {}
+        self.scratch: dict[str, Any] = {}
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.params.dtype)
+
+    def state_buffer(self, name: str, fill: float = 0.0):
+        """The ``(P,)`` state array ``name``, created filled with ``fill`` on first use."""
+        if name not in self.state:
+            self.state[name] = self.xp.full(self.params.shape, fill, dtype=self.params.dtype)
+        return self.state[name]
+
+    def scratch_buffer(self, name: str):
+        """A reusable uninitialised ``(P,)`` work array."""
+        if name not in self.scratch:
+            self.scratch[name] = self.xp.empty_like(self.params)
+        return self.scratch[name]
+
+    def check_bound(self) -> None:
+        """Raise if a layer no longer reads its parameter (or writes its gradient) through our views."""
+        for (layer, key), name, pv, gv in zip(self.refs, self.names, self.param_views, self.grad_views,
+                                              strict=True):
+            if layer.params[key] is not pv or layer.grads[key] is not gv:
+                raise TrainingError(
+                    f"parameter {name!r} was replaced after the optimizer was built (model.to(device) or an "
+                    f"assignment to layer.params/grads); build the optimizer after moving the model")
+
+
+class Optimizer:
+    """Base class: parameter groups, flat buffers, ``step``, ``zero_grad``, state (load/save).
+
+    Subclasses define ``defaults`` (hyper-parameter names and default values) and ``_update(bucket, group)``.
+    """
+
+    def __init__(self, params: Layer | list, **defaults: Any) -> None:
+        self.defaults = defaults
+        self.param_groups: list[dict[str, Any]] = []
+        self._buckets: list[_Bucket] = []
+        self.step_count = 0
+        seen: set[tuple[int, str]] = set()
+        for index, group in enumerate(_as_groups(params)):
+            unknown = set(group) - set(defaults) - {"params"}
+            if unknown:
+                raise ConfigError(f"parameter group {index} has unknown keys {sorted(unknown)}; "
+                                  f"{type(self).__name__} accepts {sorted(defaults)}")
+            hyper = {**defaults, **{k: v for k, v in group.items() if k != "params"}}
+            self._validate(hyper, where=f"parameter group {index}")
+            refs, names = [], []
+            for name, layer, key in _resolve_refs(group["params"], index):
+                if (id(layer), key) in seen:
+                    raise ConfigError(f"parameter {name!r} appears in more than one parameter group")
+                seen.add((id(layer), key))
+                refs.append((layer, key))
+                names.append(name)
+            self.param_groups.append({"params": refs, "names": names, **hyper})
+            by_kind: dict[tuple[str, str], list[int]] = {}
+            for i, (layer, key) in enumerate(refs):
+                value = layer.params[key]
+                by_kind.setdefault((backend.device_of(value), str(value.dtype)), []).append(i)
+            for indices in by_kind.values():
+                self._buckets.append(_Bucket(index, [refs[i] for i in indices], [names[i] for i in indices]))
+        if not self._buckets:
+            raise ConfigError(f"{type(self).__name__} got no trainable parameters (all layers frozen?)")
+
+    # -- hyper-parameters -----------------------------------------------------------------------------------
+    def _validate(self, hyper: dict[str, Any], where: str) -> None:
+        for key in ("lr", "weight_decay", "eps", "momentum", "lr_decay"):
+            if key in hyper and not (isinstance(hyper[key], int | float) and hyper[key] >= 0):
+                raise ConfigError(f"{where}: {key} must be a number >= 0, got {hyper[key]!r}")
+        for key in ("alpha",):
+            if key in hyper and not 0 <= hyper[key] < 1:
+                raise ConfigError(f"{where}: {key} must be in [0, 1), got {hyper[key]!r}")
+        if "betas" in hyper:
+            betas = tuple(hyper["betas"])
+            if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+                raise ConfigError(f"{where}: betas must be two numbers in [0, 1), got {hyper['betas']!r}")
+            hyper["betas"] = betas
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the first parameter group (the one the trainer logs)."""
+        return float(self.param_groups[0]["lr"])
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        """Set the learning rate of *every* group (set ``param_groups[i]['lr']`` for one group)."""
+        for group in self.param_groups:
+            group["lr"] = float(value)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """JSON-able description: the optimizer type and each group's hyper-parameters and parameter names."""
+        return {"type": type(self).__name__,
+                "groups": [{k: (list(v) if isinstance(v, tuple) else v)
+                            for k, v in g.items() if k != "params"} for g in self.param_groups]}
+
+    # -- updates --------------------------------------------------------------------------------------------
+    def zero_grad(self) -> None:
+        for bucket in self._buckets:
+            bucket.grads.fill(0)
+
+    def step(self) -> None:
+        """Apply one update to every trainable parameter from the gradients in ``layer.grads``."""
+        self.step_count += 1
+        for bucket in self._buckets:
+            bucket.check_bound()
+            self._update(bucket, self.param_groups[bucket.group_index])
+
+    def _update(self, bucket: _Bucket, group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def flat_grads(self) -> Iterator[Any]:
+        """The flat ``(P,)`` gradient buffer of each bucket (used by :func:`clip_grad_norm`)."""
+        return (bucket.grads for bucket in self._buckets)
+
+    @staticmethod
+    def _l2_grad(bucket: _Bucket, weight_decay: float):
+        """The gradient with the L2 term ``g + weight_decay * p`` (a scratch buffer), or ``g`` itself."""
+        if not weight_decay:
+            return bucket.grads
+        grad = bucket.scratch_buffer("l2_grad")
+        bucket.xp.multiply(bucket.params, weight_decay, out=grad)
+        grad += bucket.grads
+        return grad
+
+    @staticmethod
+    def _add_scaled(target, scale: float, source, work) -> None:
+        """``target += scale * source`` with no temporaries (``work``: scratch, may be ``source``)."""
+        np_or_cp = backend.get_array_module(target)
+        np_or_cp.multiply(source, scale, out=work)
+        target += work
+
+    # -- state ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Flat dict of NumPy arrays (scalars as 0-d arrays) that ``np.savez`` stores without pickle."""
+        state: dict[str, np.ndarray] = {"type": np.array(type(self).__name__),
+                                        "step": np.array(self.step_count)}
+        for i, group in enumerate(self.param_groups):
+            for key, value in group.items():
+                if key not in ("params", "names"):
+                    state[f"group{i}.{key}"] = np.array(value, dtype=np.float64)
+        for j, bucket in enumerate(self._buckets):
+            state[f"bucket{j}.size"] = np.array(bucket.params.size)
+            for name, value in bucket.state.items():
+                state[f"bucket{j}.{name}"] = np.array(backend.to_numpy(value))
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore hyper-parameters, step count and per-element state saved by :meth:`state_dict`.
+
+        Raises :class:`WeightsError` when the state belongs to another optimizer type or parameter layout.
+        """
+        saved_type = str(np.asarray(state.get("type", "")))
+        if saved_type != type(self).__name__:
+            raise WeightsError(f"optimizer state is for {saved_type or 'an unknown optimizer'!r}, "
+                               f"not {type(self).__name__}")
+        for j, bucket in enumerate(self._buckets):
+            size = state.get(f"bucket{j}.size")
+            if size is None or int(size) != bucket.params.size:
+                raise WeightsError(f"optimizer state bucket {j} holds {None if size is None else int(size)} "
+                                   f"values, this optimizer {bucket.params.size} (another model or groups?)")
+        for i, group in enumerate(self.param_groups):
+            for key in group:
+                name = f"group{i}.{key}"
+                if key in ("params", "names") or name not in state:
+                    continue
+                value = np.asarray(state[name])
+                group[key] = tuple(float(v) for v in value) if value.ndim else float(value)
+        self.step_count = int(state["step"])
+        for j, bucket in enumerate(self._buckets):
+            prefix = f"bucket{j}."
+            for name in [k[len(prefix):] for k in state if k.startswith(prefix) and k != f"{prefix}size"]:
+                value = np.asarray(state[prefix + name])
+                if value.shape != bucket.params.shape:
+                    raise WeightsError(f"optimizer state {prefix + name} has shape {value.shape}, "
+                                       f"expected {bucket.params.shape}")
+                bucket.state_buffer(name)[...] = bucket.xp.asarray(value.astype(bucket.dtype, copy=False))
+
+
+def _as_groups(params: Layer | list) -> list[dict[str, Any]]:
+    """Normalise the optimizer's first argument to a list of group dicts with a ``params`` entry."""
+    if isinstance(params, Layer):
+        return [{"params": params}]
+    params = list(params)
+    if params and all(isinstance(p, dict) for p in params):
+        for i, group in enumerate(params):
+            if "params" not in group:
+                raise ConfigError(f"parameter group {i} has no 'params' entry")
+        return params
+    return [{"params": params}]
+
+
+def _resolve_refs(params: Layer | Iterable[ParamRef], group_index: int) -> Iterator[tuple[str, Layer, str]]:
+    """``(name, layer, key)`` for each trainable parameter of a group's ``params`` (frozen layers skipped)."""
+    if isinstance(params, Layer):
+        yield from params.named_parameters(trainable_only=True)
+        return
+    for item in params:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], Layer)
+                and item[1] in item[0].params):
+            raise ConfigError(f"parameter group {group_index}: expected a Layer or (layer, key) pairs naming "
+                              f"an existing parameter, got {item!r}")
+        layer, key = item
+        if layer.trainable:
+            yield f"{type(layer).__name__}.{key}", layer, key
+
+
+class SGD(Optimizer):
+    """Plain gradient descent: ``p -= lr * (g + weight_decay * p)``."""
+
+    def __init__(self, params: Layer | list, lr: float = 1e-2, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, weight_decay=weight_decay)
+
+    def _update(self, bucket: _Bucket, group: dict[str, Any]) -> None:
+        grad = self._l2_grad(bucket, group["weight_decay"])
+        self._add_scaled(bucket.params, -group["lr"], grad, bucket.scratch_buffer("work"))
+
+
+class Momentum(Optimizer):
+    """Heavy-ball momentum as in ``torch.optim.SGD(momentum=mu)``: ``v = mu * v + g``, ``p -= lr * v``.
+
+    With a constant learning rate this equals the book's ``v = mu * v - lr * g``, ``p += v``.
+    """
+
+    nesterov = False
+
+    def __init__(self, params: Layer | list, lr: float = 1e-2, momentum: float = 0.9,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+    def _update(self, bucket: _Bucket, group: dict[str, Any]) -> None:
+        xp, mu = bucket.xp, group["momentum"]
+        grad = self._l2_grad(bucket, group["weight_decay"])
+        velocity = bucket.state_buffer("velocity")
+        velocity *= mu
+        velocity += grad
+        work = bucket.scratch_buffer("work")
+        if self.nesterov:  # step along g + mu * v
+            xp.multiply(velocity, mu, out=work)
+            work += grad
+            work *= group["lr"]
+        else:
+            xp.multiply(velocity, group["lr"], out=work)
+        bucket.params -= work
+
+
+class Nesterov(Momentum):
+    """Nesterov momentum as in ``torch.optim.SGD(momentum=mu, nesterov=True)``: ``p -= lr * (g + mu * v)``."""
+
+    nesterov = True
+
+
+class AdaGrad(Optimizer):
+    """AdaGrad as in ``torch.optim.Adagrad``: ``s += g²``, ``p -= lr_t * g / (sqrt(s) + eps)``,
+    ``lr_t = lr / (1 + (t - 1) * lr_decay)``."""
+
+    def __init__(self, params: Layer | list, lr: float = 1e-2, lr_decay: float = 0.0,
+                 weight_decay: float = 0.0, eps: float = 1e-10) -> None:
+        super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps)
+
+    def _update(self, bucket: _Bucket, group: dict[str, Any]) -> None:
+        xp = bucket.xp
+        grad = self._l2_grad(bucket, group["weight_decay"])
+        step_lr = group["lr"] / (1 + (self.step_count - 1) * group["lr_decay"])
+        squares, work = bucket.state_buffer("sum_squares"), bucket.scratch_buffer("work")
+        xp.multiply(grad, grad, out=work)
+        squares += work
+        xp.sqrt(squares, out=work)
+        work += group["eps"]
+        xp.divide(grad, work, out=work)
+        work *= step_lr
+        bucket.params -= work
+
+
+class RMSprop(Optimizer):
+    """RMSprop as in ``torch.optim.RMSprop``: ``s = alpha * s + (1 - alpha) * g²``,
+    ``d = g / (sqrt(s) + eps)``; ``p -= lr * d``, or with momentum ``v = mu * v + d``, ``p -= lr * v``."""
+
+    def __init__(self, params: Layer | list, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0.0, momentum: float = 0.0) -> None:
+        super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
+
+    def _update(self, bucket: _Bucket, group: dict[str, Any]) -> None:
+        xp, alpha = bucket.xp, group["alpha"]
+        grad = self._l2_grad(bucket, group["weight_decay"])
+        mean_square, work = bucket.state_buffer("mean_square"), bucket.scratch_buffer("work")
+        mean_square *= alpha
+        xp.multiply(grad, grad, out=work)
+        work *= 1 - alpha
+        mean_square += work
+        xp.sqrt(mean_square, out=work)
+        work += group["eps"]
+        xp.divide(grad, work, out=work)
+        if group["momentum"]:
+            velocity = bucket.state_buffer("velocity")
+            velocity *= group["momentum"]
+            velocity += work
+            self._add_scaled(bucket.params, -group["lr"], velocity, work)
+        else:
+            work *= group["lr"]
+            bucket.params -= work
+
+
+class Adam(Optimizer):
+    """Adam as in ``torch.optim.Adam`` (weight decay as an L2 term on the gradient)::
+
+        m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g²
+        p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    """
+
+    decoupled_weight_decay = False
+
+    def __init__(self, params: Layer | list, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    def _update(self, bucket: _Bucket, group: dict[str, Any]) -> None:
+        xp, (beta1, beta2), lr, t = bucket.xp, group["betas"], group["lr"], self.step_count
+        if self.decoupled_weight_decay:
+            bucket.params *= 1 - lr * group["weight_decay"]
+            grad = bucket.grads
+        else:
+            grad = self._l2_grad(bucket, group["weight_decay"])
+        mean, mean_square = bucket.state_buffer("exp_avg"), bucket.state_buffer("exp_avg_sq")
+        work = bucket.scratch_buffer("work")
+        mean *= beta1
+        self._add_scaled(mean, 1 - beta1, grad, work)
+        mean_square *= beta2
+        xp.multiply(grad, grad, out=work)
+        work *= 1 - beta2
+        mean_square += work
+        xp.sqrt(mean_square, out=work)
+        work *= 1 / math.sqrt(1 - beta2**t)
+        work += group["eps"]
+        xp.divide(mean, work, out=work)
+        work *= lr / (1 - beta1**t)
+        bucket.params -= work
+
+
+class AdamW(Adam):
+    """AdamW as in ``torch.optim.AdamW``: ``p *= 1 - lr * weight_decay`` (decoupled), then the Adam step."""
+
+    decoupled_weight_decay = True
+
+    def __init__(self, params: Layer | list, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {cls.__name__.lower(): cls for cls in
+                                          (SGD, Momentum, Nesterov, AdaGrad, RMSprop, Adam, AdamW)}
+
+
+def build_optimizer(name: str, params: Layer | list, **hyper: Any) -> Optimizer:
+    """An optimizer by (case-insensitive) name, e.g. ``build_optimizer('adam', model, lr=1e-3)``."""
+    try:
+        cls = OPTIMIZERS[name.lower()]
+    except KeyError:
+        raise ConfigError(f"unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}") from None
+    try:
+        return cls(params, **hyper)
+    except TypeError as e:
+        raise ConfigError(f"optimizer {name!r}: {e}") from None
+
+
+def clip_grad_norm(model_or_optimizer: Layer | Optimizer, max_norm: float) -> float:
+    """Scale all trainable gradients in place so that their global L2 norm is at most ``max_norm``.
+
+    Returns the norm *before* clipping (a Python float; ``inf``/``nan`` when a gradient is not finite, in
+    which case nothing is scaled). Through an optimizer this is one dot product per flat buffer.
+    """
+    if not (isinstance(max_norm, int | float) and max_norm > 0):
+        raise ConfigError(f"max_norm must be a positive number, got {max_norm!r}")
+    if isinstance(model_or_optimizer, Optimizer):
+        grads = list(model_or_optimizer.flat_grads())
+    else:
+        grads = [layer.grads[key]
+                 for _, layer, key in model_or_optimizer.named_parameters(trainable_only=True)]
+    total = math.sqrt(sum(float(backend.get_array_module(g).vdot(g.ravel(), g.ravel())) for g in grads))
+    if math.isfinite(total) and total > max_norm:
+        scale = max_norm / (total + 1e-6)
+        for g in grads:
+            g *= scale
+    return total
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Learning-rate schedules
+# ------------------------------------------------------------------------------------------------------------
+class LRSchedule:
+    """Base schedule: sets every group's lr to ``lr_at(base_lr, t)``, ``t`` = number of :meth:`step` calls.
+
+    The unit of ``t`` is whatever the caller steps: :class:`xpvision.train.Trainer` calls ``step()`` once per
+    **epoch** (so ``warmup_steps``, ``step_size`` and ``t_max`` count epochs there). The lr is a closed-form
+    function of ``t`` (no accumulated rounding), so a schedule restored from :meth:`state_dict` gives exactly
+    the same rates as an uninterrupted one. Base rates are the groups' lrs when the schedule is built.
+
+    Linear warm-up: for ``t < warmup_steps`` the factor goes linearly from ``warmup_start_factor`` to 1 (as
+    ``torch.optim.lr_scheduler.LinearLR``); afterwards the subclass's decay runs with ``t - warmup_steps``.
+    """
+
+    def __init__(self, optimizer: Optimizer, *, warmup_steps: int = 0,
+                 warmup_start_factor: float = 0.1) -> None:
+        if not (isinstance(warmup_steps, int) and warmup_steps >= 0):
+            raise ConfigError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+        if not 0 < warmup_start_factor <= 1:
+            raise ConfigError(f"warmup_start_factor must be in (0, 1], got {warmup_start_factor!r}")
+        self.optimizer = optimizer
+        self.warmup_steps = warmup_steps
+        self.warmup_start_factor = float(warmup_start_factor)
+        self.base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
+        self.last_step = 0
+        self._apply()
+
+    def decayed_lr(self, base_lr: float, t: int) -> float:
+        """The lr ``t`` steps after the warm-up (subclasses override; constant here)."""
+        return base_lr
+
+    def lr_at(self, base_lr: float, t: int) -> float:
+        if t < self.warmup_steps:
+            start = self.warmup_start_factor
+            return base_lr * (start + (1 - start) * t / self.warmup_steps)
+        return self.decayed_lr(base_lr, t - self.warmup_steps)
+
+    def _apply(self) -> None:
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = self.lr_at(base_lr, self.last_step)
+
+    def step(self) -> None:
+        self.last_step += 1
+        self._apply()
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able description of the schedule (type and arguments)."""
+        return {"type": type(self).__name__, "warmup_steps": self.warmup_steps,
+                "warmup_start_factor": self.warmup_start_factor, "base_lrs": self.base_lrs}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"last_step": np.array(self.last_step), "base_lrs": np.array(self.base_lrs, dtype=np.float64)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        base_lrs = np.asarray(state["base_lrs"], dtype=np.float64)
+        if base_lrs.shape != (len(self.base_lrs),):
+            raise WeightsError(f"schedule state has {base_lrs.size} base rates, the optimizer "
+                               f"{len(self.base_lrs)} parameter groups")
+        self.base_lrs = [float(v) for v in base_lrs]
+        self.last_step = int(state["last_step"])
+        self._apply()
+
+
+class Constant(LRSchedule):
+    """The base lr after the (optional) warm-up."""
+
+
+class StepDecay(LRSchedule):
+    """``lr = base_lr * gamma ** (t // step_size)`` (``torch.optim.lr_scheduler.StepLR``)."""
+
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1, **warmup: Any) -> None:
+        if not (isinstance(step_size, int) and step_size > 0):
+            raise ConfigError(f"step_size must be a positive integer, got {step_size!r}")
+        if not 0 < gamma <= 1:
+            raise ConfigError(f"gamma must be in (0, 1], got {gamma!r}")
+        self.step_size, self.gamma = step_size, float(gamma)
+        super().__init__(optimizer, **warmup)
+
+    def decayed_lr(self, base_lr: float, t: int) -> float:
+        return base_lr * self.gamma ** (t // self.step_size)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "step_size": self.step_size, "gamma": self.gamma}
+
+
+class CosineAnnealing(LRSchedule):
+    """``lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * t / t_max)) / 2``, then ``eta_min`` for
+    ``t >= t_max`` (``torch.optim.lr_scheduler.CosineAnnealingLR`` within its first period)."""
+
+    def __init__(self, optimizer: Optimizer, t_max: int, eta_min: float = 0.0, **warmup: Any) -> None:
+        if not (isinstance(t_max, int) and t_max > 0):
+            raise ConfigError(f"t_max must be a positive integer, got {t_max!r}")
+        if eta_min < 0:
+            raise ConfigError(f"eta_min must be >= 0, got {eta_min!r}")
+        self.t_max, self.eta_min = t_max, float(eta_min)
+        super().__init__(optimizer, **warmup)
+
+    def decayed_lr(self, base_lr: float, t: int) -> float:
+        if t >= self.t_max:
+            return self.eta_min
+        return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * t / self.t_max)) / 2
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "t_max": self.t_max, "eta_min": self.eta_min}
+
+
+SCHEDULES = ("constant", "step", "cosine")
+
+
+def build_schedule(name: str, optimizer: Optimizer, *, epochs: int, warmup_epochs: int = 0,
+                   warmup_start_factor: float = 0.1, step_size: int | None = None, gamma: float = 0.1,
+                   eta_min: float = 0.0) -> LRSchedule:
+    """A per-epoch schedule by name for a run of ``epochs`` epochs (the decay spans the epochs after warm-up).
+
+    ``'constant'``, ``'step'`` (``step_size`` defaults to a third of the decay epochs) or ``'cosine'``.
+    """
+    warmup = {"warmup_steps": warmup_epochs, "warmup_start_factor": warmup_start_factor}
+    decay_epochs = epochs - warmup_epochs
+    if decay_epochs < 1:
+        raise ConfigError(f"warmup_epochs ({warmup_epochs}) must be smaller than epochs ({epochs})")
+    if name == "constant":
+        return Constant(optimizer, **warmup)
+    if name == "step":
+        return StepDecay(optimizer, step_size or max(1, decay_epochs // 3), gamma, **warmup)
+    if name == "cosine":
+        return CosineAnnealing(optimizer, decay_epochs, eta_min, **warmup)
+    raise ConfigError(f"unknown learning-rate schedule {name!r}; known: {list(SCHEDULES)}")

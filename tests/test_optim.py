@@ -1,0 +1,291 @@
+"""Optimizers, clipping and schedules, checked against torch.optim on identical gradients."""
+
+import numpy as np
+import pytest
+
+from xpvision import backend, optim
+from xpvision.atomic import save_npz
+from xpvision.errors import ConfigError, TrainingError, WeightsError
+from xpvision.nn.base import Layer, Sequential
+
+torch = pytest.importorskip("torch")
+
+SHAPES = {"W": (3, 4), "b": (4,)}
+
+
+class Toy(Layer):
+    """A parameter holder (no computation): ``W (3, 4)`` and ``b (4,)``."""
+
+    registered = False
+
+    def __init__(self, rng, dtype, xp=np):
+        super().__init__()
+        for key, shape in SHAPES.items():
+            self.add_param(key, xp.asarray(rng.standard_normal(shape).astype(dtype)))
+
+
+def toy_model(dtype=np.float64, seed=0, xp=np):
+    rng = np.random.default_rng(seed)
+    return Sequential(("a", Toy(rng, dtype, xp)), ("b", Toy(rng, dtype, xp)))
+
+
+def torch_params(model):
+    return [torch.tensor(backend.to_numpy(layer.params[key]).copy(), requires_grad=True)
+            for _, layer, key in model.named_parameters()]
+
+
+def gradient_sequence(model, steps, seed=1):
+    rng = np.random.default_rng(seed)
+    return [[rng.standard_normal(layer.params[key].shape) for _, layer, key in model.named_parameters()]
+            for _ in range(steps)]
+
+
+def set_grads(model, grads):
+    for (_, layer, key), g in zip(model.named_parameters(), grads, strict=True):
+        xp = backend.get_array_module(layer.grads[key])
+        layer.grads[key][...] = xp.asarray(g.astype(layer.grads[key].dtype))
+
+
+def max_diff(model, tparams):
+    return max(float(np.abs(backend.to_numpy(layer.params[key]) - t.detach().numpy()).max())
+               for (_, layer, key), t in zip(model.named_parameters(), tparams, strict=True))
+
+
+CASES = [
+    (optim.SGD, dict(lr=0.1, weight_decay=0.01), torch.optim.SGD, dict(lr=0.1, weight_decay=0.01)),
+    (optim.Momentum, dict(lr=0.05, momentum=0.9, weight_decay=1e-3),
+     torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=1e-3)),
+    (optim.Nesterov, dict(lr=0.05, momentum=0.8),
+     torch.optim.SGD, dict(lr=0.05, momentum=0.8, nesterov=True)),
+    (optim.AdaGrad, dict(lr=0.1, lr_decay=0.01, weight_decay=1e-3),
+     torch.optim.Adagrad, dict(lr=0.1, lr_decay=0.01, weight_decay=1e-3)),
+    (optim.RMSprop, dict(lr=0.01, alpha=0.9, weight_decay=1e-3),
+     torch.optim.RMSprop, dict(lr=0.01, alpha=0.9, weight_decay=1e-3)),
+    (optim.RMSprop, dict(lr=0.01, momentum=0.9), torch.optim.RMSprop, dict(lr=0.01, momentum=0.9)),
+    (optim.Adam, dict(lr=0.01, betas=(0.8, 0.99), weight_decay=1e-2),
+     torch.optim.Adam, dict(lr=0.01, betas=(0.8, 0.99), weight_decay=1e-2)),
+    (optim.AdamW, dict(lr=0.01, weight_decay=0.1), torch.optim.AdamW, dict(lr=0.01, weight_decay=0.1)),
+]
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(np.float64, 1e-6), (np.float32, 1e-5)])
+@pytest.mark.parametrize(("ours", "kwargs", "theirs", "tkwargs"), CASES, ids=[c[0].__name__ for c in CASES])
+def test_matches_torch(ours, kwargs, theirs, tkwargs, dtype, tol):
+    model = toy_model(dtype)
+    tparams = torch_params(model)
+    opt, topt = ours(model, **kwargs), theirs(tparams, **tkwargs)
+    for grads in gradient_sequence(model, steps=8):
+        set_grads(model, grads)
+        for t, g in zip(tparams, grads, strict=True):
+            t.grad = torch.tensor(g.astype(dtype))
+        opt.step()
+        topt.step()
+    assert max_diff(model, tparams) <= tol
+    assert max_diff(model, torch_params(toy_model(dtype))) > 0.01  # the parameters did move
+
+
+def test_param_groups_with_own_lr_match_torch():
+    model = toy_model()
+    tparams = torch_params(model)
+    opt = optim.Adam([{"params": model["a"], "lr": 1e-3}, {"params": [(model["b"], "W"), (model["b"], "b")]}],
+                     lr=1e-2)
+    topt = torch.optim.Adam([{"params": tparams[:2], "lr": 1e-3}, {"params": tparams[2:]}], lr=1e-2)
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-2]
+    for grads in gradient_sequence(model, steps=5):
+        set_grads(model, grads)
+        for t, g in zip(tparams, grads, strict=True):
+            t.grad = torch.tensor(g)
+        opt.step()
+        topt.step()
+    assert max_diff(model, tparams) <= 1e-9
+
+
+def test_parameters_become_views_of_one_flat_buffer():
+    model = toy_model(np.float32)
+    opt = optim.Adam(model)
+    (bucket,) = opt._buckets
+    for _, layer, key in model.named_parameters():
+        assert np.shares_memory(layer.params[key], bucket.params)
+        assert np.shares_memory(layer.grads[key], bucket.grads)
+        assert layer.params[key].shape == SHAPES[key]
+    assert bucket.params.size == 2 * (12 + 4) and bucket.dtype == np.float32
+
+
+def test_values_survive_flattening():
+    model, reference = toy_model(), toy_model()
+    optim.SGD(model)
+    for key, value in reference.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[key], value)
+
+
+def test_frozen_layers_are_left_out():
+    model = toy_model()
+    model["a"].freeze()
+    frozen_before = {k: v.copy() for k, v in model["a"].params.items()}
+    opt = optim.Momentum(model, lr=0.1)
+    assert opt._buckets[0].params.size == 16
+    set_grads(model, gradient_sequence(model, 1)[0])
+    opt.step()
+    for key, value in frozen_before.items():
+        np.testing.assert_array_equal(model["a"].params[key], value)
+    assert not np.allclose(model["b"].params["W"], toy_model()["b"].params["W"])
+
+
+def test_all_frozen_or_bad_groups_are_refused():
+    model = toy_model()
+    with pytest.raises(ConfigError, match="no trainable parameters"):
+        optim.Adam(toy_model().freeze())
+    with pytest.raises(ConfigError, match=r"unknown keys.*momentum"):
+        optim.Adam([{"params": model, "momentum": 0.9}])
+    with pytest.raises(ConfigError, match="more than one parameter group"):
+        optim.SGD([{"params": model["a"]}, {"params": model}])
+    with pytest.raises(ConfigError, match="lr must be"):
+        optim.SGD(toy_model(), lr=-1.0)
+    with pytest.raises(ConfigError, match=r"unknown optimizer 'adamax'.*'adam'"):
+        optim.build_optimizer("adamax", toy_model())
+
+
+def test_rebinding_a_parameter_after_building_is_detected():
+    model = toy_model()
+    opt = optim.Adam(model)
+    model["a"].params["W"] = model["a"].params["W"].copy()  # what model.to(device) does
+    with pytest.raises(TrainingError, match=r"a\.W.*build the optimizer after moving"):
+        opt.step()
+
+
+def test_load_state_dict_resumes_bit_identically(tmp_path):
+    grads = gradient_sequence(toy_model(np.float32), steps=6)
+
+    def run(model, opt, steps):
+        for g in steps:
+            set_grads(model, g)
+            opt.step()
+
+    straight = toy_model(np.float32)
+    run(straight, optim.Adam(straight, lr=0.01), grads)
+
+    first = toy_model(np.float32)
+    first_opt = optim.Adam(first, lr=0.01)
+    run(first, first_opt, grads[:3])
+    save_npz(tmp_path / "opt.npz", first_opt.state_dict())
+    save_npz(tmp_path / "model.npz", first.state_dict())
+
+    resumed = toy_model(np.float32, seed=5)
+    resumed_opt = optim.Adam(resumed, lr=0.5)
+    resumed.load_state_dict(dict(np.load(tmp_path / "model.npz", allow_pickle=False)))
+    resumed_opt.load_state_dict(dict(np.load(tmp_path / "opt.npz", allow_pickle=False)))
+    assert resumed_opt.lr == 0.01 and resumed_opt.step_count == 3
+    run(resumed, resumed_opt, grads[3:])
+    for key, value in straight.state_dict().items():
+        np.testing.assert_array_equal(resumed.state_dict()[key], value)
+
+
+def test_load_state_dict_refuses_other_optimizer_or_layout():
+    state = optim.Adam(toy_model()).state_dict()
+    with pytest.raises(WeightsError, match="'Adam', not RMSprop"):
+        optim.RMSprop(toy_model()).load_state_dict(state)
+    model = toy_model()
+    model["a"].freeze()
+    with pytest.raises(WeightsError, match="holds 32 values, this optimizer 16"):
+        optim.Adam(model).load_state_dict(state)
+
+
+@pytest.mark.parametrize("through_optimizer", [False, True])
+def test_clip_grad_norm_matches_torch(through_optimizer):
+    model = toy_model()
+    opt = optim.SGD(model)
+    grads = gradient_sequence(model, 1)[0]
+    set_grads(model, grads)
+    tparams = torch_params(model)
+    for t, g in zip(tparams, grads, strict=True):
+        t.grad = torch.tensor(g)
+    norm = optim.clip_grad_norm(opt if through_optimizer else model, 1.5)
+    tnorm = torch.nn.utils.clip_grad_norm_(tparams, 1.5)
+    assert norm == pytest.approx(float(tnorm), rel=1e-12)
+    for (_, layer, key), t in zip(model.named_parameters(), tparams, strict=True):
+        np.testing.assert_allclose(layer.grads[key], t.grad.numpy(), rtol=1e-12)
+    assert optim.clip_grad_norm(model, 10.0) == pytest.approx(1.5, rel=1e-5)  # already within: unchanged
+
+
+def run_schedule(schedule_factory, torch_factory, epochs, steps_per_epoch=2):
+    model = toy_model()
+    tparams = torch_params(model)
+    opt = optim.Momentum(model, lr=0.1, momentum=0.5)
+    topt = torch.optim.SGD(tparams, lr=0.1, momentum=0.5)
+    schedule, tschedule = schedule_factory(opt), torch_factory(topt)
+    grads = gradient_sequence(model, epochs * steps_per_epoch)
+    lrs = []
+    for epoch in range(epochs):
+        lrs.append((opt.lr, topt.param_groups[0]["lr"]))
+        for g in grads[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]:
+            set_grads(model, g)
+            for t, gi in zip(tparams, g, strict=True):
+                t.grad = torch.tensor(gi)
+            opt.step()
+            topt.step()
+        schedule.step()
+        tschedule.step()
+    return np.array(lrs), max_diff(model, tparams)
+
+
+def test_step_decay_matches_torch():
+    lrs, diff = run_schedule(lambda o: optim.StepDecay(o, step_size=3, gamma=0.5),
+                             lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5), epochs=8)
+    np.testing.assert_allclose(lrs[:, 0], lrs[:, 1], rtol=1e-12)
+    assert lrs[-1, 0] == pytest.approx(0.1 * 0.5**2)
+    assert diff <= 1e-6
+
+
+def test_cosine_matches_torch():
+    lrs, diff = run_schedule(lambda o: optim.CosineAnnealing(o, t_max=6, eta_min=1e-3),
+                             lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=6, eta_min=1e-3),
+                             epochs=7)
+    np.testing.assert_allclose(lrs[:, 0], lrs[:, 1], rtol=1e-10)
+    assert lrs[-1, 0] == pytest.approx(1e-3)
+    assert diff <= 1e-6
+
+
+@pytest.mark.parametrize("decay", ["cosine", "step"])
+def test_warmup_then_decay_matches_torch_sequential(decay):
+    lr_scheduler = torch.optim.lr_scheduler
+
+    def theirs(o):
+        warm = lr_scheduler.LinearLR(o, start_factor=0.25, total_iters=3)
+        after = (lr_scheduler.CosineAnnealingLR(o, T_max=5) if decay == "cosine"
+                 else lr_scheduler.StepLR(o, step_size=2, gamma=0.5))
+        return lr_scheduler.SequentialLR(o, [warm, after], milestones=[3])
+
+    lrs, diff = run_schedule(lambda o: optim.build_schedule(decay, o, epochs=8, warmup_epochs=3,
+                                                            warmup_start_factor=0.25, step_size=2, gamma=0.5),
+                             theirs, epochs=8)
+    np.testing.assert_allclose(lrs[:, 0], lrs[:, 1], rtol=1e-10, atol=1e-15)
+    assert lrs[0, 0] == pytest.approx(0.025) and lrs[3, 0] == pytest.approx(0.1)
+    assert diff <= 1e-6
+
+
+def test_schedule_state_restores_the_same_rates():
+    opt = optim.Adam(toy_model(), lr=0.1)
+    schedule = optim.CosineAnnealing(opt, t_max=10, warmup_steps=2)
+    for _ in range(4):
+        schedule.step()
+    state = schedule.state_dict()
+    other_opt = optim.Adam(toy_model(), lr=0.1)
+    other = optim.CosineAnnealing(other_opt, t_max=10, warmup_steps=2)
+    other.load_state_dict(state)
+    assert other_opt.lr == opt.lr and other.last_step == 4
+    with pytest.raises(ConfigError, match="unknown learning-rate schedule 'poly'"):
+        optim.build_schedule("poly", opt, epochs=5)
+
+
+def test_update_on_device_matches_numpy(xp):
+    ref_model, dev_model = toy_model(np.float32), toy_model(np.float32, xp=xp)
+    ref_opt, dev_opt = optim.AdamW(ref_model, lr=0.01), optim.AdamW(dev_model, lr=0.01)
+    for grads in gradient_sequence(ref_model, 4):
+        set_grads(ref_model, grads)
+        set_grads(dev_model, grads)
+        optim.clip_grad_norm(ref_opt, 1.0)
+        optim.clip_grad_norm(dev_opt, 1.0)
+        ref_opt.step()
+        dev_opt.step()
+    for key, value in ref_model.state_dict().items():
+        np.testing.assert_allclose(dev_model.state_dict()[key], value, rtol=1e-5, atol=1e-6)
