@@ -1,0 +1,223 @@
+"""Translate an xpvision model into an ONNX graph with the ``onnx`` package, layer by layer.
+
+Each layer type has a *converter* ``(graph, layer, input_name, scope) -> output_name`` registered with
+:func:`converter`; containers convert their children in order. The model is exported in eval mode (dropout is
+the identity, batch norm uses its running statistics). Tensors are NCHW float32 as at xpvision's public
+boundary; the input is ``images`` ``(N, C, H, W)`` with a symbolic batch size ``N``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from xpvision.errors import XPVisionError
+from xpvision.nn.base import Layer
+
+
+class ExportError(XPVisionError):
+    """A model cannot be exported, or its export does not reproduce its outputs."""
+
+
+Converter = Callable[["OnnxGraph", Layer, str, str], str]
+CONVERTERS: dict[str, Converter] = {}
+
+
+def converter(*layer_types: str) -> Callable[[Converter], Converter]:
+    """Register a converter for the layer classes named ``layer_types``."""
+    def register(function: Converter) -> Converter:
+        for name in layer_types:
+            CONVERTERS[name] = function
+        return function
+    return register
+
+
+class OnnxGraph:
+    """Nodes and initialisers of a graph under construction, with unique tensor names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+        self._used: set[str] = set()
+
+    def unique(self, name: str) -> str:
+        candidate, i = name, 1
+        while candidate in self._used:
+            candidate, i = f"{name}_{i}", i + 1
+        self._used.add(candidate)
+        return candidate
+
+    def constant(self, name: str, array) -> str:
+        """Add an initialiser holding ``array`` (copied to NumPy); return its name."""
+        from onnx import numpy_helper
+
+        from xpvision import backend
+
+        name = self.unique(name)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(backend.to_numpy(array)), name))
+        return name
+
+    def node(self, op: str, inputs: Sequence[str], name: str, **attributes: Any) -> str:
+        """Add node ``op`` reading ``inputs``; return the name of its (single) output."""
+        from onnx import helper
+
+        output = self.unique(name)
+        self.nodes.append(helper.make_node(op, list(inputs), [output], name=output, **attributes))
+        return output
+
+    def layer(self, layer: Layer, x: str, scope: str) -> str:
+        """Convert ``layer`` applied to tensor ``x``; ``scope`` (its dotted path) prefixes tensor names."""
+        kind = type(layer).__name__
+        if kind not in CONVERTERS:
+            raise ExportError(f"no ONNX converter for layer {scope} of type {kind}; "
+                              f"supported: {', '.join(sorted(CONVERTERS))}")
+        return CONVERTERS[kind](self, layer, x, scope)
+
+
+def to_onnx(model: Layer, input_shape: Sequence[int], *, opset: int = 17, probabilities: bool = False,
+            name: str = "xpvision") -> Any:
+    """A checked ``onnx.ModelProto`` computing ``model`` (eval mode) on ``images`` ``(N, *input_shape)``.
+
+    Outputs: ``output`` (the model's raw output: logits, detector head map or per-pixel scores) and, with
+    ``probabilities``, ``probabilities`` = softmax over axis 1 (classifiers).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    model.eval()
+    probe = np.zeros((1, *input_shape), dtype=np.float32)
+    out_shape = ["N", *np.shape(model.forward(probe))[1:]]
+    graph = OnnxGraph()
+    images = graph.unique("images")
+    out = graph.layer(model, images, "model")
+    outputs = [graph.node("Identity", [out], "output")]
+    if probabilities:
+        outputs.append(graph.node("Softmax", [out], "probabilities", axis=1))
+    proto = helper.make_graph(
+        graph.nodes, name, [helper.make_tensor_value_info(images, TensorProto.FLOAT, ["N", *input_shape])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, out_shape) for o in outputs], graph.initializers)
+    onnx_model = helper.make_model(proto, opset_imports=[helper.make_opsetid("", opset)],
+                                   producer_name="xpvision")
+    onnx_model.ir_version = min(onnx_model.ir_version, 10)  # readable by the onnxruntime releases of late
+    try:
+        onnx.checker.check_model(onnx_model, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"the exported ONNX graph is invalid: {e}") from e
+    return onnx_model
+
+
+def run_onnx(onnx_model: Any, images: np.ndarray) -> list[np.ndarray]:
+    """Run an ONNX model (proto, bytes or path) with onnxruntime on ``images`` ``(N, C, H, W)`` float32."""
+    import onnxruntime
+
+    source = onnx_model.SerializeToString() if hasattr(onnx_model, "SerializeToString") else str(onnx_model)
+    session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(images, dtype=np.float32)})
+
+
+def onnx_parity(model: Layer, onnx_model: Any, images: np.ndarray) -> float:
+    """Max abs difference between ``model.forward(images)`` (eval mode) and the ONNX ``output``."""
+    from xpvision import backend
+
+    model.eval()
+    expected = np.asarray(backend.to_numpy(model.forward(images)), dtype=np.float32)
+    (actual, *_) = run_onnx(onnx_model, images)
+    if actual.shape != expected.shape:
+        raise ExportError(f"ONNX output shape {actual.shape} differs from the model's {expected.shape}")
+    return float(np.max(np.abs(actual - expected))) if expected.size else 0.0
+
+
+def _pairs(layer: Layer, key: str, default: int) -> list[int]:
+    value = layer.config().get(key, default)
+    return [int(value), int(value)] if isinstance(value, int | np.integer) else [int(v) for v in value]
+
+
+def _bias_or_none(graph: OnnxGraph, layer: Layer, scope: str) -> list[str]:
+    return [graph.constant(f"{scope}.b", layer.params["b"])] if "b" in layer.params else []
+
+
+# -- converters ----------------------------------------------------------------------------------------------
+@converter("Sequential")
+def _sequential(graph: OnnxGraph, layer: Layer, x: str, scope: str) -> str:
+    for name, child in layer.children():
+        x = graph.layer(child, x, f"{scope}.{name}")
+    return x
+
+
+@converter("Conv2d")
+def _conv(graph: OnnxGraph, layer: Layer, x: str, scope: str) -> str:
+    ph, pw = _pairs(layer, "padding", 0)
+    return graph.node("Conv", [x, graph.constant(f"{scope}.W", layer.params["W"]),
+                               *_bias_or_none(graph, layer, scope)], scope,
+                      kernel_shape=_pairs(layer, "kernel_size", 1), strides=_pairs(layer, "stride", 1),
+                      pads=[ph, pw, ph, pw], dilations=_pairs(layer, "dilation", 1))
+
+
+@converter("ConvTranspose2d")
+def _conv_transpose(graph: OnnxGraph, layer: Layer, x: str, scope: str) -> str:
+    ph, pw = _pairs(layer, "padding", 0)
+    return graph.node("ConvTranspose", [x, graph.constant(f"{scope}.W", layer.params["W"]),
+                                        *_bias_or_none(graph, layer, scope)], scope,
+                      kernel_shape=_pairs(layer, "kernel_size", 1), strides=_pairs(layer, "stride", 1),
+                      pads=[ph, pw, ph, pw])
+
+
+@converter("MaxPool2d", "AvgPool2d")
+def _pool(graph: OnnxGraph, layer: Layer, x: str, scope: str) -> str:
+    ph, pw = _pairs(layer, "padding", 0)
+    kernel = _pairs(layer, "kernel_size", 1)
+    attributes = {"kernel_shape": kernel, "strides": _pairs(layer, "stride", kernel[0]),
+                  "pads": [ph, pw, ph, pw]}
+    if type(layer).__name__ == "AvgPool2d":
+        return graph.node("AveragePool", [x], scope, count_include_pad=1, **attributes)
+    return graph.node("MaxPool", [x], scope, **attributes)
+
+
+@converter("GlobalAvgPool2d")
+def _global_avg_pool(graph: OnnxGraph, layer: Layer, x: str, scope: str) -> str:
+    pooled = graph.node("GlobalAveragePool", [x], f"{scope}.pool")  # (N, C, 1, 1)
+    return graph.node("Flatten", [pooled], scope, axis=1)  # (N, C)
+
+
+@converter("BatchNorm2d", "BatchNorm1d")
+def _batch_norm(graph: OnnxGraph, layer: Layer, x: str, scope: str) -> str:
+    scale, shift = ("gamma", "beta") if "gamma" in layer.params else ("W", "b")
+    inputs = [graph.constant(f"{scope}.{key}", store[key]) for store, key in (
+        (layer.params, scale), (layer.params, shift), (layer.buffers, "running_mean"),
+        (layer.buffers, "running_var"))]
+    epsilon = float(layer.config().get("eps", 1e-5))
+    return graph.node("BatchNormalization", [x, *inputs], scope, epsilon=epsilon)
+
+
+@converter("Linear")
+def _linear(graph: OnnxGraph, layer: Layer, x: str, scope: str) -> str:
+    # xpvision's W is (in, out): y = x @ W + b, Gemm without transposition.
+    return graph.node("Gemm", [x, graph.constant(f"{scope}.W", layer.params["W"]),
+                               *_bias_or_none(graph, layer, scope)], scope)
+
+
+@converter("Flatten")
+def _flatten(graph: OnnxGraph, layer: Layer, x: str, scope: str) -> str:
+    return graph.node("Flatten", [x], scope, axis=1)  # (N, C*H*W) in NCHW order, as xpvision's Flatten
+
+
+@converter("ReLU")
+def _relu(graph: OnnxGraph, layer: Layer, x: str, scope: str) -> str:
+    return graph.node("Relu", [x], scope)
+
+
+@converter("LeakyReLU")
+def _leaky_relu(graph: OnnxGraph, layer: Layer, x: str, scope: str) -> str:
+    return graph.node("LeakyRelu", [x], scope, alpha=float(layer.config()["negative_slope"]))
+
+
+@converter("Sigmoid")
+def _sigmoid(graph: OnnxGraph, layer: Layer, x: str, scope: str) -> str:
+    return graph.node("Sigmoid", [x], scope)
+
+
+@converter("Dropout", "Identity")
+def _identity(graph: OnnxGraph, layer: Layer, x: str, scope: str) -> str:
+    return x  # dropout is the identity at inference
