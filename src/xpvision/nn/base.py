@@ -2,21 +2,22 @@
 
 Conventions every layer follows
 -------------------------------
-* **Layout.** Image tensors have the *shape* ``(N, C, H, W)`` at every public boundary, as in PyTorch. Inside, the
-  layers keep them *channels-last in memory* (PyTorch's ``channels_last``): a layer's output is an
-  ``(N, C, H, W)``-shaped view of a C-contiguous ``(N, H, W, C)`` buffer, so that a convolution's GEMM output is
+* **Layout.** Image tensors have the *shape* ``(N, C, H, W)`` at every public boundary, as in PyTorch. Inside,
+  the layers keep them *channels-last in memory* (PyTorch's ``channels_last``): a layer's output is an ``(N,
+  C, H, W)``-shaped view of a C-contiguous ``(N, H, W, C)`` buffer, so that a convolution's GEMM output is
   already the next layer's input and no transposes are paid between layers. A plain C-contiguous NCHW array is
   accepted too (it is converted once). :func:`xpvision.nn.functional.nhwc` gives the ``(N, H, W, C)`` view.
 * **dtype.** float32 unless the caller passes float64 (gradient checks); layers never upcast silently.
-* **Parameters.** ``params[name]`` holds the array and ``grads[name]`` the gradient of the same shape, allocated by
-  :meth:`Layer.add_param`. ``backward`` writes gradients *in place* (``self.grads['W'][...] = dW``), never rebinds
-  them, and ``forward`` reads ``self.params[...]`` on every call: optimizers may replace both by views into one flat
-  buffer. ``buffers`` hold non-trained state saved with the weights (batch-norm running statistics).
+* **Parameters.** ``params[name]`` holds the array and ``grads[name]`` the gradient of the same shape,
+  allocated by :meth:`Layer.add_param`. ``backward`` writes gradients *in place* (``self.grads['W'][...] =
+  dW``), never rebinds them, and ``forward`` reads ``self.params[...]`` on every call: optimizers may replace
+  both by views into one flat buffer. ``buffers`` hold non-trained state saved with the weights (batch-norm
+  running statistics).
 * **Training flag.** ``training`` switches dropout and batch norm; ``train()``/``eval()`` set it recursively.
 * **Freezing.** ``trainable = False`` (``freeze()``) keeps a layer's parameters out of the optimizer; its
   ``backward`` still returns the input gradient but need not fill its parameter gradients.
-* **Spec.** ``config()`` returns the JSON-able constructor arguments; :func:`build_layer` rebuilds a layer from
-  ``spec()``, so a model on disk is an ``.npz`` of ``state_dict()`` plus a JSON spec, never a pickle.
+* **Spec.** ``config()`` returns the JSON-able constructor arguments; :func:`build_layer` rebuilds a layer
+  from ``spec()``, so a model on disk is an ``.npz`` of ``state_dict()`` plus a JSON spec, never a pickle.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ LAYERS: dict[str, type[Layer]] = {}
 
 
 class Layer:
-    """Base class: ``forward(x)``, ``backward(dout)``, ``params``/``grads``/``buffers`` dicts, ``training`` flag."""
+    """Base class: ``forward(x)``, ``backward(dout)``, ``params``/``grads``/``buffers``, ``training``."""
 
     registered: ClassVar[bool] = True
 
@@ -49,7 +50,7 @@ class Layer:
         self.training = True
         self.trainable = True
 
-    # -- computation -------------------------------------------------------------------------------------------
+    # -- computation -----------------------------------------------------------------------------------------
     def forward(self, x):
         raise NotImplementedError
 
@@ -59,7 +60,7 @@ class Layer:
     def __call__(self, x):
         return self.forward(x)
 
-    # -- parameters ---------------------------------------------------------------------------------------------
+    # -- parameters ------------------------------------------------------------------------------------------
     def add_param(self, name: str, value) -> None:
         """Register a parameter and allocate its zero gradient of the same shape, dtype and device."""
         xp = backend.get_array_module(value)
@@ -91,7 +92,7 @@ class Layer:
     def num_parameters(self) -> int:
         return int(sum(layer.params[key].size for _, layer, key in self.named_parameters()))
 
-    # -- modes ----------------------------------------------------------------------------------------------------
+    # -- modes -----------------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> Layer:
         for _, layer in self.named_layers():
             layer.training = mode
@@ -110,9 +111,10 @@ class Layer:
             layer.trainable = True
         return self
 
-    # -- device ---------------------------------------------------------------------------------------------------
+    # -- device ----------------------------------------------------------------------------------------------
     def to(self, device: str) -> Layer:
-        """Move parameters, gradients and buffers of this layer and its sub-layers to ``'cpu'`` or ``'gpu'``."""
+        """Move parameters, gradients and buffers of this layer and its sub-layers to ``'cpu'`` or ``'gpu'``.
+        """
         backend.check_device(device)
         for _, layer in self.named_layers():
             for store in (layer.params, layer.grads, layer.buffers):
@@ -126,7 +128,7 @@ class Layer:
             return backend.device_of(layer.params[key])
         return "cpu"
 
-    # -- weights --------------------------------------------------------------------------------------------------
+    # -- weights ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
         """Parameters and buffers as NumPy copies, keyed ``'<layer path>.<key>'`` (buffers too)."""
         state = {}
@@ -138,9 +140,10 @@ class Layer:
     def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> dict[str, list[str]]:
         """Copy arrays from ``state`` into the parameters and buffers of matching names.
 
-        Returns a report ``{'loaded': [...], 'missing': [...], 'unexpected': [...], 'mismatched': [...]}``, where
-        ``mismatched`` entries read ``'name: file (shape) vs model (shape)'``. With ``strict`` any missing,
-        unexpected or mismatched entry raises :class:`WeightsError` listing them all, and nothing is changed.
+        Returns a report ``{'loaded': [...], 'missing': [...], 'unexpected': [...], 'mismatched': [...]}``,
+        where ``mismatched`` entries read ``'name: file (shape) vs model (shape)'``. With ``strict`` any
+        missing, unexpected or mismatched entry raises :class:`WeightsError` listing them all, and nothing is
+        changed.
         """
         targets: dict[str, tuple[dict, str]] = {}
         for lname, layer in self.named_layers():
@@ -169,7 +172,7 @@ class Layer:
             report["loaded"].append(name)
         return report
 
-    # -- spec -----------------------------------------------------------------------------------------------------
+    # -- spec ------------------------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """JSON-able constructor arguments that rebuild this layer (without its weights)."""
         return {}
@@ -187,8 +190,10 @@ def build_layer(spec: dict[str, Any]) -> Layer:
     try:
         cls = LAYERS[spec["type"]]
     except KeyError as e:
-        raise WeightsError(f"unknown layer type in spec: {spec.get('type')!r}; known: {sorted(LAYERS)}") from e
-    return cls.from_config(spec.get("config", {})) if hasattr(cls, "from_config") else cls(**spec.get("config", {}))
+        raise WeightsError(f"unknown layer type in spec: {spec.get('type')!r}; "
+                           f"known: {sorted(LAYERS)}") from e
+    config = spec.get("config", {})
+    return cls.from_config(config) if hasattr(cls, "from_config") else cls(**config)
 
 
 class Sequential(Layer):

@@ -1,0 +1,149 @@
+"""Convolution layers: :class:`Conv2d` and :class:`ConvTranspose2d` (channels-last inside, see ``base.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from xpvision.errors import ShapeError
+from xpvision.nn import functional as F
+from xpvision.nn import init
+from xpvision.nn.base import Layer
+from xpvision.nn.validate import forward_done, grad_like, image_input, pair, positive_int, unpair
+
+
+class Conv2d(Layer):
+    """2-D convolution (cross-correlation, as PyTorch).
+
+    Parameters: ``W`` ``(out_ch, in_ch, kh, kw)`` (PyTorch's layout), He-normal initialised with fan-in
+    ``in_ch * kh * kw``; ``b`` ``(out_ch,)`` zeros (when ``bias``). ``kernel_size``, ``stride``, ``padding``
+    and ``dilation`` are ints or ``(h, w)`` pairs; padding is zeros.
+
+    Input ``(N, in_ch, H, W)`` float32/float64; output ``(N, out_ch, OH, OW)`` with ``OH = (H + 2P - D(K - 1)
+    - 1) // S + 1``, an NCHW-shaped view of a contiguous NHWC buffer.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int | tuple[int, int], stride: int | tuple = 1,
+                 padding: int | tuple = 0, dilation: int | tuple = 1, bias: bool = True) -> None:
+        super().__init__()
+        self.in_ch = positive_int("in_ch", in_ch)
+        self.out_ch = positive_int("out_ch", out_ch)
+        self.kernel_size = pair("kernel_size", kernel_size, 1)
+        self.stride = pair("stride", stride, 1)
+        self.padding = pair("padding", padding, 0)
+        self.dilation = pair("dilation", dilation, 1)
+        kh, kw = self.kernel_size
+        self.add_param("W", init.he_normal((self.out_ch, self.in_ch, kh, kw), fan_in=self.in_ch * kh * kw))
+        if bias:
+            self.add_param("b", np.zeros(self.out_ch, dtype=np.float32))
+        self._pad_buffer = None  # persistent zero-bordered input buffer (its border is never written)
+        self._cache: tuple | None = None
+
+    def config(self) -> dict[str, Any]:
+        return {"in_ch": self.in_ch, "out_ch": self.out_ch, "kernel_size": unpair(self.kernel_size),
+                "stride": unpair(self.stride), "padding": unpair(self.padding),
+                "dilation": unpair(self.dilation), "bias": "b" in self.params}
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """``(OH, OW)`` for an ``H x W`` input."""
+        return tuple(F.conv_output_size(size, k, s, p, d) for size, k, s, p, d in zip(
+            (h, w), self.kernel_size, self.stride, self.padding, self.dilation, strict=True))
+
+    def forward(self, x):
+        x4 = image_input(type(self).__name__, x, self.in_ch)  # (N, H, W, I)
+        oh, ow = self.output_size(x4.shape[1], x4.shape[2])
+        if oh < 1 or ow < 1:
+            raise ShapeError(f"{type(self).__name__} input {tuple(x.shape)} is smaller than its kernel "
+                             f"{self.kernel_size} (dilation {self.dilation}, padding {self.padding})")
+        xpad = F.pad_nhwc(x4, self.padding, out=self._pad_buffer)  # (N, Hp, Wp, I)
+        if xpad is not x4:
+            self._pad_buffer = xpad
+        w_mat = F.conv_weight_matrix(self.params["W"])  # (kh*kw*I, O)
+        y = F.conv2d_nhwc(xpad, w_mat, self.kernel_size, self.stride, self.dilation)  # (N, OH, OW, O)
+        if "b" in self.params:
+            y += self.params["b"]
+        self._cache = (xpad, w_mat, y.shape)
+        return F.nchw(y)
+
+    def backward(self, dout):
+        forward_done(type(self).__name__, self._cache)
+        xpad, w_mat, y_shape = self._cache
+        dy = F.nhwc(grad_like(type(self).__name__, dout, (y_shape[0], y_shape[3], y_shape[1], y_shape[2])))
+        if self.trainable:
+            dw = F.conv2d_grad_weight(xpad, dy, self.kernel_size, self.stride, self.dilation)  # (kh*kw*I, O)
+            self.grads["W"][...] = F.conv_weight_from_matrix(dw, self.kernel_size)
+            if "b" in self.params:
+                self.grads["b"][...] = dy.reshape(-1, self.out_ch).sum(axis=0)
+        dxpad = F.conv2d_grad_input(dy, w_mat, xpad.shape[1:3], self.kernel_size, self.stride, self.dilation)
+        return F.nchw(F.crop_nhwc(dxpad, self.padding))  # (N, I, H, W)
+
+
+class ConvTranspose2d(Layer):
+    """2-D transposed convolution (the gradient of a convolution w.r.t. its input), as PyTorch's.
+
+    Parameters: ``W`` ``(in_ch, out_ch, kh, kw)`` (PyTorch's layout), He-normal initialised with fan-in
+    ``in_ch * kh * kw / (sh * sw)`` (the input terms per output pixel); ``b`` ``(out_ch,)`` zeros.
+
+    Input ``(N, in_ch, H, W)``; output ``(N, out_ch, (H - 1) * S - 2P + K, ...)``, an NCHW-shaped view of a
+    contiguous NHWC buffer. Computed as the input gradient of the convolution with the same ``W``, ``stride``
+    and ``padding`` (which maps the output back to the input).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int | tuple[int, int], stride: int | tuple = 1,
+                 padding: int | tuple = 0, bias: bool = True) -> None:
+        super().__init__()
+        self.in_ch = positive_int("in_ch", in_ch)
+        self.out_ch = positive_int("out_ch", out_ch)
+        self.kernel_size = pair("kernel_size", kernel_size, 1)
+        self.stride = pair("stride", stride, 1)
+        self.padding = pair("padding", padding, 0)
+        kh, kw = self.kernel_size
+        fan_in = max(1, self.in_ch * kh * kw // (self.stride[0] * self.stride[1]))
+        self.add_param("W", init.he_normal((self.in_ch, self.out_ch, kh, kw), fan_in=fan_in))
+        if bias:
+            self.add_param("b", np.zeros(self.out_ch, dtype=np.float32))
+        self._pad_buffer = None
+        self._cache: tuple | None = None
+
+    def config(self) -> dict[str, Any]:
+        return {"in_ch": self.in_ch, "out_ch": self.out_ch, "kernel_size": unpair(self.kernel_size),
+                "stride": unpair(self.stride), "padding": unpair(self.padding), "bias": "b" in self.params}
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """``(OH, OW) = ((H - 1) * S - 2P + K, ...)``."""
+        return tuple((size - 1) * s - 2 * p + k for size, k, s, p in zip(
+            (h, w), self.kernel_size, self.stride, self.padding, strict=True))
+
+    def forward(self, x):
+        x4 = image_input(type(self).__name__, x, self.in_ch)  # (N, H, W, I)
+        oh, ow = self.output_size(x4.shape[1], x4.shape[2])
+        if oh < 1 or ow < 1:
+            raise ShapeError(f"{type(self).__name__} input {tuple(x.shape)} gives an empty output "
+                             f"({oh}, {ow})")
+        w_mat = F.conv_weight_matrix(self.params["W"])  # (kh*kw*O, I): the matching convolution maps O -> I
+        padded_hw = (oh + 2 * self.padding[0], ow + 2 * self.padding[1])
+        ypad = F.conv2d_grad_input(x4, w_mat, padded_hw, self.kernel_size, self.stride)  # (N, OHp, OWp, O)
+        y = F.crop_nhwc(ypad, self.padding)
+        if self.padding != (0, 0):
+            y = y.copy()  # contiguous (N, OH, OW, O)
+        if "b" in self.params:
+            y += self.params["b"]
+        self._cache = (x4, w_mat, y.shape)
+        return F.nchw(y)
+
+    def backward(self, dout):
+        forward_done(type(self).__name__, self._cache)
+        x4, w_mat, y_shape = self._cache
+        dy = F.nhwc(grad_like(type(self).__name__, dout, (y_shape[0], y_shape[3], y_shape[1], y_shape[2])))
+        dypad = F.pad_nhwc(dy, self.padding, out=self._pad_buffer)  # (N, OHp, OWp, O)
+        if dypad is not dy:
+            self._pad_buffer = dypad
+        if self.trainable:
+            dw = F.conv2d_grad_weight(dypad, x4, self.kernel_size, self.stride)  # (kh*kw*O, I)
+            self.grads["W"][...] = F.conv_weight_from_matrix(dw, self.kernel_size)
+            if "b" in self.params:
+                self.grads["b"][...] = dy.reshape(-1, self.out_ch).sum(axis=0)
+        dx = F.conv2d_nhwc(dypad, w_mat, self.kernel_size, self.stride)  # (N, H, W, I)
+        return F.nchw(dx)

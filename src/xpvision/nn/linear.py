@@ -1,0 +1,108 @@
+"""Dense-network layers: :class:`Linear`, :class:`Flatten`, :class:`Dropout`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from xpvision import backend
+from xpvision.errors import ConfigError, ShapeError
+from xpvision.nn import init, rng
+from xpvision.nn.base import Layer
+from xpvision.nn.validate import check_float, forward_done, grad_like, matrix_input, positive_int
+
+
+class Linear(Layer):
+    """Affine layer ``y = x @ W + b``.
+
+    ``W`` is ``(in_features, out_features)`` (the book's layout, the transpose of PyTorch's ``weight``),
+    He-normal initialised with fan-in ``in_features``; ``b`` ``(out_features,)`` zeros. Input ``(N, in)``,
+    output ``(N, out)``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features = positive_int("in_features", in_features)
+        self.out_features = positive_int("out_features", out_features)
+        self.add_param("W", init.he_normal((self.in_features, self.out_features), fan_in=self.in_features))
+        if bias:
+            self.add_param("b", np.zeros(self.out_features, dtype=np.float32))
+        self._x = None
+
+    def config(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": "b" in self.params}
+
+    def forward(self, x):
+        self._x = matrix_input(type(self).__name__, x, self.in_features)
+        y = self._x @ self.params["W"]  # (N, out)
+        if "b" in self.params:
+            y += self.params["b"]
+        return y
+
+    def backward(self, dout):
+        forward_done(type(self).__name__, self._x)
+        grad_like(type(self).__name__, dout, (self._x.shape[0], self.out_features))
+        if self.trainable:
+            self.grads["W"][...] = self._x.T @ dout  # (in, out)
+            if "b" in self.params:
+                self.grads["b"][...] = dout.sum(axis=0)
+        return dout @ self.params["W"].T  # (N, in)
+
+
+class Flatten(Layer):
+    """``(N, d1, d2, ...)`` -> ``(N, d1 * d2 * ...)`` in C order of the *shape*: an image ``(N, C, H, W)`` is
+    flattened in NCHW order whatever its memory layout, so the next Linear's weights mean what they mean in
+    PyTorch. The gradient comes back as a C-contiguous ``(N, C, H, W)`` array."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._shape: tuple | None = None
+
+    def forward(self, x):
+        check_float(type(self).__name__, x)
+        if x.ndim < 2:
+            raise ShapeError(f"Flatten expected input (N, ...) with at least 2 dimensions, "
+                             f"got {tuple(x.shape)}")
+        self._shape = tuple(x.shape)
+        return x.reshape(x.shape[0], -1)  # (N, C*H*W), a copy when x is channels-last
+
+    def backward(self, dout):
+        forward_done(type(self).__name__, self._shape)
+        grad_like(type(self).__name__, dout, (self._shape[0], int(np.prod(self._shape[1:]))))
+        return dout.reshape(self._shape)
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, zero each element with probability ``p`` and scale the rest by ``1 / (1
+    - p)``; identity in eval mode. Masks are drawn from :mod:`xpvision.nn.rng` on the input's device."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not isinstance(p, int | float) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
+            raise ConfigError(f"Dropout p must be a probability in [0, 1], got {p!r}")
+        self.p = float(p)
+        self._scale = None
+
+    def config(self) -> dict[str, Any]:
+        return {"p": self.p}
+
+    def forward(self, x):
+        check_float(type(self).__name__, x)
+        if not self.training or self.p == 0.0:
+            self._scale = None
+            return x
+        xp = backend.get_array_module(x)
+        if self.p == 1.0:
+            self._scale = xp.zeros(x.shape, dtype=x.dtype)
+        else:
+            keep = rng.uniform(x.shape, xp, x.dtype) >= self.p
+            self._scale = keep * x.dtype.type(1.0 / (1.0 - self.p))  # (same shape as x), 0 or 1/(1-p)
+        return x * self._scale
+
+    def backward(self, dout):
+        if self._scale is None:
+            return dout
+        grad_like(type(self).__name__, dout, self._scale.shape)
+        return dout * self._scale
