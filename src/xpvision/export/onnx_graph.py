@@ -221,3 +221,12 @@ def _sigmoid(graph: OnnxGraph, layer: Layer, x: str, scope: str) -> str:
 @converter("Dropout", "Identity")
 def _identity(graph: OnnxGraph, layer: Layer, x: str, scope: str) -> str:
     return x  # dropout is the identity at inference
+
+
+@converter("ResidualBlock")
+def _residual_block(graph: OnnxGraph, layer: Layer, x: str, scope: str) -> str:
+    main = x
+    for name in ("conv1", "bn1", "relu1", "conv2", "bn2"):
+        main = graph.layer(getattr(layer, name), main, f"{scope}.{name}")
+    shortcut = graph.layer(layer.shortcut, x, f"{scope}.shortcut")
+    return graph.layer(layer.relu2, graph.node("Add", [main, shortcut], f"{scope}.add"), f"{scope}.relu2")

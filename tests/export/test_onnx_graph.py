@@ -1,0 +1,80 @@
+"""ONNX export: onnxruntime reproduces xpvision's outputs (max abs error <= 1e-4) for each layer kind."""
+
+import numpy as np
+import pytest
+
+from xpvision import nn
+from xpvision.export.onnx_graph import ExportError, onnx_parity, run_onnx, to_onnx
+from xpvision.models import build_model
+
+pytest.importorskip("onnxruntime")
+
+
+def randomise_batch_norm(model, rng):
+    """Give batch-norm layers non-trivial affine parameters and running statistics (eval mode uses them)."""
+    for _, layer in model.named_layers():
+        if isinstance(layer, nn.BatchNorm2d):
+            c = layer.num_features
+            layer.params["gamma"][...] = rng.uniform(0.5, 1.5, c)
+            layer.params["beta"][...] = rng.normal(0, 0.1, c)
+            layer.buffers["running_mean"][...] = rng.normal(0, 0.1, c)
+            layer.buffers["running_var"][...] = rng.uniform(0.5, 2.0, c)
+
+
+@pytest.mark.parametrize(("name", "kwargs", "input_shape"), [
+    ("deep_convnet", {}, (1, 28, 28)),
+    ("deep_convnet", {"batch_norm": True}, (1, 28, 28)),
+    ("simple_convnet", {}, (1, 28, 28)),
+    ("resnet_small", {"in_channels": 3}, (3, 20, 20)),
+])
+def test_classifier_export_matches_xpvision(name, kwargs, input_shape):
+    rng = np.random.default_rng(0)
+    model = build_model(name, **kwargs)
+    randomise_batch_norm(model, rng)
+    onnx_model = to_onnx(model, input_shape, probabilities=True)
+    images = rng.uniform(0, 1, (5, *input_shape)).astype(np.float32)
+    assert onnx_parity(model, onnx_model, images) <= 1e-4
+    logits, probabilities = run_onnx(onnx_model, images)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(probabilities.argmax(axis=1), logits.argmax(axis=1))
+
+
+def test_every_layer_kind_and_odd_geometry():
+    """Stride, asymmetric padding, dilation, overlapping and padded pools, transposed conv, activations."""
+    rng = np.random.default_rng(1)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.LeakyReLU(0.1),
+        nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)), nn.ReLU(),
+        nn.MaxPool2d(3, stride=2, padding=1), nn.AvgPool2d(3, stride=1, padding=1),
+        nn.ConvTranspose2d(6, 5, 4, stride=2, padding=1), nn.Sigmoid(), nn.Identity(),
+        nn.GlobalAvgPool2d(), nn.Dropout(0.5), nn.Linear(5, 3))
+    randomise_batch_norm(model, rng)
+    images = rng.normal(size=(2, 3, 13, 11)).astype(np.float32)
+    assert onnx_parity(model, to_onnx(model, (3, 13, 11)), images) <= 1e-4
+
+
+def test_batch_size_is_symbolic():
+    model = build_model("simple_convnet")
+    onnx_model = to_onnx(model, (1, 28, 28))
+    for n in (1, 7):
+        (out,) = run_onnx(onnx_model, np.zeros((n, 1, 28, 28), np.float32))
+        assert out.shape == (n, 10)
+
+
+def test_unknown_layer_is_a_clear_error():
+    class Mystery(nn.Layer):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(ExportError, match=r"model\.1 of type Mystery"):
+        to_onnx(nn.Sequential(nn.ReLU(), Mystery()), (1, 4, 4))
+
+
+def test_parity_detects_a_wrong_graph():
+    """The check is not vacuous: changing a weight after export is caught."""
+    model = build_model("simple_convnet")
+    onnx_model = to_onnx(model, (1, 28, 28))
+    last_linear = [layer for _, layer in model.named_layers() if isinstance(layer, nn.Linear)][-1]
+    last_linear.params["b"][...] += 0.01
+    images = np.random.default_rng(2).uniform(size=(3, 1, 28, 28)).astype(np.float32)
+    assert onnx_parity(model, onnx_model, images) >= 0.009
