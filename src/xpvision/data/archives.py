@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import os
 import posixpath
-import shutil
 import tarfile
-import tempfile
 import zipfile
 from pathlib import Path
 
+from xpvision.data.folders import atomic_dir
 from xpvision.errors import DataError
 
 
@@ -27,29 +26,15 @@ def extract_archive(archive: str | os.PathLike, target: str | os.PathLike) -> Pa
     archive, target = Path(archive), Path(target)
     if not archive.is_file():
         raise DataError(f"archive {archive} does not exist")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.extracting-", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         if zipfile.is_zipfile(archive):
             _extract_zip(archive, tmp)
         elif tarfile.is_tarfile(archive):
             _extract_tar(archive, tmp)
         else:
-            raise DataError(f"archive {archive}: not a zip or tar file (or truncated before its first member)")
-        _replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            raise DataError(f"archive {archive}: not a zip or tar file (or truncated before its first "
+                            "member)")
     return target
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old / "x")
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_name(archive: Path, name: str) -> str:

@@ -123,7 +123,8 @@ def write_voc_xml(path: str | os.PathLike, filename: str, image_shape: tuple[int
     ET.SubElement(root, "folder").text = folder
     ET.SubElement(root, "filename").text = filename
     size = ET.SubElement(root, "size")
-    for key, value in zip(("height", "width", "depth"), image_shape, strict=True):
+    height, width, depth = image_shape
+    for key, value in (("width", width), ("height", height), ("depth", depth)):
         ET.SubElement(size, key).text = str(value)
     ET.SubElement(root, "segmented").text = "1"
     for (x1, y1, x2, y2), label in zip(np.rint(boxes).astype(int), labels, strict=True):

@@ -1,0 +1,164 @@
+"""One call per data source: raw files (generated or downloaded) -> processed ``train`` / ``test`` shards.
+
+Sources: ``digits`` and ``digit-scenes`` (offline, generated), ``mnist``, ``fashion-mnist``, ``voc2007``,
+``voc2012``, ``coco2017`` (downloaded through mirrors, see :mod:`xpvision.data.download`). The processed folder
+gets ``train/`` and ``test/`` shard folders (:mod:`xpvision.data.shards`) whose manifests' ``meta`` hold the
+source, the split mapping and, for ``train``, the per-channel ``mean``/``std`` of the images in [0, 1].
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xpvision.atomic import write_text
+from xpvision.data.archives import extract_archive
+from xpvision.data.download import fetch_dataset, md5sum
+from xpvision.data.mnist import DIGIT_CLASSES, FASHION_CLASSES, load_mnist_split
+from xpvision.data.scenes import SceneConfig
+from xpvision.data.shards import channel_stats, write_shards
+from xpvision.errors import ConfigError, DataError
+
+SOURCES = ("digits", "digit-scenes", "mnist", "fashion-mnist", "voc2007", "voc2012", "coco2017")
+TASKS = ("classification", "detection", "segmentation")
+DEFAULT_SPLITS = {"voc2007": {"train": "trainval", "test": "test"}, "voc2012": {"train": "train", "test": "val"},
+                  "coco2017": {"train": "train2017", "test": "val2017"}}
+_VOC_ARCHIVES = {("voc2007", "trainval"): "VOCtrainval_06-Nov-2007.tar",
+                 ("voc2007", "test"): "VOCtest_06-Nov-2007.tar"}
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """What to prepare. ``classes``/``max_images``/``image_size`` subset and resize (image sources only).
+
+    ``splits`` maps xpvision's ``train``/``test`` to the source's split names (defaults in
+    :data:`DEFAULT_SPLITS`; e.g. ``{"train": "val2017", "test": "val2017"}`` avoids the 19 GB COCO train zip).
+    ``image_size`` is ``(height, width)`` for VOC / COCO (required there: shards hold one size); ``None`` keeps
+    the generated sizes of digits and digit-scenes.
+    """
+
+    source: str = "digits"
+    task: str = "classification"
+    mirrors: tuple[str, ...] = ()
+    use_official: bool = True
+    classes: tuple[str, ...] | None = None
+    max_images: int | None = None
+    image_size: tuple[int, int] | None = None
+    splits: dict[str, str] | None = None
+    shard_size: int = 4096
+    digits_seed: int = 0
+    scenes: SceneConfig = field(default_factory=SceneConfig)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ConfigError(f"data source {self.source!r} unknown; expected one of {SOURCES}")
+        if self.task not in TASKS:
+            raise ConfigError(f"task {self.task!r} unknown; expected one of {TASKS}")
+        image_source = self.source in ("digit-scenes", "voc2007", "voc2012", "coco2017")
+        if image_source == (self.task == "classification"):
+            raise ConfigError(f"source {self.source!r} does not provide task {self.task!r}: digits/mnist/"
+                              "fashion-mnist are classification, the others detection or segmentation")
+        if self.source in DEFAULT_SPLITS and self.image_size is None:
+            raise ConfigError(f"source {self.source!r} has images of many sizes: set image_size [H, W]")
+        if self.max_images is not None and self.max_images < 1:
+            raise ConfigError(f"max_images must be >= 1 or null, got {self.max_images}")
+
+
+def prepare(config: PrepareConfig, raw_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
+    """Fetch or generate ``config.source`` under ``raw_dir`` and write ``out_dir/{train,test}`` shards.
+
+    Returns ``{"train": count, "test": count, "classes": [...]}``.
+    """
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    splits = {**DEFAULT_SPLITS.get(config.source, {"train": "train", "test": "test"}), **(config.splits or {})}
+    summary: dict = {}
+    for split in ("train", "test"):
+        samples, classes = _load_split(config, raw_dir, splits[split])
+        if not samples:
+            raise DataError(f"{config.source} split {splits[split]!r}: no images left (classes {config.classes})")
+        meta = {"source": config.source, "task": config.task, "split": split, "source_split": splits[split]}
+        if split == "train":
+            meta["mean"], meta["std"] = channel_stats(s["image"][None] for s in samples)  # (1, H, W, C) blocks
+        write_shards(out_dir / split, samples, classes=classes, shard_size=config.shard_size, meta=meta)
+        summary[split] = len(samples)
+        summary["classes"] = list(classes)
+    return summary
+
+
+def _load_split(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[list[dict], tuple[str, ...]]:
+    source = config.source
+    if source in ("digits", "mnist", "fashion-mnist"):
+        folder = _digits_folder(config, raw_dir) if source == "digits" else raw_dir / source
+        if source != "digits":
+            fetch_dataset(source, folder, config.mirrors, use_official=config.use_official,
+                          progress=config.progress)
+        arrays = load_mnist_split(folder, split, FASHION_CLASSES if source == "fashion-mnist" else DIGIT_CLASSES)
+        count = len(arrays.labels) if config.max_images is None else min(config.max_images, len(arrays.labels))
+        return [{"image": arrays.images[i], "label": int(arrays.labels[i])} for i in range(count)], arrays.classes
+    if source == "coco2017":
+        return _load_coco(config, raw_dir, split)
+    from xpvision.data.voc import load_voc
+
+    root, all_classes = _voc_root(config, raw_dir, split)
+    # digit-scenes have masks for every image: keep boxes and masks so one prepared set serves both tasks
+    with_masks = config.task == "segmentation" or config.source == "digit-scenes"
+    samples = load_voc(root, split, "segmentation" if with_masks else "detection", all_classes=all_classes,
+                       classes=config.classes, max_images=config.max_images, image_size=config.image_size)
+    return samples, tuple(config.classes or all_classes)
+
+
+def _digits_folder(config: PrepareConfig, raw_dir: Path) -> Path:
+    from xpvision.data.digits import write_digits
+
+    folder = raw_dir / "digits"
+    if not (folder / "t10k-labels-idx1-ubyte.gz").exists():
+        write_digits(folder, seed=config.digits_seed)
+    return folder
+
+
+def _voc_root(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[Path, tuple[str, ...]]:
+    """The folder holding JPEGImages/Annotations/ImageSets for ``split``, and the dataset's class order."""
+    if config.source == "digit-scenes":
+        from xpvision.data.scenes import write_digit_scenes
+
+        folder = raw_dir / "digit-scenes"
+        if not (folder / "ImageSets" / "Main" / "test.txt").exists():
+            write_digit_scenes(folder, _digits_folder(config, raw_dir), config.scenes)
+        return folder, DIGIT_CLASSES
+    from xpvision.data.voc import VOC_CLASSES
+
+    year = config.source[-4:]
+    archive_name = _VOC_ARCHIVES.get((config.source, split), "VOCtrainval_11-May-2012.tar" if year == "2012"
+                                     else "VOCtrainval_06-Nov-2007.tar")
+    archive = fetch_dataset(config.source, raw_dir / config.source, config.mirrors, only=(archive_name,),
+                            use_official=config.use_official, progress=config.progress)[archive_name]
+    extracted = _extract_once(archive, raw_dir / config.source / archive_name.removesuffix(".tar"))
+    return extracted / "VOCdevkit" / f"VOC{year}", VOC_CLASSES
+
+
+def _extract_once(archive: Path, target: Path) -> Path:
+    """Extract ``archive`` into ``target`` unless a marker says this exact archive (by MD5) is already there."""
+    marker = target / ".extracted-from.md5"
+    digest = md5sum(archive)
+    if marker.is_file() and marker.read_text(encoding="utf-8").strip() == digest:
+        return target
+    extract_archive(archive, target)
+    write_text(marker, digest + "\n")
+    return target
+
+
+def _load_coco(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[list[dict], tuple[str, ...]]:
+    from xpvision.data.coco import load_coco
+
+    folder = raw_dir / "coco2017"
+    names = ("annotations_trainval2017.zip", f"{split}.zip")
+    files = fetch_dataset("coco2017", folder, config.mirrors, only=names, use_official=config.use_official,
+                          progress=config.progress)
+    annotations = _extract_once(files[names[0]], folder / "annotations_trainval2017")
+    images = _extract_once(files[names[1]], folder / split)
+    samples, classes = load_coco(annotations / "annotations" / f"instances_{split}.json", images / split,
+                                 classes=config.classes, max_images=config.max_images,
+                                 image_size=config.image_size, with_masks=config.task == "segmentation")
+    return samples, classes

@@ -1,0 +1,213 @@
+"""Processed datasets on disk: a few large ``.npz`` shards plus a JSON manifest (DVC is slow on many small files).
+
+A shard ``shard-00000.npz`` holds up to ``shard_size`` samples, stacked:
+
+* ``images`` ``(n, H, W, C)`` uint8 (every sample of a dataset has the same size)
+* classification: ``label`` ``(n,)`` int64
+* detection: ``boxes`` ``(R, 4)`` float32, ``labels`` ``(R,)`` int64, ``difficult`` ``(R,)`` bool for all the
+  shard's objects, and ``box_offsets`` ``(n + 1,)`` int64: sample ``i`` owns rows ``box_offsets[i]:[i + 1]``
+* segmentation: ``masks`` ``(n, H, W)`` uint8 (255 = ignore)
+
+``manifest.json``: ``{"format", "count", "image_shape", "classes", "targets", "shards": [{"file", "count",
+"sha256"}], "meta": {...}}``. Shards are written as zip files with fixed timestamps (``np.savez`` stamps the
+current time), so the same samples give the same bytes, and they are loaded with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from xpvision.atomic import write_json
+from xpvision.data.folders import atomic_dir
+from xpvision.errors import DataError
+
+FORMAT = "xpvision-shards/1"
+MANIFEST = "manifest.json"
+TARGETS = ("label", "boxes", "mask")
+
+
+def write_shards(out_dir: str | os.PathLike, samples: Iterable[dict], *, classes: Sequence[str],
+                 shard_size: int = 4096, meta: dict | None = None) -> dict:
+    """Write ``samples`` (dicts as in docs/architecture.md) as shards + manifest into ``out_dir`` atomically.
+
+    The targets stored are those of the first sample (``label``, ``boxes``/``labels``/``difficult``, ``mask``);
+    every sample must have the same targets and image shape. Returns the manifest.
+    """
+    if shard_size < 1:
+        raise DataError(f"shard_size must be >= 1, got {shard_size}")
+    manifest = {"format": FORMAT, "count": 0, "image_shape": None, "classes": list(classes), "targets": None,
+                "shards": [], "meta": dict(meta or {})}
+    with atomic_dir(out_dir) as tmp:
+        pending: list[dict] = []
+        for sample in samples:
+            if manifest["targets"] is None:
+                manifest["targets"] = [t for t in TARGETS if t in sample]
+                manifest["image_shape"] = list(sample["image"].shape)
+            _check_sample(sample, manifest, manifest["count"] + len(pending))
+            pending.append(sample)
+            if len(pending) == shard_size:
+                _flush(tmp, pending, manifest)
+        if pending:
+            _flush(tmp, pending, manifest)
+        if manifest["count"] == 0:
+            raise DataError(f"no samples to write into {out_dir}")
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def _check_sample(sample: dict, manifest: dict, index: int) -> None:
+    targets = [t for t in TARGETS if t in sample]
+    if targets != manifest["targets"] or list(sample["image"].shape) != manifest["image_shape"]:
+        raise DataError(f"sample {index} ({sample.get('id', '?')}): targets {targets} and image shape "
+                        f"{list(sample['image'].shape)}; expected {manifest['targets']} and "
+                        f"{manifest['image_shape']} like the first sample (resize images to one size)")
+    if sample["image"].dtype != np.uint8:
+        raise DataError(f"sample {index}: image dtype {sample['image'].dtype}; expected uint8")
+
+
+def _flush(folder: Path, pending: list[dict], manifest: dict) -> None:
+    arrays = {"images": np.stack([s["image"] for s in pending])}  # (n, H, W, C)
+    if "label" in manifest["targets"]:
+        arrays["label"] = np.array([int(s["label"]) for s in pending], dtype=np.int64)
+    if "boxes" in manifest["targets"]:
+        arrays["boxes"] = np.concatenate([np.asarray(s["boxes"], np.float32).reshape(-1, 4) for s in pending])
+        arrays["labels"] = np.concatenate([np.asarray(s["labels"], np.int64).reshape(-1) for s in pending])
+        arrays["difficult"] = np.concatenate([np.asarray(s.get("difficult", np.zeros(len(s["labels"]), bool)),
+                                                         bool).reshape(-1) for s in pending])
+        arrays["box_offsets"] = np.cumsum([0] + [len(s["labels"]) for s in pending]).astype(np.int64)
+    if "mask" in manifest["targets"]:
+        arrays["masks"] = np.stack([s["mask"] for s in pending]).astype(np.uint8)  # (n, H, W)
+    name = f"shard-{len(manifest['shards']):05d}.npz"
+    data = npz_bytes(arrays)
+    (folder / name).write_bytes(data)
+    manifest["shards"].append({"file": name, "count": len(pending), "sha256": hashlib.sha256(data).hexdigest()})
+    manifest["count"] += len(pending)
+    pending.clear()
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An uncompressed ``.npz`` (zip of ``.npy``) with fixed timestamps: identical arrays give identical bytes."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for key, array in arrays.items():
+            if array.dtype == object:
+                raise DataError(f"array {key!r} has dtype object; shards never hold pickled objects")
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), member.getvalue())
+    return buf.getvalue()
+
+
+def read_manifest(folder: str | os.PathLike) -> dict:
+    """The manifest of a shard folder, checked for the format tag and required keys."""
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise DataError(f"shard manifest {path} does not exist (run the download stage first?)") from e
+    except json.JSONDecodeError as e:
+        raise DataError(f"shard manifest {path} is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"shard manifest {path}: format {manifest.get('format') if isinstance(manifest, dict) else None!r}"
+                        f"; expected {FORMAT!r}")
+    for key in ("count", "image_shape", "classes", "targets", "shards"):
+        if key not in manifest:
+            raise DataError(f"shard manifest {path}: missing key {key!r}")
+    return manifest
+
+
+class ShardDataset:
+    """A shard folder as a sequence of samples (dicts as in docs/architecture.md).
+
+    Shards are loaded whole on first use and kept in an LRU cache of ``max_cached_shards`` (``None``: all; a
+    shuffled epoch touches every shard, so keep all of them when they fit in memory). ``verify`` checks each
+    shard's SHA-256 against the manifest when it is loaded.
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, verify: bool = True, max_cached_shards: int | None = None):
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        self.classes = tuple(self.manifest["classes"])
+        self.targets = tuple(self.manifest["targets"])
+        self.meta = self.manifest.get("meta", {})
+        self.verify = verify
+        self.max_cached_shards = max_cached_shards
+        counts = [s["count"] for s in self.manifest["shards"]]
+        self._starts = np.cumsum([0, *counts])
+        self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def _shard(self, k: int) -> dict[str, np.ndarray]:
+        if k in self._cache:
+            self._cache.move_to_end(k)
+            return self._cache[k]
+        entry = self.manifest["shards"][k]
+        path = self.folder / entry["file"]
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as e:
+            raise DataError(f"shard {path} listed in the manifest does not exist") from e
+        if self.verify and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise DataError(f"shard {path}: SHA-256 {hashlib.sha256(data).hexdigest()} differs from the "
+                            f"manifest's {entry['sha256']}")
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                arrays = {key: npz[key] for key in npz.files}
+        except (ValueError, OSError, zipfile.BadZipFile) as e:
+            raise DataError(f"shard {path} is corrupt: {e}") from e
+        self._cache[k] = arrays
+        if self.max_cached_shards is not None and len(self._cache) > self.max_cached_shards:
+            self._cache.popitem(last=False)
+        return arrays
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples in {self.folder}")
+        index %= len(self)
+        k = int(np.searchsorted(self._starts, index, side="right") - 1)
+        return k, index - int(self._starts[k])
+
+    def __getitem__(self, index: int) -> dict:
+        k, i = self._locate(int(index))
+        shard = self._shard(k)
+        sample = {"image": shard["images"][i]}
+        if "label" in shard:
+            sample["label"] = int(shard["label"][i])
+        if "boxes" in shard:
+            lo, hi = shard["box_offsets"][i], shard["box_offsets"][i + 1]
+            sample.update(boxes=shard["boxes"][lo:hi], labels=shard["labels"][lo:hi],
+                          difficult=shard["difficult"][lo:hi])
+        if "masks" in shard:
+            sample["mask"] = shard["masks"][i]
+        return sample
+
+    def images(self) -> Iterable[np.ndarray]:
+        """Each shard's ``(n, H, W, C)`` uint8 image block, in order (for statistics)."""
+        for k in range(len(self.manifest["shards"])):
+            yield self._shard(k)["images"]
+
+
+def channel_stats(image_blocks: Iterable[np.ndarray]) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of images scaled to [0, 1], over blocks of ``(n, H, W, C)`` uint8 images."""
+    total, total_sq, count = None, None, 0
+    for block in image_blocks:
+        x = block.reshape(-1, block.shape[-1]).astype(np.float64) / 255.0  # (n*H*W, C)
+        total = x.sum(0) + (0 if total is None else total)
+        total_sq = (x * x).sum(0) + (0 if total_sq is None else total_sq)
+        count += x.shape[0]
+    if not count:
+        raise DataError("channel_stats: no images")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+    return [float(m) for m in mean], [float(s) for s in std]
