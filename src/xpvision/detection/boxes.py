@@ -1,0 +1,102 @@
+"""Box arithmetic with torchvision's names and semantics.
+
+Boxes are ``(N, 4)`` float arrays (float32 by default) in pixels. ``xyxy`` boxes are ``(x1, y1, x2, y2)`` with
+continuous, 0-based coordinates: ``x2`` is the right *edge*, so a box's width is ``x2 - x1`` (no VOC ``+1``).
+Every function runs on NumPy or CuPy arrays (``xp = backend.get_array_module(...)``).
+"""
+
+from __future__ import annotations
+
+from xpvision import backend
+from xpvision.errors import ShapeError
+
+BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
+
+
+def check_boxes(boxes, name: str = "boxes"):
+    """Return ``boxes`` as an array of shape ``(N, 4)``; raise :class:`ShapeError` naming ``name`` otherwise.
+
+    Integer boxes are converted to float32; float arrays keep their dtype.
+    """
+    xp = backend.get_array_module(boxes)
+    boxes = xp.asarray(boxes)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ShapeError(f"{name}: expected shape (N, 4), got {tuple(boxes.shape)}")
+    if boxes.dtype.kind not in "f":
+        boxes = boxes.astype(xp.float32)
+    return boxes
+
+
+def box_area(boxes):
+    """Areas ``(N,)`` of ``xyxy`` boxes ``(N, 4)``, same float dtype. Degenerate boxes give 0 or negatives, as
+    in torchvision (no clamping)."""
+    boxes = check_boxes(boxes)
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def box_iou(boxes1, boxes2):
+    """Pairwise IoU ``(N, M)`` of ``xyxy`` boxes ``(N, 4)`` and ``(M, 4)``.
+
+    The result has the promoted float dtype of the inputs (float32 for float32 boxes). Where the union is 0
+    (two empty boxes) the IoU is 0, not NaN as in torchvision.
+    """
+    boxes1 = check_boxes(boxes1, "boxes1")
+    boxes2 = check_boxes(boxes2, "boxes2")
+    xp = backend.get_array_module(boxes1, boxes2)
+    area1 = box_area(boxes1)
+    area2 = box_area(boxes2)
+    top_left = xp.maximum(boxes1[:, None, :2], boxes2[None, :, :2])  # (N, M, 2)
+    bottom_right = xp.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (N, M, 2)
+    wh = xp.clip(bottom_right - top_left, 0, None)  # (N, M, 2)
+    inter = wh[..., 0] * wh[..., 1]  # (N, M)
+    union = area1[:, None] + area2[None, :] - inter
+    positive = union > 0
+    return xp.where(positive, inter / xp.where(positive, union, 1), 0).astype(inter.dtype, copy=False)
+
+
+def box_convert(boxes, in_fmt: str, out_fmt: str):
+    """Convert ``(N, 4)`` boxes between ``'xyxy'``, ``'xywh'`` (top-left corner, size) and ``'cxcywh'``
+    (centre, size). Returns a new array of the same dtype."""
+    for fmt, key in ((in_fmt, "in_fmt"), (out_fmt, "out_fmt")):
+        if fmt not in BOX_FORMATS:
+            raise ValueError(f"{key}={fmt!r}; expected one of {BOX_FORMATS}")
+    boxes = check_boxes(boxes)
+    xp = backend.get_array_module(boxes)
+    if in_fmt == out_fmt:
+        return boxes.copy()
+    a, b, c, d = (boxes[:, i] for i in range(4))
+    if in_fmt == "xywh":
+        x1, y1, x2, y2 = a, b, a + c, b + d
+    elif in_fmt == "cxcywh":
+        x1, y1, x2, y2 = a - 0.5 * c, b - 0.5 * d, a + 0.5 * c, b + 0.5 * d
+    else:
+        x1, y1, x2, y2 = a, b, c, d
+    if out_fmt == "xywh":
+        out = (x1, y1, x2 - x1, y2 - y1)
+    elif out_fmt == "cxcywh":
+        out = ((x1 + x2) * 0.5, (y1 + y2) * 0.5, x2 - x1, y2 - y1)
+    else:
+        out = (x1, y1, x2, y2)
+    return xp.stack(out, axis=1).astype(boxes.dtype, copy=False)
+
+
+def clip_boxes_to_image(boxes, size: tuple[int, int]):
+    """Clip ``xyxy`` boxes ``(N, 4)`` to an image of ``size = (height, width)``: x into ``[0, width]``, y into
+    ``[0, height]`` (torchvision's rule). Returns a new array of the same dtype."""
+    boxes = check_boxes(boxes)
+    if len(size) != 2:
+        raise ShapeError(f"size: expected (height, width), got {size!r}")
+    xp = backend.get_array_module(boxes)
+    height, width = size
+    out = boxes.copy()
+    out[:, 0::2] = xp.clip(out[:, 0::2], 0, width)
+    out[:, 1::2] = xp.clip(out[:, 1::2], 0, height)
+    return out
+
+
+def remove_small_boxes(boxes, min_size: float):
+    """Indices (int64) of ``xyxy`` boxes ``(N, 4)`` whose width and height are both ``>= min_size``."""
+    boxes = check_boxes(boxes)
+    xp = backend.get_array_module(boxes)
+    wh = boxes[:, 2:] - boxes[:, :2]  # (N, 2)
+    return xp.nonzero((wh[:, 0] >= min_size) & (wh[:, 1] >= min_size))[0].astype(xp.int64)

@@ -1,0 +1,392 @@
+"""Non-maximum suppression: greedy ``nms``, per-class ``batched_nms``, and ``soft_nms``.
+
+Suppression rule (torchvision's): a box is suppressed when its IoU with a kept, higher-scoring box is
+*strictly greater* than ``iou_threshold`` (ChainerCV uses ``>=``). Boxes are visited in descending score;
+equal scores are visited in index order (a stable sort), so the result is deterministic.
+``iou_threshold = 1`` keeps every box; ``0`` suppresses every box that overlaps a kept one with positive area.
+
+IoU is computed in the boxes' float dtype (float32 for float32 boxes) as
+``inter / (area_i + area_j - inter)``, the same arithmetic on the CPU and in the CUDA kernel, so both paths
+return the same indices.
+
+CPU algorithm. Greedy NMS is the lexicographically-first maximal independent set of the *suppression graph*
+(an edge joins two boxes whose IoU exceeds the threshold), ordered by score. Only overlapping boxes can be
+joined, so the graph is sparse and is built without the ``O(N²)`` IoU matrix:
+
+1. An IoU above ``t`` needs the overlap in x to exceed ``t·max(w_i, w_j)`` and the centres to be closer than
+   ``(1 - t)·max(h_i, h_j)`` in y. Boxes are bucketed into horizontal bands of height ``(1 - t)·h_max`` by
+   centre and sorted by ``(band, x1)``; a box's candidates are then two contiguous runs of that order (later
+   boxes of its own band, and boxes of the next band) inside an x window, found with ``searchsorted``.
+2. IoU is computed for the candidate pairs only (vectorised, in chunks to bound memory); pairs above the
+   threshold are the edges.
+3. The greedy pass walks boxes in score order over the sparse edges (``O(N + E)``).
+
+On the GPU a CuPy ``RawKernel`` computes the 64-bit suppression bitmask of every pair of 64-box blocks, and a
+second single-block kernel walks it in score order (the algorithm of torchvision's and ChainerCV's CUDA NMS).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import numpy as np
+
+from xpvision import backend
+from xpvision.detection.boxes import check_boxes
+from xpvision.errors import ConfigError, ShapeError
+
+# Candidate pairs are processed in chunks of about this many, bounding temporary memory to a few tens of MB.
+_PAIR_CHUNK = 1 << 20
+# Search windows are widened by this fraction of the largest box side, so float rounding never loses a pair.
+_WINDOW_SLACK = 1e-3
+# Above this many candidate pairs per box the graph may be dense: greedy steps (this many at a time) are tried
+# and their measured removal rate decides, with a rough cost model of this machine, which method finishes.
+_DENSE_PAIRS_PER_BOX = 8
+_GREEDY_STEPS = 16
+_SECONDS_PER_PAIR = 4e-8
+_SECONDS_PER_STEP = 1.5e-5
+_SECONDS_PER_BOX_STEP = 8e-9
+
+
+def nms(boxes, scores, iou_threshold: float):
+    """Greedy non-maximum suppression.
+
+    Args:
+        boxes: ``(N, 4)`` float ``xyxy`` boxes (NumPy or CuPy).
+        scores: ``(N,)`` float scores.
+        iou_threshold: in ``[0, 1]``; boxes with IoU ``>`` this against a kept, higher-scoring box are
+            dropped.
+
+    Returns:
+        ``(K,)`` int64 indices into ``boxes`` of the kept boxes, in descending score order (ties by index).
+    """
+    return _nms(boxes, scores, None, iou_threshold)
+
+
+def batched_nms(boxes, scores, idxs, iou_threshold: float):
+    """Non-maximum suppression done independently per category ``idxs`` (``(N,)`` integers): boxes of
+    different categories never suppress each other. Returns ``(K,)`` int64 indices in descending score order.
+
+    Categories are kept apart by grouping, not by torchvision's coordinate-offset trick, whose large float32
+    offsets would round the IoU differently from plain :func:`nms`."""
+    return _nms(boxes, scores, idxs, iou_threshold)
+
+
+def _nms(boxes, scores, groups, iou_threshold: float):
+    boxes, scores = _check_inputs(boxes, scores)
+    threshold = _check_threshold(iou_threshold, "iou_threshold")
+    xp = backend.get_array_module(boxes, scores)
+    if groups is not None:
+        groups = xp.asarray(groups)
+        if groups.shape != scores.shape:
+            raise ShapeError(f"idxs: expected shape {tuple(scores.shape)}, got {tuple(groups.shape)}")
+    order = _descending(xp, scores)
+    if len(order) == 0 or threshold >= 1.0:
+        return order
+    if xp is not np:
+        return order[_nms_sorted_gpu(xp, boxes[order], None if groups is None else groups[order], threshold)]
+    sorted_boxes = np.ascontiguousarray(boxes[order])
+    sorted_groups = None if groups is None else np.asarray(groups)[order].astype(np.int64)
+    return order[_nms_sorted_cpu(sorted_boxes, sorted_groups, threshold)]
+
+
+def _nms_sorted_cpu(boxes, groups, threshold: float):
+    """Kept positions (int64) of score-sorted ``boxes`` ``(N, 4)`` with optional ``groups`` ``(N,)``.
+
+    While the suppression graph would be dense (many candidate pairs per box), greedy steps on the full set
+    are cheaper: each kept box removes its whole cluster. The greedy result on the boxes that survive the
+    first kept boxes is the greedy result of the rest, so the two methods chain.
+    """
+    alive = np.arange(len(boxes))
+    kept = []
+    removal_rate = None  # boxes decided per greedy step, measured
+    while len(alive):
+        sub_boxes = boxes[alive]
+        sub_groups = None if groups is None else groups[alive]
+        plan = _sweep_plan(sub_boxes, sub_groups, threshold)
+        n = len(alive)
+        sparse_cost = _SECONDS_PER_PAIR * plan.num_pairs
+        if removal_rate is None:
+            use_sparse = plan.num_pairs <= _DENSE_PAIRS_PER_BOX * n
+        else:
+            use_sparse = sparse_cost <= n / removal_rate * (_SECONDS_PER_STEP + _SECONDS_PER_BOX_STEP * n / 2)
+        if use_sparse:
+            src, dst = _suppression_edges(sub_boxes, sub_groups, threshold, plan)
+            kept.append(alive[_greedy_keep(n, src, dst)])
+            break
+        for _ in range(_GREEDY_STEPS):
+            if not len(alive):
+                break
+            kept.append(alive[:1])
+            suppressed = _pair_iou_one(boxes, alive[0], alive[1:], threshold)
+            if groups is not None:
+                suppressed &= groups[alive[1:]] == groups[alive[0]]
+            alive = alive[1:][~suppressed]
+        removal_rate = max((n - len(alive)) / _GREEDY_STEPS, 1.0)
+    return np.concatenate(kept) if kept else np.zeros(0, np.int64)
+
+
+def _check_inputs(boxes, scores):
+    boxes = check_boxes(boxes)
+    xp = backend.get_array_module(boxes, scores)
+    scores = xp.asarray(scores)
+    if scores.ndim != 1 or scores.shape[0] != boxes.shape[0]:
+        raise ShapeError(f"scores: expected shape ({boxes.shape[0]},) to match boxes, "
+                         f"got {tuple(scores.shape)}")
+    return boxes, scores
+
+
+def _check_threshold(value: float, name: str) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name}: expected a value in [0, 1], got {value}")
+    return value
+
+
+def _descending(xp, scores):
+    """int64 indices sorting ``scores`` descending; equal scores keep index order (stable sort)."""
+    if xp is np:
+        return np.argsort(-scores, kind="stable").astype(np.int64)
+    # CuPy's argsort is a stable (thrust) sort; it has no ``kind`` argument.
+    return xp.argsort(-scores).astype(xp.int64)
+
+
+# -- CPU: sparse suppression graph ----------------------------------------------------------------------
+class _SweepPlan(NamedTuple):
+    """Candidate partners of every box: two runs ``[first, last)`` of the sweep order (same, next band)."""
+
+    sweep: np.ndarray  # (N,) box positions in (band, x1) order
+    runs: tuple[tuple[np.ndarray, np.ndarray], ...]  # ((first, last), (first, last)), each (N,) int64
+    num_pairs: int
+
+
+def _sweep_plan(boxes, groups, threshold: float) -> _SweepPlan:
+    """Find the candidate pairs of ``boxes`` ``(N, 4)`` (a superset of the pairs with IoU > ``threshold``)."""
+    n = len(boxes)
+    x1, y1, x2, y2 = (boxes[:, k].astype(np.float64) for k in range(4))
+    width = x2 - x1  # (N,)
+    w_max = max(float(width.max()), 0.0)
+    h_max = max(float((y2 - y1).max()), 0.0)
+    slack = _WINDOW_SLACK * max(w_max, h_max, 1e-6)
+    # IoU > t needs |cy_i - cy_j| < (1 - t)·max(h_i, h_j): partners lie in the same or the next band.
+    centre_y = (y1 + y2) * 0.5  # (N,)
+    band = np.floor((centre_y - centre_y.min()) / ((1.0 - threshold) * h_max + slack)).astype(np.int64)
+    if groups is not None:  # two empty bands between groups keep them apart
+        band = (groups - groups.min()) * (int(band.max()) + 3) + band
+    x_start = x1 - float(x1.min())  # (N,) in [0, x range]
+    span = float(x_start.max()) + 2.0 * w_max + 1.0  # key distance between neighbouring bands
+    key = band * span + x_start
+    sweep = np.argsort(key, kind="stable")
+    key = key[sweep]
+    # IoU > t needs x1_i - (1 - t)·w_max < x1_j < x1_i + (1 - t)·w_i
+    right = key + (1.0 - threshold) * width[sweep] + slack
+    left = key - (1.0 - threshold) * w_max - slack
+    first_same = np.arange(1, n + 1)
+    last_same = np.maximum(np.searchsorted(key, right, side="left"), first_same)
+    first_next = np.searchsorted(key, left + span, side="left")
+    last_next = np.maximum(np.searchsorted(key, right + span, side="left"), first_next)
+    num_pairs = int((last_same - first_same).sum() + (last_next - first_next).sum())
+    return _SweepPlan(sweep, ((first_same, last_same), (first_next, last_next)), num_pairs)
+
+
+def _suppression_edges(boxes, groups, threshold: float, plan: _SweepPlan):
+    """Edges ``(src, dst)`` (int64, ``src < dst``) between boxes of ``boxes`` ``(N, 4)`` — sorted by
+    descending score — whose IoU is above ``threshold`` (and, with ``groups`` ``(N,)``, share a group)."""
+    dtype = boxes.dtype.type
+    coords = tuple(np.ascontiguousarray(boxes[:, k]) for k in range(4))
+    src_parts, dst_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for first, last in plan.runs:
+        for rows, cols in _pair_chunks(first, last):
+            i, j = plan.sweep[rows], plan.sweep[cols]  # score ranks
+            keep = _pair_iou(*coords, i, j, dtype) > dtype(threshold)
+            if groups is not None:
+                keep &= groups[i] == groups[j]
+            i, j = i[keep], j[keep]
+            src_parts.append(np.minimum(i, j))
+            dst_parts.append(np.maximum(i, j))
+    return np.concatenate(src_parts), np.concatenate(dst_parts)
+
+
+def _pair_iou_one(boxes, i: int, others, threshold: float):
+    """Boolean ``(len(others),)``: IoU of box ``i`` with each of ``boxes[others]`` above ``threshold``."""
+    dtype = boxes.dtype.type
+    b, rest = boxes[i], boxes[others]
+    w = np.maximum(np.minimum(b[2], rest[:, 2]) - np.maximum(b[0], rest[:, 0]), dtype(0))
+    h = np.maximum(np.minimum(b[3], rest[:, 3]) - np.maximum(b[1], rest[:, 1]), dtype(0))
+    inter = w * h
+    area_i = (b[2] - b[0]) * (b[3] - b[1])
+    area_rest = (rest[:, 2] - rest[:, 0]) * (rest[:, 3] - rest[:, 1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return inter / (area_i + area_rest - inter) > dtype(threshold)
+
+
+def _pair_chunks(first, last):
+    """Yield ``(rows, cols)`` int arrays enumerating, for every row ``r``, the columns
+    ``first[r] .. last[r]-1``, in chunks of about ``_PAIR_CHUNK`` pairs."""
+    counts = last - first  # (N,)
+    ends = np.cumsum(counts)
+    row = 0
+    n = len(counts)
+    while row < n:
+        stop = int(np.searchsorted(ends, (ends[row - 1] if row else 0) + _PAIR_CHUNK, side="right"))
+        stop = min(max(stop, row + 1), n)
+        c = counts[row:stop]
+        rows = np.repeat(np.arange(row, stop), c)
+        offsets = np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c)
+        yield rows, first[rows] + offsets
+        row = stop
+
+
+def _pair_iou(x1, y1, x2, y2, i, j, dtype):
+    """IoU of box pairs ``(i[k], j[k])`` from coordinate columns, in ``dtype`` (the kernel's arithmetic)."""
+    w = np.minimum(x2[i], x2[j]) - np.maximum(x1[i], x1[j])
+    h = np.minimum(y2[i], y2[j]) - np.maximum(y1[i], y1[j])
+    inter = np.maximum(w, dtype(0)) * np.maximum(h, dtype(0))
+    area_i = (x2[i] - x1[i]) * (y2[i] - y1[i])
+    area_j = (x2[j] - x1[j]) * (y2[j] - y1[j])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return inter / (area_i + area_j - inter)
+
+
+def _greedy_keep(n: int, src, dst):
+    """Positions (int64) kept by greedy suppression of ``n`` score-ordered boxes over edges ``src -> dst``."""
+    if len(src) == 0:
+        return np.arange(n, dtype=np.int64)
+    order = np.lexsort((dst, src))
+    src, dst = src[order], dst[order]
+    sources, starts = np.unique(src, return_index=True)
+    ends = np.append(starts[1:], len(src))
+    removed = bytearray(n)
+    targets = dst.tolist()
+    for s, a, b in zip(sources.tolist(), starts.tolist(), ends.tolist(), strict=True):
+        if not removed[s]:
+            for t in targets[a:b]:
+                removed[t] = 1
+    return np.flatnonzero(np.frombuffer(bytes(removed), dtype=np.uint8) == 0).astype(np.int64)
+
+
+# -- GPU: bitmask kernels --------------------------------------------------------------------------------
+_NMS_KERNELS = r"""
+typedef unsigned long long u64;
+extern "C" __global__ void nms_mask(const int n, const float threshold, const float* boxes,
+                                    const float* areas, const long long* groups, u64* mask,
+                                    const int col_blocks) {
+    const int row_block = blockIdx.y, col_block = blockIdx.x;
+    if (row_block > col_block) return;
+    const int rows = min(n - row_block * 64, 64), cols = min(n - col_block * 64, 64);
+    __shared__ float cb[64 * 4];
+    __shared__ float ca[64];
+    __shared__ long long cg[64];
+    const int t = threadIdx.x;
+    if (t < cols) {
+        const int j = col_block * 64 + t;
+        for (int k = 0; k < 4; k++) cb[t * 4 + k] = boxes[j * 4 + k];
+        ca[t] = areas[j];
+        cg[t] = groups[j];
+    }
+    __syncthreads();
+    if (t >= rows) return;
+    const int i = row_block * 64 + t;
+    const float* b = boxes + i * 4;
+    u64 bits = 0;
+    for (int k = (row_block == col_block) ? t + 1 : 0; k < cols; k++) {
+        if (groups[i] != cg[k]) continue;
+        const float w = fmaxf(fminf(b[2], cb[k * 4 + 2]) - fmaxf(b[0], cb[k * 4 + 0]), 0.0f);
+        const float h = fmaxf(fminf(b[3], cb[k * 4 + 3]) - fmaxf(b[1], cb[k * 4 + 1]), 0.0f);
+        const float inter = w * h;
+        if (inter / (areas[i] + ca[k] - inter) > threshold) bits |= 1ULL << k;
+    }
+    mask[(long long)i * col_blocks + col_block] = bits;
+}
+
+extern "C" __global__ void nms_gather(const int n, const int col_blocks, const u64* mask, u64* removed,
+                                      bool* keep) {
+    for (int i = 0; i < n; i++) {
+        const int block = i / 64;
+        const bool kept = !(removed[block] & (1ULL << (i % 64)));
+        __syncthreads();
+        if (kept) {
+            if (threadIdx.x == 0) keep[i] = true;
+            const u64* row = mask + (long long)i * col_blocks;
+            for (int j = block + threadIdx.x; j < col_blocks; j += blockDim.x) removed[j] |= row[j];
+        }
+        __syncthreads();
+    }
+}
+"""
+
+
+@functools.cache
+def _gpu_kernels(cp):
+    # --fmad=false: no fused multiply-adds, so the float32 IoU is rounded exactly as NumPy rounds it.
+    module = cp.RawModule(code=_NMS_KERNELS, options=("--fmad=false",))
+    return module.get_function("nms_mask"), module.get_function("nms_gather")
+
+
+def _nms_sorted_gpu(cp, boxes, groups, threshold: float):
+    """Kept positions (int64) of score-sorted CuPy ``boxes`` ``(N, 4)`` (optional ``groups`` ``(N,)``)."""
+    mask_kernel, gather_kernel = _gpu_kernels(cp)
+    n = int(boxes.shape[0])
+    boxes = cp.ascontiguousarray(boxes, dtype=cp.float32)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    groups = cp.zeros(n, dtype=cp.int64) if groups is None else cp.ascontiguousarray(groups, dtype=cp.int64)
+    col_blocks = (n + 63) // 64
+    mask = cp.zeros((n, col_blocks), dtype=cp.uint64)
+    mask_kernel((col_blocks, col_blocks), (64,),
+                (np.int32(n), np.float32(threshold), boxes, areas, groups, mask, np.int32(col_blocks)))
+    removed = cp.zeros(col_blocks, dtype=cp.uint64)
+    keep = cp.zeros(n, dtype=cp.bool_)
+    gather_kernel((1,), (256,), (np.int32(n), np.int32(col_blocks), mask, removed, keep))
+    return cp.nonzero(keep)[0].astype(cp.int64)
+
+
+# -- soft-NMS ------------------------------------------------------------------------------------------
+def soft_nms(boxes, scores, iou_threshold: float = 0.3, sigma: float = 0.5, method: str = "linear",
+             score_threshold: float = 0.001):
+    """Soft-NMS (Bodla et al., 2017): instead of dropping overlapping boxes, decay their scores.
+
+    Repeatedly takes the box with the highest current score (ties: lowest index) and multiplies the scores of
+    the remaining boxes by ``1 - IoU`` where ``IoU > iou_threshold`` (``method='linear'``) or by
+    ``exp(-IoU² / sigma)`` (``method='gaussian'``, ``iou_threshold`` unused); boxes whose score falls below
+    ``score_threshold`` are discarded.
+
+    Args:
+        boxes: ``(N, 4)`` float ``xyxy`` boxes; scores: ``(N,)`` float.
+
+    Returns:
+        ``(keep, new_scores)``: ``(K,)`` int64 indices in selection order (non-increasing decayed score) and
+        ``(K,)`` their decayed scores, in the scores' float dtype.
+    """
+    if method not in ("linear", "gaussian"):
+        raise ConfigError(f"method: expected 'linear' or 'gaussian', got {method!r}")
+    if sigma <= 0:
+        raise ConfigError(f"sigma: expected a positive value, got {sigma}")
+    boxes, scores = _check_inputs(boxes, scores)
+    threshold = _check_threshold(iou_threshold, "iou_threshold")
+    xp = backend.get_array_module(boxes, scores)
+    dtype = scores.dtype if scores.dtype.kind == "f" else xp.float32
+    current = scores.astype(dtype, copy=True)
+    remaining = xp.nonzero(current >= score_threshold)[0]
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep, kept_scores = [], []
+    while remaining.size:
+        best = int(xp.argmax(current[remaining]))
+        i = remaining[best]
+        keep.append(i)
+        kept_scores.append(current[i])
+        remaining = xp.concatenate([remaining[:best], remaining[best + 1:]])
+        if remaining.size == 0:
+            break
+        b, rest = boxes[i], boxes[remaining]
+        w = xp.clip(xp.minimum(b[2], rest[:, 2]) - xp.maximum(b[0], rest[:, 0]), 0, None)
+        h = xp.clip(xp.minimum(b[3], rest[:, 3]) - xp.maximum(b[1], rest[:, 1]), 0, None)
+        inter = w * h
+        iou = inter / xp.maximum(area[i] + area[remaining] - inter, xp.finfo(inter.dtype).tiny)
+        linear = method == "linear"
+        decay = xp.where(iou > threshold, 1 - iou, 1) if linear else xp.exp(-(iou * iou) / sigma)
+        current[remaining] = current[remaining] * decay.astype(dtype)
+        remaining = remaining[current[remaining] >= score_threshold]
+    if not keep:
+        return xp.zeros(0, dtype=xp.int64), xp.zeros(0, dtype=dtype)
+    return xp.stack(keep).astype(xp.int64), xp.stack(kept_scores).astype(dtype)

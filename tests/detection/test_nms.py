@@ -1,0 +1,157 @@
+"""NMS against a straightforward greedy reference written here (torchvision's rule: suppress IoU > t)."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from xpvision import backend
+from xpvision.detection.nms import batched_nms, nms, soft_nms
+from xpvision.errors import ConfigError, ShapeError
+
+
+def pair_iou(a, b):
+    """IoU of two boxes in their float dtype, as defined: inter / (area_a + area_b - inter)."""
+    f = a.dtype.type
+    w = max(min(a[2], b[2]) - max(a[0], b[0]), f(0))
+    h = max(min(a[3], b[3]) - max(a[1], b[1]), f(0))
+    inter = f(w * h)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return f(inter / f(f((a[2] - a[0]) * (a[3] - a[1])) + f((b[2] - b[0]) * (b[3] - b[1])) - inter))
+
+
+def pair_ious(kept, box):
+    """IoU of ``box`` against each row of ``kept``, same arithmetic as :func:`pair_iou`, vectorised."""
+    f = box.dtype.type
+    w = np.maximum(np.minimum(kept[:, 2], box[2]) - np.maximum(kept[:, 0], box[0]), f(0))
+    h = np.maximum(np.minimum(kept[:, 3], box[3]) - np.maximum(kept[:, 1], box[1]), f(0))
+    inter = w * h
+    with np.errstate(invalid="ignore", divide="ignore"):
+        area_kept = (kept[:, 2] - kept[:, 0]) * (kept[:, 3] - kept[:, 1])
+        return inter / (area_kept + (box[2] - box[0]) * (box[3] - box[1]) - inter)
+
+
+def reference_nms(boxes, scores, threshold, groups=None):
+    """Visit boxes by descending score (ties by index); keep a box unless a kept one of its group overlaps."""
+    groups = np.zeros(len(scores), np.int64) if groups is None else groups
+    keep = []
+    for i in sorted(range(len(scores)), key=lambda i: (-scores[i], i)):
+        kept = np.array(keep, dtype=np.int64)
+        same_group = groups[kept] == groups[i]
+        if not np.any((pair_ious(boxes[kept], boxes[i]) > np.float32(threshold)) & same_group):
+            keep.append(i)
+    return np.array(keep, dtype=np.int64)
+
+
+def boxes_strategy(max_n=40):
+    """Boxes on a coarse grid (exact IoU ties and duplicates occur) with coarse scores (ties in score)."""
+    coord = st.integers(0, 12).map(lambda v: v * 2.5)
+    return st.integers(0, max_n).flatmap(lambda n: st.tuples(
+        hnp.arrays(np.float32, (n, 4), elements=coord),
+        hnp.arrays(np.float32, (n,), elements=st.integers(0, 5).map(lambda v: v / 5)),
+        hnp.arrays(np.int64, (n,), elements=st.integers(0, 2)),
+    )).map(lambda t: (np.concatenate([np.minimum(t[0][:, :2], t[0][:, 2:]),
+                                      np.maximum(t[0][:, :2], t[0][:, 2:])], axis=1), t[1], t[2]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(boxes_strategy(), st.sampled_from([0.0, 0.3, 0.5, 0.7, 1.0]))
+def test_nms_matches_reference(data, threshold):
+    boxes, scores, groups = data
+    keep = nms(boxes, scores, threshold)
+    assert keep.dtype == np.int64
+    np.testing.assert_array_equal(keep, reference_nms(boxes, scores, threshold))
+    np.testing.assert_array_equal(batched_nms(boxes, scores, groups, threshold),
+                                  reference_nms(boxes, scores, threshold, groups))
+
+
+@pytest.mark.parametrize("layout", ["sparse", "clustered", "large"])
+@pytest.mark.parametrize("threshold", [0.0, 0.5, 0.7])
+def test_nms_matches_reference_on_many_random_boxes(rng, layout, threshold):
+    """Large enough to take both CPU strategies (sparse graph and dense greedy steps)."""
+    n = 600
+    if layout == "clustered":
+        centres = rng.uniform(0, 300, (12, 2))[rng.integers(0, 12, n)]
+        xy = centres + rng.normal(0, 4, (n, 2))
+        wh = 30 + rng.normal(0, 3, (n, 2))
+    else:
+        xy = rng.uniform(0, 500, (n, 2))
+        wh = rng.uniform(5, 40 if layout == "sparse" else 250, (n, 2))
+    boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+    scores = rng.random(n).astype(np.float32)
+    groups = rng.integers(0, 3, n)
+    np.testing.assert_array_equal(nms(boxes, scores, threshold), reference_nms(boxes, scores, threshold))
+    np.testing.assert_array_equal(batched_nms(boxes, scores, groups, threshold),
+                                  reference_nms(boxes, scores, threshold, groups))
+
+
+def test_nms_known_case_and_tie_rule():
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 5], [20, 20, 30, 30]], np.float32)
+    scores = np.array([0.9, 0.9, 0.95, 0.1], np.float32)
+    # box 2 (IoU 0.5 with boxes 0 and 1) is kept first; 0.5 is not > 0.5 so box 0 survives; 1 duplicates 0
+    np.testing.assert_array_equal(nms(boxes, scores, 0.5), [2, 0, 3])
+    np.testing.assert_array_equal(nms(boxes, scores, 0.49), [2, 3])
+
+
+def test_nms_empty_and_errors(xp):
+    keep = nms(xp.zeros((0, 4), xp.float32), xp.zeros(0, xp.float32), 0.5)
+    assert keep.shape == (0,) and keep.dtype == xp.int64
+    with pytest.raises(ShapeError, match="scores"):
+        nms(xp.zeros((3, 4), xp.float32), xp.zeros(2, xp.float32), 0.5)
+    with pytest.raises(ConfigError, match="iou_threshold"):
+        nms(xp.zeros((1, 4), xp.float32), xp.zeros(1, xp.float32), 1.5)
+
+
+@pytest.mark.gpu
+def test_gpu_nms_equals_cpu(rng):
+    if not backend.gpu_available():
+        pytest.skip("CuPy with a CUDA device is not available")
+    cp = backend.xp_for("gpu")
+    xy = rng.uniform(0, 1000, (3000, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(10, 120, (3000, 2))], axis=1).astype(np.float32)
+    scores = rng.random(3000).astype(np.float32)
+    groups = rng.integers(0, 4, 3000)
+    for threshold in (0.0, 0.5, 0.7):
+        np.testing.assert_array_equal(nms(cp.asarray(boxes), cp.asarray(scores), threshold).get(),
+                                      nms(boxes, scores, threshold))
+        np.testing.assert_array_equal(
+            batched_nms(cp.asarray(boxes), cp.asarray(scores), cp.asarray(groups), threshold).get(),
+            batched_nms(boxes, scores, groups, threshold))
+
+
+def reference_soft_nms(boxes, scores, threshold, sigma, method, score_threshold):
+    scores = scores.astype(np.float64).copy()
+    remaining = [i for i in range(len(scores)) if scores[i] >= score_threshold]
+    keep, kept = [], []
+    while remaining:
+        best = max(remaining, key=lambda i: (scores[i], -i))
+        keep.append(best)
+        kept.append(scores[best])
+        remaining.remove(best)
+        for j in remaining:
+            iou = float(pair_iou(boxes[best].astype(np.float64), boxes[j].astype(np.float64)))
+            if method == "linear":
+                scores[j] *= 1 - iou if iou > threshold else 1
+            else:
+                scores[j] *= np.exp(-iou * iou / sigma)
+        remaining = [j for j in remaining if scores[j] >= score_threshold]
+    return np.array(keep, dtype=np.int64), np.array(kept)
+
+
+@pytest.mark.parametrize("method", ["linear", "gaussian"])
+def test_soft_nms_matches_reference(xp, rng, method):
+    xy = rng.uniform(0, 60, (50, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(10, 30, (50, 2))], axis=1)
+    scores = rng.random(50)
+    keep, new_scores = soft_nms(xp.asarray(boxes), xp.asarray(scores), 0.3, 0.5, method, 0.05)
+    ref_keep, ref_scores = reference_soft_nms(boxes, scores, 0.3, 0.5, method, 0.05)
+    np.testing.assert_array_equal(backend.to_numpy(keep), ref_keep)
+    np.testing.assert_allclose(backend.to_numpy(new_scores), ref_scores, rtol=1e-10)
+    assert np.all(np.diff(backend.to_numpy(new_scores)) <= 0)
+    assert len(ref_keep) > 5 and not np.allclose(ref_scores, np.sort(scores)[::-1][: len(ref_keep)])
+
+
+def test_soft_nms_rejects_unknown_method():
+    with pytest.raises(ConfigError, match="method"):
+        soft_nms(np.zeros((1, 4)), np.ones(1), method="hard")
