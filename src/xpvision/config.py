@@ -84,9 +84,13 @@ class DownloadConfig:
     dataset: Literal["digits", "mnist", "fashion-mnist"]
     mirrors: tuple[str, ...]
     """Mirrors tried before the official URLs: http(s) URLs, ``file://`` URLs or directories."""
+    use_official: bool
+    """Also try the official URLs after the mirrors (false for air-gapped teams)."""
     max_images: int | None = checked(_opt(POSITIVE))
-    """Keep at most ``max_images`` training images (null = all); the test split is kept whole."""
+    """Keep at most ``max_images`` images per split (null = all)."""
+    shard_size: int = checked(POSITIVE)
     seed: int = checked(NON_NEGATIVE)
+    """Seed of the offline ``digits`` train/test split."""
 
 
 @dataclass(frozen=True)
@@ -95,12 +99,16 @@ class SceneDownloadConfig:
 
     dataset: Literal["digit-scenes", "voc2007", "voc2012", "coco2017"]
     mirrors: tuple[str, ...]
+    use_official: bool
+    classes: tuple[str, ...] | None
+    """Keep only these classes (null = all of the dataset's classes)."""
     max_images: int | None = checked(_opt(POSITIVE))
     image_size: int = checked(POSITIVE)
     """Side of the square images the task trains on (scenes are generated at, or resized to, this size)."""
     num_train: int = checked(POSITIVE)
     """``digit-scenes`` only: number of generated training scenes (real datasets use ``max_images``)."""
     num_test: int = checked(POSITIVE)
+    shard_size: int = checked(POSITIVE)
     seed: int = checked(NON_NEGATIVE)
 
 
@@ -128,6 +136,8 @@ class TrainConfig:
     ``freeze_layers`` backbone layers."""
     freeze_layers: int = checked(NON_NEGATIVE)
     pretrained_lr_scale: float = checked(POSITIVE)
+    normalization: Literal["rescale", "dataset", "sample"]
+    """Input scaling after [0, 1]: none, the training set's per-channel mean/std, or per image."""
     optimizer: Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
     lr: float = checked(POSITIVE)
     weight_decay: float = checked(NON_NEGATIVE)
@@ -260,7 +270,7 @@ def build_block(cls: type, raw: Any, source: str, key: str) -> Any:
 
 def block_dict(block: Any) -> dict[str, Any]:
     """A block as plain JSON-able Python (tuples -> lists, mappings -> dicts), e.g. to log it as params."""
-    return _plain(dataclasses.asdict(block))
+    return {f.name: _plain(getattr(block, f.name)) for f in dataclasses.fields(block)}
 
 
 def _plain(value: Any) -> Any:

@@ -1,0 +1,32 @@
+"""Stage ``start_run``: open the parent MLflow run of a task's pipeline execution.
+
+The stage depends on the task's parameter blocks only, so DVC re-runs it (and, through
+``reports/<task>/pipeline_run.json``, every later stage of the task) exactly when the task's configuration
+changes: one parent run per configuration that is actually executed. Returning to an earlier configuration is
+restored from DVC's run cache together with the results that were logged under that parent.
+"""
+
+from __future__ import annotations
+
+from xpvision import tracking
+from xpvision.config import SECTIONS, Params, block_dict, data_task
+from xpvision.stages import TaskPaths
+
+
+def task_params(params: Params, task: str) -> dict:
+    """Every parameter block the task's stages read, keyed like params.yaml (``train.detection``, ...)."""
+    blocks = {}
+    for section in SECTIONS:
+        for owner in (task, data_task(task)):
+            if owner in getattr(params, section):
+                blocks[f"{section}.{owner}"] = block_dict(getattr(params, section)[owner])
+                break
+    return blocks
+
+
+def run(params: Params, task: str) -> None:
+    paths = TaskPaths(task)
+    parent = tracking.start_pipeline_run(task, params.tracking, task_params(params, task))
+    parent.write(paths.pipeline_run)
+    print(f"{task}: MLflow parent run {parent.run_id} in experiment {parent.experiment_name} "
+          f"({parent.tracking_uri})")
