@@ -1,8 +1,8 @@
-"""The ``xpvision`` command: ``xpvision <stage> --task <task>`` runs one DVC stage, ``xpvision predict`` runs a
-trained model on image files.
+"""The ``xpvision`` command: ``xpvision <stage> --task <task>`` runs one DVC stage, ``xpvision predict`` runs
+a trained model on image files.
 
-Errors a user can cause (:class:`~xpvision.errors.XPVisionError`: bad params, bad files) are printed as one line
-without a traceback and exit with status 2.
+Errors a user can cause (:class:`~xpvision.errors.XPVisionError`: bad params, bad files) are printed as one
+line without a traceback and exit with status 2.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ EXIT_USER_ERROR = 2
 
 STAGES = {
     "start-run": ("xpvision.stages.start_run", TASKS, "open the task's parent MLflow run"),
-    "download": ("xpvision.stages.download", BASE_TASKS, "fetch or generate the task's dataset, write shards"),
+    "download": ("xpvision.stages.download", BASE_TASKS, "fetch or generate the dataset, write shards"),
     "augment": ("xpvision.stages.augment", BASE_TASKS, "write the augmented training set"),
     "train": ("xpvision.stages.train", TASKS, "train (resuming from the checkpoint), save the model"),
     "evaluate": ("xpvision.stages.evaluate", TASKS, "test-set metrics and figures"),

@@ -22,7 +22,8 @@ GENERATED = ("digits", "digit-scenes")
 
 def download_cache() -> Path:
     """Folder keeping downloaded archives between runs and clones."""
-    return Path(os.environ.get("XPVISION_DOWNLOAD_CACHE") or Path.home() / ".cache" / "xpvision" / "downloads")
+    default = Path.home() / ".cache" / "xpvision" / "downloads"
+    return Path(os.environ.get("XPVISION_DOWNLOAD_CACHE") or default)
 
 
 def prepare_config(task: str, cfg: DownloadConfig | SceneDownloadConfig):
