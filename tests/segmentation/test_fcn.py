@@ -1,0 +1,144 @@
+"""FCN-32s/16s/8s: shapes for odd and even inputs, pixel alignment of the skips, bilinear upsampling,
+gradients, frozen upsampling, spec/weights round trip."""
+
+import numpy as np
+import pytest
+
+from xpvision import io
+from xpvision.errors import ConfigError
+from xpvision.models import deep_convnet
+from xpvision.nn import AvgPool2d, Conv2d, MaxPool2d, ReLU, Sequential, build_layer, rng
+from xpvision.nn.gradcheck import layer_gradient_errors
+from xpvision.segmentation.fcn import FCN, build_fcn
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("variant", ["32s", "16s", "8s"])
+@pytest.mark.parametrize("size", [(64, 64), (65, 63), (29, 31), (28, 28), (33, 16)])
+def test_output_has_the_input_size(variant, size):
+    rng.manual_seed(0)
+    model = build_fcn(variant, in_channels=3, num_classes=11)
+    x = np.random.default_rng(0).random((2, 3, *size), dtype=np.float32)
+    y = model.forward(x)
+    assert y.shape == (2, 11, *size) and y.dtype == np.float32
+    dx = model.backward(np.ones_like(y))
+    assert dx.shape == x.shape
+
+
+class _AvgFCN(FCN):
+    """FCN whose added stages average-pool: with positive weights the network is linear and symmetric."""
+
+    registered = False
+
+    def _extra_stages(self, width, stride):
+        stages = super()._extra_stages(width, stride)
+        for name in [n for n in stages.layers if n.endswith("pool")]:
+            stages[name] = AvgPool2d(2, 2, padding=1)
+        return stages
+
+
+@pytest.mark.parametrize("variant", ["32s", "16s", "8s"])
+@pytest.mark.parametrize("size", [232, 233])
+def test_every_output_pixel_is_centred_on_its_input_pixel(variant, size):
+    """With constant positive kernels, average pooling and bilinear upsampling, the input gradient of output
+    pixel (i, j) is a mass centred exactly on (i, j), unless a skip or the final crop is off by one pixel.
+    The backbone keeps DeepConvNet's pad-2 conv4, which shifts its deeper maps by 2 pixels."""
+    features = Sequential(("conv1", Conv2d(1, 1, 3, padding=1)), ("relu1", ReLU()), ("pool1", AvgPool2d(2)),
+                          ("conv4", Conv2d(1, 1, 3, padding=2)), ("pool2", AvgPool2d(2)),
+                          ("conv6", Conv2d(1, 1, 3, padding=1)), ("pool3", AvgPool2d(2)))
+    model = _AvgFCN(features, 2, variant, extra_channels=[1, 1], fc_channels=1).astype(np.float64)
+    for name, layer, key in model.named_parameters():
+        if not name.startswith("up"):
+            layer.params[key][...] = 1.0 if key == "W" else 0.0
+    y = model.forward(np.ones((1, 1, size, size)))
+    rows, cols = np.indices((size, size))
+    for i, j in [(size // 2, size // 2 + 1), (size // 2 - 2, size // 2 + 3)]:
+        dout = np.zeros_like(y)
+        dout[0, 1, i, j] = 1.0
+        grad = model.backward(dout)[0, 0]
+        assert grad.min() >= 0 and grad[0].sum() == grad[-1].sum() == grad[:, 0].sum() == 0  # interior field
+        assert (grad * rows).sum() / grad.sum() == pytest.approx(i, abs=1e-9)
+        assert (grad * cols).sum() / grad.sum() == pytest.approx(j, abs=1e-9)
+
+
+@pytest.mark.parametrize("variant", ["16s", "8s"])
+def test_upsampling_layers_are_bilinear_interpolation(variant):
+    """Inside the FCN, each transposed convolution reproduces PyTorch's bilinear interpolation
+    (align_corners=False) on interior pixels, channel by channel."""
+    model = build_fcn(variant, num_classes=3)
+    image = np.random.default_rng(1).random((1, 3, 6, 7))
+    layers = [model.upsamplers[16], model.final_upsampler]
+    for layer, factor in zip(layers, [2, 16 if variant == "16s" else 8], strict=True):
+        ours = layer.astype(np.float64).forward(image)
+        ref = torch.nn.functional.interpolate(torch.from_numpy(image), scale_factor=factor, mode="bilinear",
+                                              align_corners=False).numpy()
+        assert ours.shape == ref.shape
+        interior = slice(factor // 2, -(factor // 2))  # outside: interpolation clamps, the layer sees zeros
+        np.testing.assert_allclose(ours[..., interior, interior], ref[..., interior, interior], atol=1e-12)
+        assert not np.allclose(ours[..., 0, 0], ref[..., 0, 0])  # border really differs: the slice matters
+
+
+def test_gradients_match_finite_differences_float64():
+    """The skip fusion (crop + sum), the upsamplers and the padding/cropping backward, checked numerically."""
+    rng.manual_seed(3)
+    features = Sequential(("conv1", Conv2d(2, 3, 3, padding=1)), ("relu1", ReLU()), ("pool1", MaxPool2d(2)),
+                          ("conv2", Conv2d(3, 3, 3, padding=2)), ("relu2", ReLU()), ("pool2", MaxPool2d(2)),
+                          ("conv3", Conv2d(3, 4, 3, padding=1)), ("pool3", MaxPool2d(2)))
+    model = FCN(features, 3, "8s", extra_channels=[3, 3], fc_channels=4).astype(np.float64)
+    model.unfreeze()  # so that the fixed final upsampling fills its gradient too
+    generator = np.random.default_rng(3)
+    for _, layer, key in model.named_parameters():  # score layers start at zero, biases too: perturb all
+        layer.params[key][...] += 0.3 * generator.standard_normal(layer.params[key].shape)
+    x = generator.standard_normal((2, 2, 13, 11))
+    errors = layer_gradient_errors(model, x, max_entries=25)
+    checked = {"input", "score8.W", "score16.W", "up32.W", "up16.W", "upsample.W", "features.conv1.W"}
+    assert checked <= set(errors)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_upsampling_trainability_and_zero_scores():
+    learn = build_fcn("8s", num_classes=4)
+    fixed = build_fcn("8s", num_classes=4, learnable_upsampling=False)
+    assert learn.upsamplers[16].trainable and learn.upsamplers[8].trainable
+    assert not fixed.upsamplers[16].trainable and not fixed.upsamplers[8].trainable
+    assert not learn.final_upsampler.trainable and not fixed.final_upsampler.trainable
+    trainable = {name for name, _, _ in learn.named_parameters(trainable_only=True)}
+    assert "up32.W" in trainable and "upsample.W" not in trainable
+    assert {name for name, _, _ in fixed.named_parameters(trainable_only=True)}.isdisjoint(
+        {"up32.W", "up16.W", "upsample.W"})
+    assert all(not learn.scores[s].params["W"].any() for s in (32, 16, 8))
+    assert "b" not in learn.final_upsampler.params
+
+
+def test_names_match_the_classifier_backbone():
+    classifier = deep_convnet(in_channels=3)
+    model = build_fcn("8s", in_channels=3)
+    backbone = {k for k in classifier.state_dict() if k.startswith("features.")}
+    assert backbone <= set(model.state_dict())
+
+
+def test_spec_and_weights_round_trip_through_io(tmp_path):
+    rng.manual_seed(0)
+    model = build_fcn("16s", num_classes=5, dropout=0.5, learnable_upsampling=False)
+    for _, layer, key in model.named_parameters():
+        layer.params[key][...] += 0.01  # scores are zero at construction: make every weight distinct
+    io.save_model(tmp_path / "fcn", model, {"task": "segmentation"})
+    loaded, meta = io.load_model(tmp_path / "fcn")
+    assert meta == {"task": "segmentation"} and isinstance(loaded, FCN)
+    assert loaded.spec() == model.spec() and build_layer(model.spec()).spec() == model.spec()
+    assert not loaded.upsamplers[16].trainable
+    x = np.random.default_rng(0).random((1, 3, 37, 41), dtype=np.float32)
+    np.testing.assert_array_equal(loaded.forward(x), model.eval().forward(x))
+
+
+def test_bad_configurations_raise():
+    with pytest.raises(ConfigError, match="variant"):
+        build_fcn("4s")
+    with pytest.raises(ConfigError, match="extra_channels needs 2 entries"):
+        build_fcn("8s", extra_channels=[8])
+    odd_stride = Sequential(("conv", Conv2d(1, 2, 3, stride=3)))
+    with pytest.raises(ConfigError, match="power of two"):
+        FCN(odd_stride, 3)
+    with pytest.raises(ConfigError, match="cannot place the pixels"):
+        FCN(Sequential(("conv", Conv2d(1, 2, 3)), ("flat", build_layer({"type": "Flatten"}))), 3)
