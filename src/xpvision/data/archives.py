@@ -1,8 +1,8 @@
 """Safe extraction of zip and tar archives.
 
 Every member is checked before anything is written: absolute paths, ``..`` components, device files, and
-symlinks or hardlinks that point outside the target are refused with a :class:`DataError` naming the archive and
-the member. The archive is extracted into a temporary folder beside the target and renamed into place only
+symlinks or hardlinks that point outside the target are refused with a :class:`DataError` naming the archive
+and the member. The archive is extracted into a temporary folder beside the target and renamed into place only
 when the whole archive has been read without error, so a corrupt or truncated archive leaves nothing behind.
 """
 
@@ -44,7 +44,8 @@ def _check_name(archive: Path, name: str) -> str:
         raise DataError(f"archive {archive}: member {name!r} has an absolute path; refusing to extract")
     norm = posixpath.normpath(unixy)
     if norm == ".." or norm.startswith("../") or ".." in unixy.split("/"):
-        raise DataError(f"archive {archive}: member {name!r} contains '..' (path traversal); refusing to extract")
+        raise DataError(f"archive {archive}: member {name!r} contains '..' (path traversal); refusing to "
+                        "extract")
     return norm
 
 
@@ -53,8 +54,8 @@ def _check_link(archive: Path, member_path: str, link: str, kind: str) -> None:
     base = posixpath.dirname(member_path) if kind == "symlink" else ""
     dest = posixpath.normpath(posixpath.join(base, link))
     if link.startswith("/") or dest == ".." or dest.startswith("../"):
-        raise DataError(f"archive {archive}: {kind} {member_path!r} -> {link!r} points outside the extraction "
-                        "folder; refusing to extract")
+        raise DataError(f"archive {archive}: {kind} {member_path!r} -> {link!r} points outside the "
+                        "extraction folder; refusing to extract")
 
 
 def _extract_zip(archive: Path, tmp: Path) -> None:
@@ -81,7 +82,8 @@ def _extract_tar(archive: Path, tmp: Path) -> None:
                 elif m.islnk():
                     _check_link(archive, name, _check_name(archive, m.linkname), "hardlink")
                 elif not (m.isfile() or m.isdir()):
-                    raise DataError(f"archive {archive}: member {m.name!r} is a device or fifo; refusing to extract")
+                    raise DataError(f"archive {archive}: member {m.name!r} is a device or fifo; refusing "
+                                    "to extract")
             tf.extractall(tmp, members=members, filter="data")
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DataError(f"archive {archive} is corrupt, truncated or unsafe: {e}") from e

@@ -1,11 +1,12 @@
-"""COCO instances JSON: categories to contiguous ids, boxes to ``xyxy``, polygon and RLE masks to semantic masks.
+"""COCO instances JSON: categories to contiguous ids, boxes to ``xyxy``, polygon and RLE masks to semantic
+masks.
 
 RLE (as in pycocotools): run lengths over the mask in *column-major* order, starting with a run of zeros. An
 uncompressed RLE has ``counts`` as a list of ints; a compressed one as a string where each count (after the
 third, as the difference to the count two places before) is written in 5-bit groups, least significant first,
-each group + 48 as an ASCII character, bit 0x20 meaning "more groups follow" and bit 0x10 of the last group the
-sign. Polygons are rasterised with PIL's ImageDraw (pixel centres inside or on the outline), which agrees with
-pycocotools' rasteriser except along some boundary pixels.
+each group + 48 as an ASCII character, bit 0x20 meaning "more groups follow" and bit 0x10 of the last group
+the sign. Polygons are rasterised with PIL's ImageDraw (pixel centres inside or on the outline), which agrees
+with pycocotools' rasteriser except along some boundary pixels.
 """
 
 from __future__ import annotations
@@ -92,14 +93,16 @@ def polygons_to_mask(polygons: list[list[float]], height: int, width: int) -> np
     for poly in polygons:
         if len(poly) < 6 or len(poly) % 2:
             raise DataError(f"COCO polygon with {len(poly)} coordinates; expected an even number >= 6")
-        # COCO polygon vertices are in continuous coordinates; PIL fills pixel (i, j) by its index, so shift by
-        # half a pixel to test pixel centres.
-        draw.polygon([(x - 0.5, y - 0.5) for x, y in zip(poly[0::2], poly[1::2], strict=True)], fill=1, outline=1)
+        # COCO polygon vertices are in continuous coordinates; PIL fills pixel (i, j) by its index, so shift
+        # by half a pixel to test pixel centres.
+        vertices = [(x - 0.5, y - 0.5) for x, y in zip(poly[0::2], poly[1::2], strict=True)]
+        draw.polygon(vertices, fill=1, outline=1)
     return np.asarray(canvas, dtype=np.uint8)
 
 
 def segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarray:
-    """An annotation's ``segmentation`` (polygons, uncompressed or compressed RLE) as a ``(H, W)`` 0/1 mask."""
+    """An annotation's ``segmentation`` (polygons, uncompressed or compressed RLE) as a ``(H, W)`` 0/1
+    mask."""
     if isinstance(segmentation, list):
         return polygons_to_mask(segmentation, height, width)
     if isinstance(segmentation, dict) and "counts" in segmentation:
@@ -107,7 +110,8 @@ def segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarray:
         if size is not None and list(size) != [height, width]:
             raise DataError(f"RLE size {size} differs from the image size [{height}, {width}]")
         return rle_decode(segmentation["counts"], height, width)
-    raise DataError(f"COCO segmentation of type {type(segmentation).__name__}; expected polygons or an RLE dict")
+    raise DataError(f"COCO segmentation of type {type(segmentation).__name__}; expected polygons or an RLE "
+                    "dict")
 
 
 def read_coco_json(path: str | os.PathLike) -> dict:
@@ -140,7 +144,8 @@ def load_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *,
 
     Returns:
         ``(samples, class_names)``; samples ``{"id", "image" (H, W, 3) uint8, "boxes" (R, 4) float32 xyxy,
-        "labels" (R,) int64, "difficult" (R,) bool, "iscrowd" (R,) bool[, "mask" (H, W) uint8]}``, by image id.
+        "labels" (R,) int64, "difficult" (R,) bool, "iscrowd" (R,) bool[, "mask" (H, W) uint8]}``, by image
+        id.
     """
     json_path, image_dir = Path(json_path), Path(image_dir)
     data = read_coco_json(json_path)
@@ -152,7 +157,8 @@ def load_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *,
         unknown = sorted(set(keep) - set(names))
         if unknown:
             raise DataError(f"COCO {json_path}: classes {unknown} are not among its categories {list(names)}")
-        new_label = {cat_id: keep.index(names[lab]) for cat_id, lab in cat_label.items() if names[lab] in keep}
+        new_label = {cat_id: keep.index(names[lab]) for cat_id, lab in cat_label.items()
+                     if names[lab] in keep}
         anns_by_image: dict[int, list] = {}
         for ann in data["annotations"]:
             if int(ann["category_id"]) not in cat_label:

@@ -2,8 +2,9 @@
 
 Each 8x8 digit (values 0-16) is scaled to 0-255, resized to ``digit_size`` pixels with bilinear interpolation
 and centred in a ``size`` canvas (MNIST puts 20x20 digits in 28x28), then split train/test with a seeded
-stratified split and written as gzipped IDX files in MNIST's names, so :func:`xpvision.data.mnist.load_mnist_split`
-reads them. No download; the same bytes on every run (gzip ``mtime = 0``).
+stratified split and written as gzipped IDX files in MNIST's names, so
+:func:`xpvision.data.mnist.load_mnist_split` reads them. No download; the same bytes on every run (gzip
+``mtime = 0``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from xpvision.errors import ConfigError
 
 
 def render_digits(size: int = 28, digit_size: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    """All 1,797 scikit-learn digits as ``(N, size, size)`` uint8 images (ink = high) and ``(N,)`` uint8 labels."""
+    """All 1,797 scikit-learn digits as ``(N, size, size)`` uint8 images (ink = high) and ``(N,)`` uint8
+    labels."""
     from sklearn.datasets import load_digits
 
     if not 8 <= digit_size <= size:
@@ -30,7 +32,8 @@ def render_digits(size: int = 28, digit_size: int = 20) -> tuple[np.ndarray, np.
     out = np.zeros((len(images), size, size), dtype=np.uint8)
     for i, image in enumerate(images):
         big = Image.fromarray(image, mode="F").resize((digit_size, digit_size), Image.BILINEAR)
-        out[i, offset:offset + digit_size, offset:offset + digit_size] = np.clip(np.rint(np.asarray(big)), 0, 255)
+        inner = slice(offset, offset + digit_size)
+        out[i, inner, inner] = np.clip(np.rint(np.asarray(big)), 0, 255)
     return out, bunch.target.astype(np.uint8)
 
 
@@ -38,7 +41,8 @@ def write_digits(out_dir: str | os.PathLike, *, seed: int = 0, test_fraction: fl
                  digit_size: int = 20) -> dict[str, int]:
     """Write the digits as ``train-images-idx3-ubyte.gz`` etc. into ``out_dir``; return the split sizes.
 
-    The split is stratified by class (``sklearn.model_selection.train_test_split`` with ``random_state=seed``).
+    The split is stratified by class (``sklearn.model_selection.train_test_split`` with
+    ``random_state=seed``).
     """
     from sklearn.model_selection import train_test_split
 

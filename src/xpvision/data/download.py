@@ -1,13 +1,14 @@
 """Fetch dataset files through a list of mirrors with pooch, verify their MD5, and keep a lock file.
 
 Sources are tried in order: each mirror (``<mirror>/<name>``), then the official URL. A mirror is an http(s)
-or ftp URL (fetched by pooch: progress bar, retries, download to a temporary file), a ``file://`` URL or a plain
-directory (copied, for air-gapped teams). Every file lands in ``<dest>/.partial/`` first and is renamed into
-``<dest>`` only once its MD5 matches, so ``<dest>`` never holds a partial or unverified file.
+or ftp URL (fetched by pooch: progress bar, retries, download to a temporary file), a ``file://`` URL or a
+plain directory (copied, for air-gapped teams). Every file lands in ``<dest>/.partial/`` first and is renamed
+into ``<dest>`` only once its MD5 matches, so ``<dest>`` never holds a partial or unverified file.
 
-``<dest>/checksums.lock.json`` maps each file name to ``{"md5", "size", "mtime_ns"}``: a registry entry without
-a published hash has its hash recorded there on first download and verified on every later run; a file whose
-size and mtime match its lock entry is trusted without re-hashing (a 19 GB archive is not read on every run).
+``<dest>/checksums.lock.json`` maps each file name to ``{"md5", "size", "mtime_ns"}``: a registry entry
+without a published hash has its hash recorded there on first download and verified on every later run; a file
+whose size and mtime match its lock entry is trusted without re-hashing (a 19 GB archive is not read on every
+run).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
 def fetch_dataset(name: str, dest: str | os.PathLike, mirrors: Sequence[str] = (), *,
                   only: tuple[str, ...] | None = None, use_official: bool = True, progress: bool = True,
                   retries: int = 2) -> dict[str, Path]:
-    """Fetch the files of registry dataset ``name`` (see :data:`xpvision.data.registry.DATASETS`) into ``dest``.
+    """Fetch the files of registry dataset ``name`` (see :data:`xpvision.data.registry.DATASETS`) into
+    ``dest``.
 
     Returns ``{file name: local path}``. See :func:`fetch_files` for the arguments.
     """
@@ -78,7 +80,8 @@ def fetch_files(files: Sequence[RemoteFile], dest: str | os.PathLike, mirrors: S
             sources += [remote.url] if use_official else []
             _fetch_one(remote.name, expected, sources, target, progress=progress, retries=retries)
         stat = target.stat()
-        lock[remote.name] = {"md5": expected or md5sum(target), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        lock[remote.name] = {"md5": expected or md5sum(target), "size": stat.st_size,
+                             "mtime_ns": stat.st_mtime_ns}
         write_json(lock_path, lock)
         paths[remote.name] = target
     return paths
@@ -92,7 +95,8 @@ def _read_lock(lock_path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"lock file {lock_path} is not valid JSON ({e}); fix or delete it") from e
     if not isinstance(lock, dict):
-        raise DataError(f"lock file {lock_path}: expected a JSON object of file entries, got {type(lock).__name__}")
+        raise DataError(f"lock file {lock_path}: expected a JSON object of file entries, got "
+                        f"{type(lock).__name__}")
     return lock
 
 
@@ -101,7 +105,8 @@ def _present_and_verified(target: Path, expected: str | None, entry: dict | None
     if not target.is_file():
         return False
     stat = target.stat()
-    unchanged = entry is not None and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns
+    unchanged = (entry is not None and entry.get("size") == stat.st_size
+                 and entry.get("mtime_ns") == stat.st_mtime_ns)
     actual = entry["md5"] if unchanged else md5sum(target)
     if expected is None or actual == expected:
         return True
@@ -140,7 +145,8 @@ def _fetch_one(name: str, expected: str | None, sources: list[str], target: Path
         actual = md5sum(partial)
         if expected is not None and actual != expected:
             partial.unlink()
-            failures.append(f"{source}: MD5 mismatch: expected {expected}, actual {actual} (partial file deleted)")
+            failures.append(f"{source}: MD5 mismatch: expected {expected}, actual {actual} (partial file "
+                            "deleted)")
             continue
         os.replace(partial, target)
         return

@@ -12,7 +12,8 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``target``; on success it replaces ``target``, on error it is deleted.
+    """Yield an empty temporary folder beside ``target``; on success it replaces ``target``, on error it is
+    deleted.
 
     An existing ``target`` is kept until the new folder is complete, then swapped out and removed.
     """

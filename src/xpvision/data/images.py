@@ -36,7 +36,8 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
 
 
 def read_index_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a palette (mode ``P``) or grey PNG as its raw indices ``(H, W)`` uint8, never through the palette."""
+    """Read a palette (mode ``P``) or grey PNG as its raw indices ``(H, W)`` uint8, never through the
+    palette."""
     path = Path(path)
     try:
         with Image.open(path) as im:

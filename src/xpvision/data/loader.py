@@ -1,8 +1,8 @@
 """Batches for training and evaluation: :class:`DataLoader`, :class:`Normalization`, :class:`ListDataset`.
 
 A dataset is any sequence of sample dicts (see docs/architecture.md): ``image`` ``(H, W, C)`` uint8 plus
-``label`` | ``boxes``/``labels``/``difficult`` | ``mask``. :class:`xpvision.data.shards.ShardDataset` is the one
-the pipeline uses.
+``label`` | ``boxes``/``labels``/``difficult`` | ``mask``. :class:`xpvision.data.shards.ShardDataset` is the
+one the pipeline uses.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ class Normalization:
     """How uint8 images become network input. Every mode first scales to [0, 1] (pixel rescaling).
 
     * ``rescale``: nothing more.
-    * ``dataset``: per channel ``(x - mean) / std`` with the training set's statistics (``mean``/``std`` given,
-      from the shard manifest's ``meta``, computed by :func:`xpvision.data.shards.channel_stats`).
+    * ``dataset``: per channel ``(x - mean) / std`` with the training set's statistics (``mean``/``std``
+      given, from the shard manifest's ``meta``, computed by :func:`xpvision.data.shards.channel_stats`).
     * ``sample``: each image to mean 0 and std 1 over all its pixels and channels (std floored at
       ``1 / sqrt(H * W * C)`` so flat images do not blow up).
     """
@@ -35,7 +35,8 @@ class Normalization:
 
     def __post_init__(self) -> None:
         if self.mode not in NORMALIZATION_MODES:
-            raise ConfigError(f"normalization mode {self.mode!r} unknown; expected one of {NORMALIZATION_MODES}")
+            raise ConfigError(f"normalization mode {self.mode!r} unknown; expected one of "
+                              f"{NORMALIZATION_MODES}")
         if self.mode == "dataset":
             if self.mean is None or self.std is None or len(self.mean) != len(self.std):
                 raise ConfigError("normalization 'dataset' needs mean and std of the same length, got "
@@ -44,8 +45,14 @@ class Normalization:
                 raise ConfigError(f"normalization 'dataset': std must be > 0, got {self.std}")
 
     @classmethod
-    def from_meta(cls, mode: str, meta: dict) -> Normalization:
-        """Build from a shard manifest's ``meta`` (keys ``mean``, ``std``) for mode ``dataset``."""
+    def from_meta(cls, meta: dict, mode: str | None = None) -> Normalization:
+        """Build from a shard manifest's ``meta``.
+
+        ``mode`` ``None`` takes the mode the augment stage recorded (``meta["normalization"]["mode"]``, else
+        ``rescale``); mode ``dataset`` takes the per-channel ``meta["mean"]``/``meta["std"]``.
+        """
+        if mode is None:
+            mode = (meta.get("normalization") or {}).get("mode", "rescale")
         if mode != "dataset":
             return cls(mode)
         if "mean" not in meta or "std" not in meta:
@@ -93,18 +100,18 @@ class DataLoader:
     """Iterate a dataset in batches.
 
     Yields dicts: ``images`` ``(N, C, H, W)`` float32 (an NCHW-shaped view of a C-contiguous NHWC buffer, the
-    layout :mod:`xpvision.nn` keeps inside; normalised by ``normalization``), ``indices`` ``(N,)`` int64 (dataset
-    positions), and the targets present: ``labels`` ``(N,)`` int64; or ``boxes`` (list of ``(R_i, 4)`` float32),
-    ``labels`` (list of ``(R_i,)`` int64), ``difficult`` (list of ``(R_i,)`` bool); and/or ``masks``
-    ``(N, H, W)`` int64 (255 = ignore). With both boxes and masks, ``labels`` is the per-image list.
+    layout :mod:`xpvision.nn` keeps inside; normalised by ``normalization``), ``indices`` ``(N,)`` int64
+    (dataset positions), and the targets present: ``labels`` ``(N,)`` int64; or ``boxes`` (list of ``(R_i,
+    4)`` float32), ``labels`` (list of ``(R_i,)`` int64), ``difficult`` (list of ``(R_i,)`` bool); and/or
+    ``masks`` ``(N, H, W)`` int64 (255 = ignore). With both boxes and masks, ``labels`` is the per-image list.
 
     The shuffle order of epoch ``e`` is a permutation drawn from ``default_rng([seed, e])``: call
     :meth:`set_epoch` before iterating so a resumed run sees the same batches. ``device='gpu'`` moves each
     batch's arrays to CuPy (images as uint8, converted there).
     """
 
-    def __init__(self, dataset, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
-                 *, normalization: Normalization | None = None, device: str = "cpu"):
+    def __init__(self, dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 drop_last: bool = False, *, normalization: Normalization | None = None, device: str = "cpu"):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if len(dataset) == 0:
@@ -154,7 +161,8 @@ def collate(samples: list[dict]) -> dict:
     try:
         batch = {"image_array": np.stack([s["image"] for s in samples])}  # (N, H, W, C)
     except ValueError as e:
-        raise DataError(f"cannot batch images of different shapes ({e}); resize the dataset to one size") from e
+        raise DataError(f"cannot batch images of different shapes ({e}); resize the dataset to one "
+                        "size") from e
     if "label" in first:
         batch["labels"] = np.array([int(s["label"]) for s in samples], dtype=np.int64)
     if "boxes" in first:

@@ -1,7 +1,8 @@
 """MNIST IDX files: read (gzipped or plain, detected by content) and write (gzip, byte-for-byte reproducible).
 
 IDX layout: two zero bytes, a type code (0x08 = uint8), the number of dimensions, then each dimension as a
-big-endian int32, then the data in C order. MNIST images are ``idx3`` ``(N, 28, 28)``, labels ``idx1`` ``(N,)``.
+big-endian int32, then the data in C order. MNIST images are ``idx3`` ``(N, 28, 28)``, labels ``idx1``
+``(N,)``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (gzipped or plain) into a uint8 array of the shape its header declares.
 
     Raises:
-        DataError: unreadable gzip, bad magic, unsupported type code, or a size that disagrees with the header.
+        DataError: unreadable gzip, bad magic, unsupported type code, or a size that disagrees with the
+        header.
     """
     path = Path(path)
     raw = path.read_bytes()
@@ -46,11 +48,13 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     ndim = raw[3]
     header = 4 + 4 * ndim
     if ndim == 0 or len(raw) < header:
-        raise DataError(f"IDX file {path}: header declares {ndim} dimensions but the file has {len(raw)} bytes")
+        raise DataError(f"IDX file {path}: header declares {ndim} dimensions but the file has {len(raw)} "
+                        "bytes")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
     expected = header + int(np.prod(shape))
     if len(raw) != expected:
-        raise DataError(f"IDX file {path}: header shape {shape} needs {expected} bytes, the file has {len(raw)}")
+        raise DataError(f"IDX file {path}: header shape {shape} needs {expected} bytes, the file has "
+                        f"{len(raw)}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
@@ -64,7 +68,8 @@ def idx_bytes(array: np.ndarray) -> bytes:
 
 
 def write_idx_gz(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``array`` as a gzipped IDX file atomically; ``mtime=0`` and no name in the header: same bytes always."""
+    """Write ``array`` as a gzipped IDX file atomically; ``mtime=0`` and no name in the header: same bytes
+    always."""
     buf = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as gz:
         gz.write(idx_bytes(array))

@@ -1,9 +1,10 @@
 """One call per data source: raw files (generated or downloaded) -> processed ``train`` / ``test`` shards.
 
 Sources: ``digits`` and ``digit-scenes`` (offline, generated), ``mnist``, ``fashion-mnist``, ``voc2007``,
-``voc2012``, ``coco2017`` (downloaded through mirrors, see :mod:`xpvision.data.download`). The processed folder
-gets ``train/`` and ``test/`` shard folders (:mod:`xpvision.data.shards`) whose manifests' ``meta`` hold the
-source, the split mapping and, for ``train``, the per-channel ``mean``/``std`` of the images in [0, 1].
+``voc2012``, ``coco2017`` (downloaded through mirrors, see :mod:`xpvision.data.download`). The processed
+folder gets ``train/`` and ``test/`` shard folders (:mod:`xpvision.data.shards`) whose manifests' ``meta``
+hold the source, the split mapping and, for ``train``, the per-channel ``mean``/``std`` of the images in [0,
+1].
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from xpvision.errors import ConfigError, DataError
 
 SOURCES = ("digits", "digit-scenes", "mnist", "fashion-mnist", "voc2007", "voc2012", "coco2017")
 TASKS = ("classification", "detection", "segmentation")
-DEFAULT_SPLITS = {"voc2007": {"train": "trainval", "test": "test"}, "voc2012": {"train": "train", "test": "val"},
+DEFAULT_SPLITS = {"voc2007": {"train": "trainval", "test": "test"},
+                  "voc2012": {"train": "train", "test": "val"},
                   "coco2017": {"train": "train2017", "test": "val2017"}}
 _VOC_ARCHIVES = {("voc2007", "trainval"): "VOCtrainval_06-Nov-2007.tar",
                  ("voc2007", "test"): "VOCtest_06-Nov-2007.tar"}
@@ -34,8 +36,8 @@ class PrepareConfig:
 
     ``splits`` maps xpvision's ``train``/``test`` to the source's split names (defaults in
     :data:`DEFAULT_SPLITS`; e.g. ``{"train": "val2017", "test": "val2017"}`` avoids the 19 GB COCO train zip).
-    ``image_size`` is ``(height, width)`` for VOC / COCO (required there: shards hold one size); ``None`` keeps
-    the generated sizes of digits and digit-scenes.
+    ``image_size`` is ``(height, width)`` for VOC / COCO (required there: shards hold one size); ``None``
+    keeps the generated sizes of digits and digit-scenes.
     """
 
     source: str = "digits"
@@ -72,15 +74,18 @@ def prepare(config: PrepareConfig, raw_dir: str | os.PathLike, out_dir: str | os
     Returns ``{"train": count, "test": count, "classes": [...]}``.
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    splits = {**DEFAULT_SPLITS.get(config.source, {"train": "train", "test": "test"}), **(config.splits or {})}
+    defaults = DEFAULT_SPLITS.get(config.source, {"train": "train", "test": "test"})
+    splits = {**defaults, **(config.splits or {})}
     summary: dict = {}
     for split in ("train", "test"):
         samples, classes = _load_split(config, raw_dir, splits[split])
         if not samples:
-            raise DataError(f"{config.source} split {splits[split]!r}: no images left (classes {config.classes})")
+            raise DataError(f"{config.source} split {splits[split]!r}: no images left (classes "
+                            f"{config.classes})")
         meta = {"source": config.source, "task": config.task, "split": split, "source_split": splits[split]}
         if split == "train":
-            meta["mean"], meta["std"] = channel_stats(s["image"][None] for s in samples)  # (1, H, W, C) blocks
+            # blocks of one (1, H, W, C) image
+            meta["mean"], meta["std"] = channel_stats(s["image"][None] for s in samples)
         write_shards(out_dir / split, samples, classes=classes, shard_size=config.shard_size, meta=meta)
         summary[split] = len(samples)
         summary["classes"] = list(classes)
@@ -94,9 +99,12 @@ def _load_split(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[list[
         if source != "digits":
             fetch_dataset(source, folder, config.mirrors, use_official=config.use_official,
                           progress=config.progress)
-        arrays = load_mnist_split(folder, split, FASHION_CLASSES if source == "fashion-mnist" else DIGIT_CLASSES)
-        count = len(arrays.labels) if config.max_images is None else min(config.max_images, len(arrays.labels))
-        return [{"image": arrays.images[i], "label": int(arrays.labels[i])} for i in range(count)], arrays.classes
+        classes = FASHION_CLASSES if source == "fashion-mnist" else DIGIT_CLASSES
+        arrays = load_mnist_split(folder, split, classes)
+        count = len(arrays.labels) if config.max_images is None else min(config.max_images,
+                                                                         len(arrays.labels))
+        samples = [{"image": arrays.images[i], "label": int(arrays.labels[i])} for i in range(count)]
+        return samples, arrays.classes
     if source == "coco2017":
         return _load_coco(config, raw_dir, split)
     from xpvision.data.voc import load_voc
@@ -139,7 +147,8 @@ def _voc_root(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[Path, t
 
 
 def _extract_once(archive: Path, target: Path) -> Path:
-    """Extract ``archive`` into ``target`` unless a marker says this exact archive (by MD5) is already there."""
+    """Extract ``archive`` into ``target`` unless a marker says this exact archive (by MD5) is already
+    there."""
     marker = target / ".extracted-from.md5"
     digest = md5sum(archive)
     if marker.is_file() and marker.read_text(encoding="utf-8").strip() == digest:

@@ -1,9 +1,9 @@
 """The files each downloadable dataset is made of: official URL and published MD5.
 
 Checksums are the ones published with the data (MNIST: LeCun's files as listed by torchvision; Fashion-MNIST:
-torchvision's list; VOC: torchvision's ``DATASET_YEAR_DICT``; COCO 2017: the MD5s listed by PaddleDetection and
-the MLPerf detection scripts). An entry with ``md5=None`` has its hash recorded in the download folder's lock
-file on first download and verified afterwards (see :mod:`xpvision.data.download`).
+torchvision's list; VOC: torchvision's ``DATASET_YEAR_DICT``; COCO 2017: the MD5s listed by PaddleDetection
+and the MLPerf detection scripts). An entry with ``md5=None`` has its hash recorded in the download folder's
+lock file on first download and verified afterwards (see :mod:`xpvision.data.download`).
 
 A mirror serves files under their plain names: ``<mirror>/<name>``.
 """
@@ -17,7 +17,8 @@ from xpvision.errors import ConfigError
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """One file of a dataset: its name on disk (and on mirrors), official URL, MD5 (or ``None``: record it)."""
+    """One file of a dataset: its name on disk (and on mirrors), official URL, MD5 (or ``None``: record
+    it)."""
 
     name: str
     url: str

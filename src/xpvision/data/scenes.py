@@ -2,14 +2,14 @@
 
 Each RGB scene (``image_size`` square, 64 by default so a detector trains in minutes on 2 cores) holds 1-4
 handwritten digits from :mod:`xpvision.data.digits`, 14-32 px tall, in contrasting random colours, over a
-cluttered background (colour gradient, low-frequency texture, random strokes, pixel noise). Digits may overlap:
-a digit is placed only where it leaves every earlier digit at least ``1 - max_occlusion`` visible. Train scenes
-draw only train-split digits and test scenes only test-split digits.
+cluttered background (colour gradient, low-frequency texture, random strokes, pixel noise). Digits may
+overlap: a digit is placed only where it leaves every earlier digit at least ``1 - max_occlusion`` visible.
+Train scenes draw only train-split digits and test scenes only test-split digits.
 
 Labels. A digit's instance mask is its *visible* pixels (alpha >= 0.5, minus pixels covered by later digits),
 its box the tight box of that mask (0-based continuous xyxy: ``x2 = last column + 1``), its class ``"d"`` with
-label ``d``; the semantic mask holds ``d + 1`` on the digit, 0 elsewhere. There is no 255 border: the masks are
-exact, so none of their pixels need ignoring (the VOC parser handles 255 all the same).
+label ``d``; the semantic mask holds ``d + 1`` on the digit, 0 elsewhere. There is no 255 border: the masks
+are exact, so none of their pixels need ignoring (the VOC parser handles 255 all the same).
 
 Layout under ``out_dir``::
 
@@ -69,7 +69,8 @@ class SceneConfig:
         if not 0.0 <= self.max_occlusion < 1.0:
             raise ConfigError(f"digit-scenes: max_occlusion must be in [0, 1), got {self.max_occlusion}")
         if self.n_train < 1 or self.n_test < 1:
-            raise ConfigError(f"digit-scenes: n_train and n_test must be >= 1, got {self.n_train}, {self.n_test}")
+            raise ConfigError(f"digit-scenes: n_train and n_test must be >= 1, got {self.n_train}, "
+                              f"{self.n_test}")
 
 
 def write_digit_scenes(out_dir: str | os.PathLike, digits_dir: str | os.PathLike,
@@ -83,8 +84,9 @@ def write_digit_scenes(out_dir: str | os.PathLike, digits_dir: str | os.PathLike
         for split in SPLITS:
             digits = load_mnist_split(digits_dir, split)
             count = config.n_train if split == "train" else config.n_test
-            coco = {"images": [], "annotations": [], "categories": [
-                {"id": d + 1, "name": name, "supercategory": "digit"} for d, name in enumerate(DIGIT_CLASSES)]}
+            categories = [{"id": d + 1, "name": name, "supercategory": "digit"}
+                          for d, name in enumerate(DIGIT_CLASSES)]
+            coco = {"images": [], "annotations": [], "categories": categories}
             ids = []
             for index in range(count):
                 rng = np.random.default_rng([config.seed, SPLITS.index(split), index])
@@ -145,7 +147,8 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     t = np.clip(0.5 + (xx - 0.5) * np.cos(angle) + (yy - 0.5) * np.sin(angle), 0, 1)[..., None]  # (S, S, 1)
     base = start * (1 - t) + end * t
     coarse = rng.uniform(-40, 40, (6, 6, 3)).astype(np.float32)
-    texture = np.stack([np.asarray(Image.fromarray(coarse[..., c], mode="F").resize((size, size), Image.BICUBIC))
+    texture = np.stack([np.asarray(Image.fromarray(coarse[..., c], mode="F").resize((size, size),
+                                                                                   Image.BICUBIC))
                         for c in range(3)], axis=-1)  # (S, S, 3)
     image = Image.fromarray(np.clip(base + texture, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)

@@ -1,4 +1,5 @@
-"""Processed datasets on disk: a few large ``.npz`` shards plus a JSON manifest (DVC is slow on many small files).
+"""Processed datasets on disk: a few large ``.npz`` shards plus a JSON manifest (DVC is slow on many small
+files).
 
 A shard ``shard-00000.npz`` holds up to ``shard_size`` samples, stacked:
 
@@ -39,8 +40,8 @@ def write_shards(out_dir: str | os.PathLike, samples: Iterable[dict], *, classes
                  shard_size: int = 4096, meta: dict | None = None) -> dict:
     """Write ``samples`` (dicts as in docs/architecture.md) as shards + manifest into ``out_dir`` atomically.
 
-    The targets stored are those of the first sample (``label``, ``boxes``/``labels``/``difficult``, ``mask``);
-    every sample must have the same targets and image shape. Returns the manifest.
+    The targets stored are those of the first sample (``label``, ``boxes``/``labels``/``difficult``,
+    ``mask``); every sample must have the same targets and image shape. Returns the manifest.
     """
     if shard_size < 1:
         raise DataError(f"shard_size must be >= 1, got {shard_size}")
@@ -89,13 +90,15 @@ def _flush(folder: Path, pending: list[dict], manifest: dict) -> None:
     name = f"shard-{len(manifest['shards']):05d}.npz"
     data = npz_bytes(arrays)
     (folder / name).write_bytes(data)
-    manifest["shards"].append({"file": name, "count": len(pending), "sha256": hashlib.sha256(data).hexdigest()})
+    manifest["shards"].append({"file": name, "count": len(pending),
+                               "sha256": hashlib.sha256(data).hexdigest()})
     manifest["count"] += len(pending)
     pending.clear()
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """An uncompressed ``.npz`` (zip of ``.npy``) with fixed timestamps: identical arrays give identical bytes."""
+    """An uncompressed ``.npz`` (zip of ``.npy``) with fixed timestamps: identical arrays give identical
+    bytes."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for key, array in arrays.items():
@@ -116,9 +119,9 @@ def read_manifest(folder: str | os.PathLike) -> dict:
         raise DataError(f"shard manifest {path} does not exist (run the download stage first?)") from e
     except json.JSONDecodeError as e:
         raise DataError(f"shard manifest {path} is not valid JSON: {e}") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DataError(f"shard manifest {path}: format {manifest.get('format') if isinstance(manifest, dict) else None!r}"
-                        f"; expected {FORMAT!r}")
+    found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+    if found != FORMAT:
+        raise DataError(f"shard manifest {path}: format {found!r}; expected {FORMAT!r}")
     for key in ("count", "image_shape", "classes", "targets", "shards"):
         if key not in manifest:
             raise DataError(f"shard manifest {path}: missing key {key!r}")
@@ -133,7 +136,8 @@ class ShardDataset:
     shard's SHA-256 against the manifest when it is loaded.
     """
 
-    def __init__(self, folder: str | os.PathLike, *, verify: bool = True, max_cached_shards: int | None = None):
+    def __init__(self, folder: str | os.PathLike, *, verify: bool = True,
+                 max_cached_shards: int | None = None):
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
         self.classes = tuple(self.manifest["classes"])

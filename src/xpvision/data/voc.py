@@ -1,12 +1,13 @@
 """Pascal VOC: annotation XML (read with defusedxml), palette PNG masks, and whole VOC folders.
 
 Box convention. The devkit stores 1-based *inclusive integer pixel* coordinates: ``xmin = 1`` is the first
-column and the box covers columns ``xmin..xmax`` (width ``xmax - xmin + 1``). xpvision uses 0-based *continuous*
-``xyxy`` float32 (pixel ``i`` spans ``[i, i + 1)``), so ``x1 = xmin - 1, y1 = ymin - 1, x2 = xmax, y2 = ymax``:
-the same extent, and ``x2 - x1`` equals the devkit's ``+1`` width. :func:`write_voc_xml` applies the inverse.
+column and the box covers columns ``xmin..xmax`` (width ``xmax - xmin + 1``). xpvision uses 0-based
+*continuous* ``xyxy`` float32 (pixel ``i`` spans ``[i, i + 1)``), so ``x1 = xmin - 1, y1 = ymin - 1, x2 =
+xmax, y2 = ymax``: the same extent, and ``x2 - x1`` equals the devkit's ``+1`` width. :func:`write_voc_xml`
+applies the inverse.
 
-Masks (``SegmentationClass/*.png``) are palette PNGs whose *indices* are the labels: 0 background, ``k + 1`` for
-class ``k`` of the official order, 255 = ignore (object borders and difficult regions in real VOC).
+Masks (``SegmentationClass/*.png``) are palette PNGs whose *indices* are the labels: 0 background, ``k + 1``
+for class ``k`` of the official order, 255 = ignore (object borders and difficult regions in real VOC).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def parse_voc_xml(path: str | os.PathLike, classes: tuple[str, ...] = VOC_CLASSE
         "labels": (R,) int64, "difficult": (R,) bool, "truncated": (R,) bool}``.
 
     Raises:
-        DataError: malformed XML, external entities / DTDs (refused by defusedxml), missing fields, bad numbers.
+        DataError: malformed XML, external entities / DTDs (refused by defusedxml), missing fields, bad
+        numbers.
     """
     import defusedxml
     import defusedxml.ElementTree as DET
@@ -116,9 +118,11 @@ def _flag(node, key: str, path: Path) -> bool:
     return bool(_number(node, key, path))
 
 
-def write_voc_xml(path: str | os.PathLike, filename: str, image_shape: tuple[int, int, int], boxes: np.ndarray,
-                  labels: np.ndarray, classes: tuple[str, ...], folder: str = "VOC") -> None:
-    """Write a VOC annotation atomically. ``boxes`` ``(R, 4)`` 0-based continuous xyxy with integer corners."""
+def write_voc_xml(path: str | os.PathLike, filename: str, image_shape: tuple[int, int, int],
+                  boxes: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],
+                  folder: str = "VOC") -> None:
+    """Write a VOC annotation atomically. ``boxes`` ``(R, 4)`` 0-based continuous xyxy with integer
+    corners."""
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = folder
     ET.SubElement(root, "filename").text = filename
