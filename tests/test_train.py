@@ -212,10 +212,11 @@ def test_each_epoch_seeds_the_loader_and_the_layer_randomness(tmp_path, monkeypa
         def __iter__(self):
             return iter(self.loader)
 
-    seeds = []
-    monkeypatch.setattr(rng, "manual_seed", lambda seed: seeds.append(seed))
     train, val = loaders()
     recording = RecordingLoader(train)
-    make_trainer(tmp_path / "ckpt.npz", epochs=3)[1].fit(recording, val)
+    _, trainer = make_trainer(tmp_path / "ckpt.npz", epochs=3)
+    seeds = []
+    monkeypatch.setattr(rng, "manual_seed", lambda seed: seeds.append(seed))
+    trainer.fit(recording, val)
     assert recording.epochs == [0, 1, 2]
     assert seeds == [epoch_seed(7, e) for e in range(3)]
