@@ -122,6 +122,15 @@ class Layer:
                     store[key] = backend.to_device(value, device)
         return self
 
+    def astype(self, dtype) -> Layer:
+        """Cast parameters, gradients and buffers of this layer and its sub-layers to ``dtype`` (e.g. float64
+        for gradient checks)."""
+        for _, layer in self.named_layers():
+            for store in (layer.params, layer.grads, layer.buffers):
+                for key, value in store.items():
+                    store[key] = value.astype(dtype)
+        return self
+
     @property
     def device(self) -> str:
         for _, layer, key in self.named_parameters():

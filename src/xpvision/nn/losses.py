@@ -160,16 +160,18 @@ class SmoothL1Loss(Loss):
                              f"got {tuple(target.shape)}")
         diff = pred - target
         absd = xp.abs(diff)
-        quadratic = absd < self.beta
-        beta = max(self.beta, 1e-300)  # only used where |d| < beta, i.e. never when beta == 0
-        loss = xp.where(quadratic, 0.5 * diff * diff / beta, absd - 0.5 * self.beta)
+        quadratic = absd < self.beta  # all False when beta == 0 (the L1 loss)
+        loss = absd if self.beta == 0 else xp.where(quadratic, (0.5 / self.beta) * diff * diff,
+                                                    absd - 0.5 * self.beta)
         scale = 1.0 / pred.size if self.reduction == "mean" else 1.0
-        self._cache = (diff, quadratic, beta, scale)
+        self._cache = (diff, quadratic, scale)
         return float(loss.sum() * scale)
 
     def backward(self):
         forward_done(type(self).__name__, self._cache)
-        diff, quadratic, beta, scale = self._cache
+        diff, quadratic, scale = self._cache
         xp = backend.get_array_module(diff)
-        grad = xp.where(quadratic, diff / beta, xp.sign(diff))
+        grad = xp.sign(diff)
+        if self.beta > 0:
+            grad = xp.where(quadratic, diff * (1.0 / self.beta), grad)
         return (grad * scale).astype(diff.dtype, copy=False)

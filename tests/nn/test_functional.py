@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from xpvision.nn import functional as F
+
+
+def test_conv_output_size_formula():
+    assert F.conv_output_size(28, 3, 1, 1) == 28
+    assert F.conv_output_size(14, 3, 1, 2) == 16
+    assert F.conv_output_size(7, 3, 2, 1) == 4
+    assert F.conv_output_size(10, 3, 1, 0, dilation=2) == 6  # (10 - 2*2 - 1) + 1
+
+
+def test_layout_helpers_round_trip(rng):
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    x4 = F.nhwc(x)
+    assert x4.shape == (2, 4, 5, 3) and x4.flags.c_contiguous
+    back = F.nchw(x4)
+    np.testing.assert_array_equal(back, x)
+    assert F.nhwc(back).base is x4 or np.shares_memory(F.nhwc(back), x4)  # no copy for channels-last input
+
+
+def test_im2col_matches_a_direct_loop(xp, rng):
+    x = xp.asarray(rng.standard_normal((2, 6, 7, 3)).astype(np.float32))  # (N, H, W, C)
+    kernel, stride, dilation = (2, 3), (2, 1), (1, 2)
+    oh = F.conv_output_size(6, 2, 2, 0, 1)
+    ow = F.conv_output_size(7, 3, 1, 0, 2)
+    cols = F.im2col(x, kernel, stride, dilation, (oh, ow))
+    assert cols.shape == (2 * oh * ow, 2 * 3 * 3)
+    cols = cols.reshape(2, oh, ow, 2, 3, 3)
+    for n, i, j, a, b in [(0, 0, 0, 0, 0), (1, oh - 1, ow - 1, 1, 2), (1, 1, 2, 1, 1)]:
+        np.testing.assert_array_equal(cols[n, i, j, a, b], x[n, i * 2 + a, j + 2 * b])
+
+
+def test_pad_reuses_buffer_and_keeps_border(rng):
+    x = rng.standard_normal((1, 3, 3, 2)).astype(np.float32)
+    first = F.pad_nhwc(x, (1, 2))
+    assert first.shape == (1, 5, 7, 2) and first[:, 0].sum() == 0 and first[:, :, :2].sum() == 0
+    second = F.pad_nhwc(x * 2, (1, 2), out=first)
+    assert second is first
+    np.testing.assert_array_equal(second[:, 1:4, 2:5], x * 2)
+    assert F.pad_nhwc(x, (0, 0)) is x
+
+
+def test_weight_matrix_round_trip(rng):
+    w = rng.standard_normal((4, 3, 2, 5)).astype(np.float32)
+    w_mat = F.conv_weight_matrix(w)
+    assert w_mat.shape == (2 * 5 * 3, 4)
+    np.testing.assert_array_equal(F.conv_weight_from_matrix(w_mat, (2, 5)), w)
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_softmax_and_log_softmax(axis, xp, rng):
+    x = xp.asarray(rng.standard_normal((3, 4)) * 50)
+    p = F.softmax(x, axis)
+    np.testing.assert_allclose(p.sum(axis=axis), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(F.log_softmax(x, axis), xp.log(p), atol=1e-9)
+    big = F.log_softmax(xp.asarray([[1000.0, 0.0]]), axis=1)
+    np.testing.assert_allclose(big, [[0.0, -1000.0]])

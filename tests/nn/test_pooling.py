@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+
+from xpvision.errors import ConfigError, ShapeError
+from xpvision.nn import AvgPool2d, GlobalAvgPool2d, MaxPool2d, build_layer
+
+TOL = 1e-4
+
+POOL_CASES = [  # (kernel, stride, padding, input shape)
+    (2, None, 0, (2, 3, 6, 8)),  # the usual 2x2
+    (2, None, 0, (1, 2, 7, 5)),  # odd sizes: last row/col dropped
+    (3, 2, 1, (2, 2, 7, 6)),  # overlapping, padded
+    (3, 1, 1, (1, 2, 5, 5)),  # heavily overlapping
+    ((2, 3), (1, 2), (1, 1), (2, 2, 5, 7)),  # non-square
+]
+
+
+@pytest.mark.parametrize("cls", [MaxPool2d, AvgPool2d])
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_pool_gradients(cls, case, check_layer_grads, rng):
+    k, s, p, shape = case
+    check_layer_grads(cls(k, s, p), rng.standard_normal(shape))
+
+
+@pytest.mark.parametrize("cls, fn", [(MaxPool2d, "max_pool2d"), (AvgPool2d, "avg_pool2d")])
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_pool_matches_torch(cls, fn, case, torch, rng):
+    k, s, p, shape = case
+    x = rng.standard_normal(shape).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = getattr(torch.nn.functional, fn)(xt, k, s, p)
+    dout = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    yt.backward(torch.tensor(dout))
+    layer = cls(k, s, p)
+    y = layer.forward(x)
+    np.testing.assert_allclose(y, yt.detach().numpy(), atol=TOL, rtol=0)
+    np.testing.assert_allclose(layer.backward(dout), xt.grad.numpy(), atol=TOL, rtol=0)
+
+
+def test_max_pool_ties_route_to_first_maximum_like_torch(torch):
+    x = np.zeros((1, 1, 4, 4), np.float32)  # every window is a 4-way tie
+    x[0, 0, 3, 3] = 1.0
+    dout = np.arange(1, 5, dtype=np.float32).reshape(1, 1, 2, 2)
+    xt = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.max_pool2d(xt, 2).backward(torch.tensor(dout))
+    layer = MaxPool2d(2)
+    layer.forward(x)
+    dx = layer.backward(dout)
+    np.testing.assert_array_equal(dx, xt.grad.numpy())
+    assert dx[0, 0, 0, 0] == 1 and dx[0, 0, 0, 1] == 0  # first of the tie, not all of them
+
+
+def test_global_avg_pool(check_layer_grads, rng):
+    x = rng.standard_normal((3, 4, 5, 2)).astype(np.float32)
+    layer = GlobalAvgPool2d()
+    y = layer.forward(x)
+    assert y.shape == (3, 4)
+    np.testing.assert_allclose(y, x.mean(axis=(2, 3)), atol=1e-6)
+    check_layer_grads(GlobalAvgPool2d(), rng.standard_normal((2, 3, 3, 4)))
+
+
+def test_pool_bad_input_and_config():
+    with pytest.raises(ShapeError, match=r"MaxPool2d expected input \(N, C, H, W\), got \(3, 4, 4\)"):
+        MaxPool2d(2).forward(np.zeros((3, 4, 4), np.float32))
+    with pytest.raises(ShapeError, match="smaller than its kernel"):
+        AvgPool2d(3).forward(np.zeros((1, 1, 2, 2), np.float32))
+    with pytest.raises(ConfigError, match="at most half the kernel"):
+        MaxPool2d(2, padding=2)
+    with pytest.raises(ShapeError, match=r"GlobalAvgPool2d.backward expected dout \(1, 2\)"):
+        layer = GlobalAvgPool2d()
+        layer.forward(np.zeros((1, 2, 3, 3), np.float32))
+        layer.backward(np.zeros((1, 3), np.float32))
+
+
+def test_pool_spec_round_trip():
+    for layer in (MaxPool2d(3, 2, 1), AvgPool2d((2, 3), 1), GlobalAvgPool2d()):
+        clone = build_layer(layer.spec())
+        assert type(clone) is type(layer) and clone.spec() == layer.spec()
+    assert MaxPool2d(2).config() == {"kernel_size": 2, "stride": 2, "padding": 0}

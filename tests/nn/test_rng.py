@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+from xpvision.nn import Dropout, Linear, rng
+
+
+def test_manual_seed_makes_initialisation_and_dropout_repeat(xp):
+    def run():
+        rng.manual_seed(42)
+        w = Linear(4, 3).params["W"].copy()
+        mask = Dropout(0.5).forward(xp.ones((8, 8), dtype=xp.float32))
+        return w, mask
+
+    w1, m1 = run()
+    w2, m2 = run()
+    np.testing.assert_array_equal(w1, w2)
+    assert bool((m1 == m2).all())
+    rng.manual_seed(43)
+    assert not np.array_equal(Linear(4, 3).params["W"], w1)
+
+
+def test_uniform_dtype_and_range():
+    rng.manual_seed(0)
+    u = rng.uniform((1000,), np, np.float32)
+    assert u.dtype == np.float32 and u.min() >= 0 and u.max() < 1
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "7"])
+def test_bad_seed(seed):
+    with pytest.raises(ValueError, match="non-negative integer"):
+        rng.manual_seed(seed)
