@@ -114,11 +114,18 @@ class SceneDownloadConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training-set augmentation: albumentations transforms, ``copies`` augmented variants per image."""
+    """Training-set augmentation: albumentations transforms, ``copies`` augmented variants per image.
+
+    ``transforms`` is the list :func:`xpvision.data.augment.parse_transforms` validates (transform names and
+    arguments are checked there, when the stage runs); its ``Standardize``/``Rescale`` entry sets the input
+    normalisation used in training, evaluation and prediction.
+    """
 
     transforms: tuple[Mapping[str, Any], ...]
     copies: int = checked(NON_NEGATIVE)
     keep_original: bool
+    min_visibility: float = checked(PROBABILITY)
+    """A box is kept only if this fraction of its area stays in the augmented image."""
     seed: int = checked(NON_NEGATIVE)
     preview_images: int = checked(NON_NEGATIVE)
 
@@ -136,8 +143,6 @@ class TrainConfig:
     ``freeze_layers`` backbone layers."""
     freeze_layers: int = checked(NON_NEGATIVE)
     pretrained_lr_scale: float = checked(POSITIVE)
-    normalization: Literal["rescale", "dataset", "sample"]
-    """Input scaling after [0, 1]: none, the training set's per-channel mean/std, or per image."""
     optimizer: Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
     lr: float = checked(POSITIVE)
     weight_decay: float = checked(NON_NEGATIVE)
