@@ -136,3 +136,13 @@ def test_a_failed_save_leaves_the_previous_model_intact(saved):
         io.save_model(folder, simple_convnet(), {"not json": object()})
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert zipfile.is_zipfile(folder / "model.npz")
+
+
+def test_load_model_onto_a_device(saved, batch, xp):
+    model, folder = saved
+    device = "cpu" if xp is np else "gpu"
+    loaded, _ = io.load_model(folder, device=device)
+    assert loaded.device == device
+    out = loaded.forward(xp.asarray(batch))
+    np.testing.assert_allclose(xp.asnumpy(out) if xp is not np else out, model.eval().forward(batch),
+                               rtol=1e-5, atol=1e-6)

@@ -220,3 +220,17 @@ def test_each_epoch_seeds_the_loader_and_the_layer_randomness(tmp_path, monkeypa
     trainer.fit(recording, val)
     assert recording.epochs == [0, 1, 2]
     assert seeds == [epoch_seed(7, e) for e in range(3)]
+
+
+def test_training_on_the_device_of_the_model(tmp_path, xp):
+    device = "cpu" if xp is np else "gpu"
+    rng.manual_seed(0)
+    model = tiny_model().to(device)
+    opt = optim.Momentum(model, lr=0.05)  # built after moving the model
+    trainer = Trainer(model, ClassificationTask(NUM_CLASSES), opt, epochs=2,
+                      checkpoint_path=tmp_path / "c.npz", progress=False)
+    history = trainer.fit(*loaders())  # CPU batches, moved by the task
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert model.device == device
+    state = np.load(tmp_path / "c.npz", allow_pickle=False)
+    assert int(state["epoch"]) == 2 and isinstance(state["model.head.fc2.W"], np.ndarray)
