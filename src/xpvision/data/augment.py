@@ -178,7 +178,7 @@ def _variants(source: ShardDataset, pipeline, copies: int, keep_original: bool) 
         for _ in range(copies):
             try:
                 yield augment_sample(pipeline, sample)
-            except (ValueError, TypeError) as e:
+            except Exception as e:  # albumentations raises its own types (CropSizeError, ...) for misfits
                 raise ConfigError(f"augment: the transform list failed on sample {index} of {source.folder} "
                                   f"(image {sample['image'].shape}): {e}") from e
 
