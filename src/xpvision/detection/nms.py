@@ -42,7 +42,7 @@ _PAIR_CHUNK = 1 << 20
 _WINDOW_SLACK = 1e-3
 # Above this many candidate pairs per box the graph may be dense: greedy steps (this many at a time) are tried
 # and their measured removal rate decides, with a rough cost model of this machine, which method finishes.
-_DENSE_PAIRS_PER_BOX = 8
+_DENSE_PAIRS_PER_BOX = 32
 _GREEDY_STEPS = 16
 _SECONDS_PER_PAIR = 4e-8
 _SECONDS_PER_STEP = 1.5e-5
