@@ -46,7 +46,8 @@ def test_project_params_load_into_frozen_blocks():
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("train.classification.lr", -1, "params.yaml: train.classification.lr: expected a positive number, got -1"),
+    ("train.classification.lr", -1,
+     "params.yaml: train.classification.lr: expected a positive number, got -1"),
     ("train.classification.epochs", "ten", "train.classification.epochs: expected an integer, got 'ten'"),
     ("train.classification.epochs", 2.5, "train.classification.epochs: expected an integer, got 2.5"),
     ("train.classification.epochs", True, "train.classification.epochs: expected an integer, got True"),

@@ -273,3 +273,45 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _is_number(value: Any) -> bool:
     return (isinstance(value, int | float) and not isinstance(value, bool)) or (
         hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0)
+
+
+# -- MLflow models -------------------------------------------------------------------------------------------
+def save_pyfunc_model(model_dir: str | Path, out_dir: str | Path, example: Any) -> Path:
+    """Write ``model_dir`` (model.npz + model.json) as an MLflow pyfunc model in ``out_dir`` (replaced).
+
+    The model's ``loader_module`` is :mod:`xpvision.export.pyfunc` and the xpvision package is bundled as its
+    code, so ``mlflow models predict --env-manager local`` needs no installed xpvision. ``example`` is an
+    input ``(N, C, H, W)`` float32 array in [0, 1], stored with the model and used to infer its signature.
+    """
+    import shutil
+    import tempfile
+    import warnings
+
+    import mlflow.pyfunc
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    from xpvision.export.pyfunc import XPVisionPyfunc
+
+    out_dir = Path(out_dir)
+    package = Path(__file__).resolve().parent
+    output = XPVisionPyfunc(str(model_dir)).predict(example)
+    with warnings.catch_warnings():  # MLflow hints that integer columns cannot hold missing values
+        warnings.simplefilter("ignore", UserWarning)
+        signature = infer_signature(example, output)
+    requirements = [f"numpy=={np.__version__}", "pillow", "pyyaml", "pandas"]
+    # staged beside the model folder (not inside it: MLflow copies data_path) and renamed into place
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=Path(model_dir).parent) as scratch:
+        data = Path(scratch) / "model"
+        data.mkdir()
+        for name in ("model.npz", "model.json"):
+            shutil.copy2(Path(model_dir) / name, data / name)
+        staged = Path(scratch) / out_dir.name
+        mlflow.pyfunc.save_model(
+            str(staged), loader_module="xpvision.export.pyfunc", data_path=str(data),
+            code_paths=[str(package)], pip_requirements=requirements,
+            signature=signature, input_example=example)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staged.rename(out_dir)
+    return out_dir

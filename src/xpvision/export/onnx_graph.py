@@ -41,6 +41,7 @@ class OnnxGraph:
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
         self._used: set[str] = set()
+        self.input_shape: tuple[int, ...] = ()
 
     def unique(self, name: str) -> str:
         candidate, i = name, 1
@@ -77,11 +78,13 @@ class OnnxGraph:
 
 
 def to_onnx(model: Layer, input_shape: Sequence[int], *, opset: int = 17, probabilities: bool = False,
-            name: str = "xpvision") -> Any:
+            normalization: dict | None = None, name: str = "xpvision") -> Any:
     """A checked ``onnx.ModelProto`` computing ``model`` (eval mode) on ``images`` ``(N, *input_shape)``.
 
-    Outputs: ``output`` (the model's raw output: logits, detector head map or per-pixel scores) and, with
-    ``probabilities``, ``probabilities`` = softmax over axis 1 (classifiers).
+    With ``normalization`` (a model's ``meta['normalization']``: ``{"mode", "mean", "std"}``) the graph takes
+    pixels in [0, 1] and normalises them itself, as :class:`xpvision.data.loader.Normalization` does; without,
+    it takes the network's (normalised) input. Outputs: ``output`` (the model's raw output: logits, detector
+    head map or per-pixel scores) and, with ``probabilities``, ``probabilities`` = softmax over axis 1.
     """
     import onnx
     from onnx import TensorProto, helper
@@ -90,8 +93,10 @@ def to_onnx(model: Layer, input_shape: Sequence[int], *, opset: int = 17, probab
     probe = np.zeros((1, *input_shape), dtype=np.float32)
     out_shape = ["N", *np.shape(model.forward(probe))[1:]]
     graph = OnnxGraph()
+    graph.input_shape = tuple(input_shape)
     images = graph.unique("images")
-    out = graph.layer(model, images, "model")
+    x = images if normalization is None else _normalize(graph, normalization, opset)
+    out = graph.layer(model, x, "model")
     outputs = [graph.node("Identity", [out], "output")]
     if probabilities:
         outputs.append(graph.node("Softmax", [out], "probabilities", axis=1))
@@ -117,16 +122,47 @@ def run_onnx(onnx_model: Any, images: np.ndarray) -> list[np.ndarray]:
     return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(images, dtype=np.float32)})
 
 
-def onnx_parity(model: Layer, onnx_model: Any, images: np.ndarray) -> float:
-    """Max abs difference between ``model.forward(images)`` (eval mode) and the ONNX ``output``."""
+def onnx_parity(model: Layer, onnx_model: Any, images: np.ndarray, network_input: np.ndarray | None = None
+                ) -> float:
+    """Max abs difference between the ONNX ``output`` on ``images`` and ``model.forward`` (eval mode) on
+    ``network_input`` (default: ``images``; give the normalised images for a graph that normalises)."""
     from xpvision import backend
 
     model.eval()
-    expected = np.asarray(backend.to_numpy(model.forward(images)), dtype=np.float32)
+    x = images if network_input is None else network_input
+    expected = np.asarray(backend.to_numpy(model.forward(x)), dtype=np.float32)
     (actual, *_) = run_onnx(onnx_model, images)
     if actual.shape != expected.shape:
         raise ExportError(f"ONNX output shape {actual.shape} differs from the model's {expected.shape}")
     return float(np.max(np.abs(actual - expected))) if expected.size else 0.0
+
+
+def _normalize(graph: OnnxGraph, normalization: dict, opset: int) -> str:
+    """Nodes applying ``Normalization(mode, mean, std)`` to ``images`` (pixels in [0, 1]); the output name."""
+    mode = normalization["mode"]
+    if mode == "rescale":
+        return "images"
+    if mode == "dataset":
+        shape = (1, len(normalization["mean"]), 1, 1)
+        mean = graph.constant("norm.mean", np.asarray(normalization["mean"], np.float32).reshape(shape))
+        inv_std = (1 / np.asarray(normalization["std"], np.float32)).reshape(shape)
+        inv_std = graph.constant("norm.inv_std", inv_std)
+        return graph.node("Mul", [graph.node("Sub", ["images", mean], "norm.centred"), inv_std], "norm")
+    if mode != "sample":
+        raise ExportError(f"unknown normalization mode {mode!r}")
+    axes = [1, 2, 3]
+
+    def mean_of(x: str, name: str) -> str:  # ReduceMean took its axes as an attribute before opset 18
+        if opset >= 18:
+            return graph.node("ReduceMean", [x, graph.constant(f"{name}.axes", np.asarray(axes, np.int64))],
+                              name, keepdims=1)
+        return graph.node("ReduceMean", [x], name, axes=axes, keepdims=1)
+
+    centred = graph.node("Sub", ["images", mean_of("images", "norm.mean")], "norm.centred")
+    variance = mean_of(graph.node("Mul", [centred, centred], "norm.squares"), "norm.variance")
+    floor = graph.constant("norm.floor", np.asarray(1 / np.sqrt(np.prod(graph.input_shape)), np.float32))
+    std = graph.node("Max", [graph.node("Sqrt", [variance], "norm.std_raw"), floor], "norm.std")
+    return graph.node("Div", [centred, std], "norm")
 
 
 def _pairs(layer: Layer, key: str, default: int) -> list[int]:
