@@ -45,7 +45,8 @@ def _leftovers(folder):
 @pytest.mark.parametrize("kind", ["tar", "zip"])
 def test_extracts_a_good_archive_and_replaces_the_old_target(tmp_path, kind):
     archive = tmp_path / f"a.{kind}"
-    (_tar if kind == "tar" else _zip)(archive, [("VOCdevkit/VOC2007/a.txt", b"A"), ("VOCdevkit/b.txt", b"BB")])
+    members = [("VOCdevkit/VOC2007/a.txt", b"A"), ("VOCdevkit/b.txt", b"BB")]
+    (_tar if kind == "tar" else _zip)(archive, members)
     target = tmp_path / "out"
     target.mkdir()
     (target / "stale.txt").write_text("old")

@@ -107,7 +107,8 @@ def test_bad_transform_lists_are_config_errors(spec, message):
 
 
 def test_normalisation_entries_set_the_mode_not_a_transform():
-    transforms, mode = parse_transforms([{"name": "HorizontalFlip"}, {"name": "Standardize", "scope": "sample"}])
+    spec = [{"name": "HorizontalFlip"}, {"name": "Standardize", "scope": "sample"}]
+    transforms, mode = parse_transforms(spec)
     assert len(transforms) == 1 and mode == "sample"
     assert parse_transforms([{"name": "Rescale"}])[1] == "rescale"
     assert parse_transforms([])[1] == "rescale"
@@ -136,7 +137,8 @@ def test_augment_dataset_writes_copies_stats_and_preview(tmp_path, rng):
     with Image.open(tmp_path / "reports/preview.png") as preview:
         assert preview.format == "PNG" and preview.size == (6 * (128 + 2), 128 + 2)
     augment_dataset(tmp_path / "in", tmp_path / "again", spec, copies=2, seed=4)
-    assert (tmp_path / "out/shard-00000.npz").read_bytes() == (tmp_path / "again/shard-00000.npz").read_bytes()
+    first, again = (tmp_path / "out/shard-00000.npz"), (tmp_path / "again/shard-00000.npz")
+    assert first.read_bytes() == again.read_bytes()
 
 
 def test_augment_classification_keeps_grey_channel(tmp_path, rng):
@@ -145,13 +147,14 @@ def test_augment_classification_keeps_grey_channel(tmp_path, rng):
     augment_dataset(tmp_path / "in", tmp_path / "out", [{"name": "Affine", "rotate": [-10, 10], "p": 1.0}],
                     copies=1, keep_original=False, seed=0, preview_path=tmp_path / "p.png")
     out = ShardDataset(tmp_path / "out")
-    assert len(out) == 3 and out[0]["image"].shape == (28, 28, 1) and [out[i]["label"] for i in range(3)] == [0, 1, 2]
+    assert len(out) == 3 and out[0]["image"].shape == (28, 28, 1)
+    assert [out[i]["label"] for i in range(3)] == [0, 1, 2]
 
 
 def test_transform_failing_on_the_data_is_a_config_error(tmp_path, rng):
     samples = [{"image": rng.integers(0, 256, (8, 8, 1), dtype=np.uint8), "label": 0}]
     write_shards(tmp_path / "in", samples, classes=("0",))
     with pytest.raises(ConfigError, match="sample 0"):
-        augment_dataset(tmp_path / "in", tmp_path / "out", [{"name": "RandomCrop", "height": 16, "width": 16}],
-                        copies=1)
+        augment_dataset(tmp_path / "in", tmp_path / "out",
+                        [{"name": "RandomCrop", "height": 16, "width": 16}], copies=1)
     assert not (tmp_path / "out").exists()

@@ -13,7 +13,8 @@ from xpvision.errors import ConfigError, DataError
 @pytest.fixture
 def classification(rng):
     images = rng.integers(0, 256, (10, 5, 4, 3), dtype=np.uint8)
-    return ListDataset([{"image": im, "label": i % 3} for i, im in enumerate(images)], ("a", "b", "c")), images
+    samples = [{"image": im, "label": i % 3} for i, im in enumerate(images)]
+    return ListDataset(samples, ("a", "b", "c")), images
 
 
 def test_batches_shapes_layout_and_values(classification):
@@ -100,7 +101,7 @@ def test_gpu_batches(classification):
 
     if not backend.gpu_available():
         pytest.skip("CuPy with a CUDA device is not available")
-    ds, images = classification
+    ds, _ = classification
     batch = next(iter(DataLoader(ds, batch_size=4, device="gpu", normalization=Normalization("sample"))))
     assert backend.is_gpu_array(batch["images"]) and backend.is_gpu_array(batch["labels"])
     cpu = next(iter(DataLoader(ds, batch_size=4, normalization=Normalization("sample"))))

@@ -1,4 +1,4 @@
-"""Offline default data: digits (MNIST IDX) and digit-scenes (VOC + COCO): determinism, no leakage, agreement."""
+"""Offline default data: digits (MNIST IDX) and digit-scenes (VOC + COCO): determinism, leakage, agreement."""
 
 from __future__ import annotations
 

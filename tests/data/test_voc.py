@@ -1,4 +1,4 @@
-"""VOC XML (defusedxml), palette masks and folders: fields, box convention, subsets, unsafe / corrupt input."""
+"""VOC XML (defusedxml), palette masks and folders: fields, box convention, subsets, unsafe/corrupt input."""
 
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ def test_load_voc_detection_and_segmentation(tmp_path):
     seg = load_voc(root, "test", "segmentation")
     np.testing.assert_array_equal(seg[0]["mask"], written["000009"]["mask"])
     assert (seg[0]["mask"] == 255).any() and seg[0]["mask"].dtype == np.uint8
-    np.testing.assert_array_equal(read_voc_mask(root / "SegmentationClass/000009.png"), written["000009"]["mask"])
+    mask = read_voc_mask(root / "SegmentationClass/000009.png")
+    np.testing.assert_array_equal(mask, written["000009"]["mask"])
 
 
 def test_class_subset_reindexes_labels_and_masks(tmp_path):
@@ -111,7 +112,7 @@ def test_corrupt_image_and_size_mismatch(tmp_path):
     jpg = root / "JPEGImages/000005.jpg"
     data = jpg.read_bytes()
     jpg.write_bytes(data[: len(data) // 3])
-    with pytest.raises(DataError, match="000005.jpg"):
+    with pytest.raises(DataError, match=r"000005\.jpg"):
         load_voc(root, "trainval")
     Image.new("RGB", (10, 10)).save(jpg)
     with pytest.raises(DataError, match="10x10"):
@@ -119,5 +120,5 @@ def test_corrupt_image_and_size_mismatch(tmp_path):
 
 
 def test_missing_image_list_is_a_clear_error(tmp_path):
-    with pytest.raises(DataError, match="val.txt"):
+    with pytest.raises(DataError, match=r"val\.txt"):
         load_voc(tmp_path, "val")

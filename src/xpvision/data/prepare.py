@@ -52,6 +52,7 @@ class PrepareConfig:
     digits_seed: int = 0
     scenes: SceneConfig = field(default_factory=SceneConfig)
     progress: bool = True
+    retries: int = 2
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -98,7 +99,7 @@ def _load_split(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[list[
         folder = _digits_folder(config, raw_dir) if source == "digits" else raw_dir / source
         if source != "digits":
             fetch_dataset(source, folder, config.mirrors, use_official=config.use_official,
-                          progress=config.progress)
+                          progress=config.progress, retries=config.retries)
         classes = FASHION_CLASSES if source == "fashion-mnist" else DIGIT_CLASSES
         arrays = load_mnist_split(folder, split, classes)
         count = len(arrays.labels) if config.max_images is None else min(config.max_images,
@@ -141,7 +142,8 @@ def _voc_root(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[Path, t
     archive_name = _VOC_ARCHIVES.get((config.source, split), "VOCtrainval_11-May-2012.tar" if year == "2012"
                                      else "VOCtrainval_06-Nov-2007.tar")
     archive = fetch_dataset(config.source, raw_dir / config.source, config.mirrors, only=(archive_name,),
-                            use_official=config.use_official, progress=config.progress)[archive_name]
+                            use_official=config.use_official, progress=config.progress,
+                            retries=config.retries)[archive_name]
     extracted = _extract_once(archive, raw_dir / config.source / archive_name.removesuffix(".tar"))
     return extracted / "VOCdevkit" / f"VOC{year}", VOC_CLASSES
 
@@ -164,7 +166,7 @@ def _load_coco(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[list[d
     folder = raw_dir / "coco2017"
     names = ("annotations_trainval2017.zip", f"{split}.zip")
     files = fetch_dataset("coco2017", folder, config.mirrors, only=names, use_official=config.use_official,
-                          progress=config.progress)
+                          progress=config.progress, retries=config.retries)
     annotations = _extract_once(files[names[0]], folder / "annotations_trainval2017")
     images = _extract_once(files[names[1]], folder / split)
     samples, classes = load_coco(annotations / "annotations" / f"instances_{split}.json", images / split,
