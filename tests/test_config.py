@@ -64,6 +64,8 @@ def test_project_params_load_into_frozen_blocks():
     ("tracking.on_unreachable", "retry", "tracking.on_unreachable: expected one of fail, local, got 'retry'"),
     ("tracking.log_models", "yes", "tracking.log_models: expected true or false, got 'yes'"),
     ("train.detection_ft.init_from", "imagenet", "train.detection_ft.init_from: expected null or one of"),
+    ("train.detection.transfer_mode", "head",
+     "train.detection.transfer_mode: expected full when init_from is null, got 'head'"),
     ("evaluate.detection.nms_iou", 1.5, "evaluate.detection.nms_iou: expected a number in [0, 1], got 1.5"),
     ("transfer.modes", ["head", "all"], "transfer.modes[1]: expected one of head, partial, full, got 'all'"),
     ("train.classification.model_args", [1], "train.classification.model_args: expected a mapping"),

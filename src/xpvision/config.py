@@ -137,12 +137,13 @@ class TrainConfig:
     model: str
     model_args: Mapping[str, Any]
     init_from: str | None
-    """Task whose trained model initialises this one (``classification`` for the fine-tuned variants)."""
-    freeze: Literal["none", "head", "partial"]
-    """Transfer mode: ``none`` trains everything, ``head`` only the new head, ``partial`` all but the first
-    ``freeze_layers`` backbone layers."""
+    """Task whose trained model initialises this one's backbone (``features.*`` weights, loaded by name)."""
+    transfer_mode: Literal["full", "head", "partial"]
+    """With ``init_from``: ``full`` trains everything, ``head`` only the layers that are new, ``partial``
+    all but the first ``freeze_layers`` pretrained layers (see :mod:`xpvision.transfer`)."""
     freeze_layers: int = checked(NON_NEGATIVE)
     pretrained_lr_scale: float = checked(POSITIVE)
+    """Learning-rate factor of the pretrained layers (``init_from`` only)."""
     optimizer: Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
     lr: float = checked(POSITIVE)
     weight_decay: float = checked(NON_NEGATIVE)
@@ -253,6 +254,8 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     for task, block in sections["train"].items():
         if block.init_from is not None and block.init_from not in TASKS:
             _fail(source, f"train.{task}.init_from", f"null or one of {', '.join(TASKS)}", block.init_from)
+        if block.init_from is None and block.transfer_mode != "full":
+            _fail(source, f"train.{task}.transfer_mode", "full when init_from is null", block.transfer_mode)
     return Params(tracking=build_block(TrackingConfig, top["tracking"], source, "tracking"),
                   transfer=build_block(TransferConfig, top["transfer"], source, "transfer"), **sections)
 

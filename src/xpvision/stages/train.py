@@ -79,23 +79,26 @@ def checkpoint_path(paths: TaskPaths, key: str) -> Path:
     return paths.checkpoints / f"{key}.npz"
 
 
-def build_optimizer(cfg: TrainConfig, model: Any, pretrained: Any | None):
-    """The optimizer (a smaller lr, ``pretrained_lr_scale``, for the pretrained part) and its schedule."""
-    from xpvision import optim
+def initialise(model: Any, cfg: TrainConfig, source_dir: Path):
+    """Load the ``features.*`` weights of the model in ``source_dir`` into ``model`` and apply the transfer
+    mode; return the :class:`~xpvision.transfer.TransferReport`."""
+    from xpvision import transfer
 
-    groups: Any = model
-    if pretrained is not None and cfg.pretrained_lr_scale != 1.0:
-        groups = [{"params": pretrained, "lr": cfg.lr * cfg.pretrained_lr_scale},
-                  {"params": [(layer, key) for _, layer, key in model.named_parameters(trainable_only=True)
-                              if not _inside(layer, pretrained)]}]
+    report = transfer.transfer_weights(model, source_dir, include=("features.",))
+    transfer.set_transfer_mode(model, cfg.transfer_mode, report, cfg.freeze_layers)
+    return report
+
+
+def build_optimizer(cfg: TrainConfig, model: Any, report: Any | None):
+    """The optimizer (``pretrained_lr_scale`` times the lr for pretrained layers) and its schedule."""
+    from xpvision import optim, transfer
+
+    groups = model if report is None else transfer.param_groups(model, cfg.lr, cfg.pretrained_lr_scale,
+                                                                report)
     optimizer = optim.build_optimizer(cfg.optimizer, groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = optim.build_schedule(cfg.schedule, optimizer, epochs=cfg.epochs,
                                     warmup_epochs=cfg.warmup_epochs)
     return optimizer, schedule
-
-
-def _inside(layer: Any, part: Any) -> bool:
-    return any(sub is layer for _, sub in part.named_layers())
 
 
 def run(params: Params, task: str) -> None:
@@ -119,16 +122,16 @@ def run(params: Params, task: str) -> None:
         meta = {"kind": kind, "task": task, "classes": classes, "input_shape": [channels, height, width],
                 "normalization": normalization.to_dict(), "dataset": augmented.meta.get("source"),
                 **extra_meta}
-        init_files, pretrained = [], None
+        init_files, report = [], None
         if cfg.init_from is not None:
-            from xpvision.stages.transfer_init import initialise
-
-            pretrained, report, init_files = initialise(model, cfg, TaskPaths(cfg.init_from).model_dir)
+            source = TaskPaths(cfg.init_from).model_dir
+            report = initialise(model, cfg, source)
+            init_files = [source / "model.npz", source / "model.json"]
             meta["init_from"] = cfg.init_from
-            atomic.write_json(paths.reports / "transfer_init.json", report)
-            stage.log_artifact(paths.reports / "transfer_init.json")
+            atomic.write_text(paths.reports / "transfer_init.md", report.to_markdown())
+            stage.log_artifact(paths.reports / "transfer_init.md")
         model.to(cfg.device)
-        optimizer, schedule = build_optimizer(cfg, model, pretrained)
+        optimizer, schedule = build_optimizer(cfg, model, report)
         key = fingerprint(cfg, [paths.augmented / "manifest.json",
                                 paths.processed / "train" / "manifest.json", *init_files])
         stage.set_tags({"xpvision.checkpoint": key})
