@@ -181,6 +181,13 @@ class FCN(Layer):
             yield f"up{2 * s}", layer
         yield "upsample", self.final_upsampler
 
+    def __getitem__(self, name: str) -> Layer:
+        """A direct part by name, as for a Sequential: ``model['features']``, ``model['score8']``, ..."""
+        parts = dict(self.children())
+        if name not in parts:
+            raise KeyError(f"FCN has no part {name!r}; parts: {list(parts)}")
+        return parts[name]
+
     def config(self) -> dict[str, Any]:
         return {"features": self.features.spec(), "num_classes": self.num_classes, "variant": self.variant,
                 "extra_channels": list(self.extra_channels), "fc_channels": self.fc_channels,
