@@ -107,6 +107,12 @@ def test_offline_sources(tmp_path):
     assert summary == {"train": 6, "test": 3, "classes": list("0123456789")}
     train = ShardDataset(tmp_path / "scenes/train")
     assert train.targets == ("boxes", "mask") and train[0]["image"].shape == (40, 40, 3)
+    # a fresh run (new raw folder) gives byte-identical processed data
+    prepare(PrepareConfig(source="digit-scenes", task="detection", scenes=scenes), tmp_path / "raw2",
+            tmp_path / "scenes2")
+    for split in ("train", "test"):
+        assert ((tmp_path / "scenes" / split / "manifest.json").read_bytes()
+                == (tmp_path / "scenes2" / split / "manifest.json").read_bytes())
 
 
 def test_config_errors():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -142,10 +143,18 @@ def read_coco_json(path: str | os.PathLike) -> dict:
     return data
 
 
-def load_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *,
+def load_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, **kwargs
+              ) -> tuple[list[dict], tuple[str, ...]]:
+    """:func:`iter_coco` with the samples as a list."""
+    samples, classes = iter_coco(json_path, image_dir, **kwargs)
+    return list(samples), classes
+
+
+def iter_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *,
               classes: tuple[str, ...] | None = None, max_images: int | None = None,
-              image_size: tuple[int, int] | None = None, with_masks: bool = True) -> tuple[list[dict], tuple]:
-    """Read a COCO instances file and its images.
+              image_size: tuple[int, int] | None = None, with_masks: bool = True
+              ) -> tuple[Iterator[dict], tuple[str, ...]]:
+    """Read a COCO instances file (now) and its images (lazily, as the samples are iterated).
 
     Category ids, sorted, map to contiguous labels ``0..K-1`` (names from ``categories``); ``classes`` keeps a
     subset by name, in the given order, and drops images left without annotations. Crowd annotations
@@ -154,9 +163,9 @@ def load_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *,
     first, so a small object on top of a large one stays visible; mask value is ``label + 1``.
 
     Returns:
-        ``(samples, class_names)``; samples ``{"id", "image" (H, W, 3) uint8, "boxes" (R, 4) float32 xyxy,
-        "labels" (R,) int64, "difficult" (R,) bool, "iscrowd" (R,) bool[, "mask" (H, W) uint8]}``, by image
-        id.
+        ``(samples, class_names)``; samples (an iterator, by image id) ``{"id", "image" (H, W, 3) uint8,
+        "boxes" (R, 4) float32 xyxy, "labels" (R,) int64, "difficult" (R,) bool, "iscrowd" (R,) bool
+        [, "mask" (H, W) uint8]}``.
     """
     json_path, image_dir = Path(json_path), Path(image_dir)
     data = read_coco_json(json_path)
@@ -182,16 +191,17 @@ def load_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *,
         if isinstance(e, DataError):
             raise
         raise DataError(f"COCO {json_path}: malformed entry ({type(e).__name__}: {e})") from e
-    samples = []
-    for info in images:
-        if max_images is not None and len(samples) >= max_images:
-            break
-        anns = anns_by_image.get(int(info["id"]), [])
-        if classes is not None and not anns:
-            continue
-        sample = _coco_sample(info, anns, new_label, image_dir, json_path, with_masks)
-        samples.append(resize_sample(sample, image_size) if image_size else sample)
-    return samples, keep
+    if classes is not None:
+        images = [info for info in images if anns_by_image.get(int(info["id"]))]
+    images = images if max_images is None else images[:max_images]
+
+    def samples() -> Iterator[dict]:
+        for info in images:
+            anns = anns_by_image.get(int(info["id"]), [])
+            sample = _coco_sample(info, anns, new_label, image_dir, json_path, with_masks)
+            yield resize_sample(sample, image_size) if image_size else sample
+
+    return samples(), keep
 
 
 def _coco_sample(info: dict, anns: list[dict], new_label: dict[int, int], image_dir: Path, json_path: Path,

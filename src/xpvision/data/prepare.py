@@ -10,6 +10,7 @@ hold the source, the split mapping and, for ``train``, the per-channel ``mean``/
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,8 +19,8 @@ from xpvision.data.archives import extract_archive
 from xpvision.data.download import fetch_dataset, md5sum
 from xpvision.data.mnist import DIGIT_CLASSES, FASHION_CLASSES, load_mnist_split
 from xpvision.data.scenes import SceneConfig
-from xpvision.data.shards import channel_stats, write_shards
-from xpvision.errors import ConfigError, DataError
+from xpvision.data.shards import write_shards
+from xpvision.errors import ConfigError
 
 SOURCES = ("digits", "digit-scenes", "mnist", "fashion-mnist", "voc2007", "voc2012", "coco2017")
 TASKS = ("classification", "detection", "segmentation")
@@ -80,20 +81,16 @@ def prepare(config: PrepareConfig, raw_dir: str | os.PathLike, out_dir: str | os
     summary: dict = {}
     for split in ("train", "test"):
         samples, classes = _load_split(config, raw_dir, splits[split])
-        if not samples:
-            raise DataError(f"{config.source} split {splits[split]!r}: no images left (classes "
-                            f"{config.classes})")
         meta = {"source": config.source, "task": config.task, "split": split, "source_split": splits[split]}
-        if split == "train":
-            # blocks of one (1, H, W, C) image
-            meta["mean"], meta["std"] = channel_stats(s["image"][None] for s in samples)
-        write_shards(out_dir / split, samples, classes=classes, shard_size=config.shard_size, meta=meta)
-        summary[split] = len(samples)
+        manifest = write_shards(out_dir / split, samples, classes=classes, shard_size=config.shard_size,
+                                meta=meta, with_stats=split == "train")
+        summary[split] = manifest["count"]
         summary["classes"] = list(classes)
     return summary
 
 
-def _load_split(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[list[dict], tuple[str, ...]]:
+def _load_split(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[Iterable[dict], tuple[str, ...]]:
+    """The samples of ``split`` (an iterable, read lazily where the source allows) and the class names."""
     source = config.source
     if source in ("digits", "mnist", "fashion-mnist"):
         folder = _digits_folder(config, raw_dir) if source == "digits" else raw_dir / source
@@ -104,16 +101,16 @@ def _load_split(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[list[
         arrays = load_mnist_split(folder, split, classes)
         count = len(arrays.labels) if config.max_images is None else min(config.max_images,
                                                                          len(arrays.labels))
-        samples = [{"image": arrays.images[i], "label": int(arrays.labels[i])} for i in range(count)]
+        samples = ({"image": arrays.images[i], "label": int(arrays.labels[i])} for i in range(count))
         return samples, arrays.classes
     if source == "coco2017":
         return _load_coco(config, raw_dir, split)
-    from xpvision.data.voc import load_voc
+    from xpvision.data.voc import iter_voc
 
     root, all_classes = _voc_root(config, raw_dir, split)
     # digit-scenes have masks for every image: keep boxes and masks so one prepared set serves both tasks
     with_masks = config.task == "segmentation" or config.source == "digit-scenes"
-    samples = load_voc(root, split, "segmentation" if with_masks else "detection", all_classes=all_classes,
+    samples = iter_voc(root, split, "segmentation" if with_masks else "detection", all_classes=all_classes,
                        classes=config.classes, max_images=config.max_images, image_size=config.image_size)
     return samples, tuple(config.classes or all_classes)
 
@@ -160,8 +157,8 @@ def _extract_once(archive: Path, target: Path) -> Path:
     return target
 
 
-def _load_coco(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[list[dict], tuple[str, ...]]:
-    from xpvision.data.coco import load_coco
+def _load_coco(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[Iterable[dict], tuple[str, ...]]:
+    from xpvision.data.coco import iter_coco
 
     folder = raw_dir / "coco2017"
     names = ("annotations_trainval2017.zip", f"{split}.zip")
@@ -169,7 +166,7 @@ def _load_coco(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[list[d
                           progress=config.progress, retries=config.retries)
     annotations = _extract_once(files[names[0]], folder / "annotations_trainval2017")
     images = _extract_once(files[names[1]], folder / split)
-    samples, classes = load_coco(annotations / "annotations" / f"instances_{split}.json", images / split,
+    samples, classes = iter_coco(annotations / "annotations" / f"instances_{split}.json", images / split,
                                  classes=config.classes, max_images=config.max_images,
                                  image_size=config.image_size, with_masks=config.task == "segmentation")
     return samples, classes

@@ -37,8 +37,12 @@ TARGETS = ("label", "boxes", "mask")
 
 
 def write_shards(out_dir: str | os.PathLike, samples: Iterable[dict], *, classes: Sequence[str],
-                 shard_size: int = 4096, meta: dict | None = None) -> dict:
+                 shard_size: int = 4096, meta: dict | None = None, with_stats: bool = False) -> dict:
     """Write ``samples`` (dicts as in docs/architecture.md) as shards + manifest into ``out_dir`` atomically.
+
+    ``samples`` may be a generator: only one shard is held in memory. With ``with_stats`` the manifest's
+    ``meta`` also gets the per-channel ``mean``/``std`` of the written images in [0, 1] (see
+    :class:`ChannelStats`).
 
     The targets stored are those of the first sample (``label``, ``boxes``/``labels``/``difficult``,
     ``mask``); every sample must have the same targets and image shape. Returns the manifest.
@@ -47,9 +51,12 @@ def write_shards(out_dir: str | os.PathLike, samples: Iterable[dict], *, classes
         raise DataError(f"shard_size must be >= 1, got {shard_size}")
     manifest = {"format": FORMAT, "count": 0, "image_shape": None, "classes": list(classes), "targets": None,
                 "shards": [], "meta": dict(meta or {})}
+    stats = ChannelStats() if with_stats else None
     with atomic_dir(out_dir) as tmp:
         pending: list[dict] = []
         for sample in samples:
+            if stats is not None:
+                stats.add(sample["image"][None])  # (1, H, W, C)
             if manifest["targets"] is None:
                 manifest["targets"] = [t for t in TARGETS if t in sample]
                 manifest["image_shape"] = list(sample["image"].shape)
@@ -60,7 +67,10 @@ def write_shards(out_dir: str | os.PathLike, samples: Iterable[dict], *, classes
         if pending:
             _flush(tmp, pending, manifest)
         if manifest["count"] == 0:
-            raise DataError(f"no samples to write into {out_dir}")
+            raise DataError(f"no samples to write into {out_dir} (empty split, or a class filter that "
+                            "matches no image?)")
+        if stats is not None:
+            manifest["meta"]["mean"], manifest["meta"]["std"] = stats.result()
         write_json(tmp / MANIFEST, manifest)
     return manifest
 
@@ -202,16 +212,33 @@ class ShardDataset:
             yield self._shard(k)["images"]
 
 
+class ChannelStats:
+    """Running per-channel mean and std of uint8 images scaled to [0, 1] (float64 sums)."""
+
+    def __init__(self) -> None:
+        self.total: np.ndarray | None = None
+        self.total_sq: np.ndarray | None = None
+        self.count = 0
+
+    def add(self, images: np.ndarray) -> None:
+        """Add a block of ``(n, H, W, C)`` uint8 images."""
+        x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0  # (n*H*W, C)
+        sums, sums_sq = x.sum(0), (x * x).sum(0)
+        self.total = sums if self.total is None else self.total + sums
+        self.total_sq = sums_sq if self.total_sq is None else self.total_sq + sums_sq
+        self.count += x.shape[0]
+
+    def result(self) -> tuple[list[float], list[float]]:
+        if not self.count:
+            raise DataError("channel statistics of no images")
+        mean = self.total / self.count
+        std = np.sqrt(np.maximum(self.total_sq / self.count - mean * mean, 0.0))
+        return [float(m) for m in mean], [float(s) for s in std]
+
+
 def channel_stats(image_blocks: Iterable[np.ndarray]) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of images scaled to [0, 1], over blocks of ``(n, H, W, C)`` uint8 images."""
-    total, total_sq, count = None, None, 0
+    stats = ChannelStats()
     for block in image_blocks:
-        x = block.reshape(-1, block.shape[-1]).astype(np.float64) / 255.0  # (n*H*W, C)
-        total = x.sum(0) + (0 if total is None else total)
-        total_sq = (x * x).sum(0) + (0 if total_sq is None else total_sq)
-        count += x.shape[0]
-    if not count:
-        raise DataError("channel_stats: no images")
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
-    return [float(m) for m in mean], [float(s) for s in std]
+        stats.add(block)
+    return stats.result()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -156,9 +157,14 @@ def read_image_list(path: str | os.PathLike) -> list[str]:
     return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def load_voc(root: str | os.PathLike, split: str, task: str = "detection", *,
+def load_voc(root: str | os.PathLike, split: str, task: str = "detection", **kwargs) -> list[dict]:
+    """:func:`iter_voc` as a list."""
+    return list(iter_voc(root, split, task, **kwargs))
+
+
+def iter_voc(root: str | os.PathLike, split: str, task: str = "detection", *,
              all_classes: tuple[str, ...] = VOC_CLASSES, classes: tuple[str, ...] | None = None,
-             max_images: int | None = None, image_size: tuple[int, int] | None = None) -> list[dict]:
+             max_images: int | None = None, image_size: tuple[int, int] | None = None) -> Iterator[dict]:
     """Read the ``split`` of a VOC folder (the one holding ``JPEGImages``, ``Annotations``, ``ImageSets``).
 
     Args:
@@ -170,7 +176,7 @@ def load_voc(root: str | os.PathLike, split: str, task: str = "detection", *,
         max_images: keep the first N images of the list (after the class filter).
         image_size: ``(height, width)`` to resize to (boxes scaled, masks nearest); ``None`` keeps sizes.
 
-    Returns:
+    Yields:
         Samples ``{"id", "image" (H, W, 3) uint8, "boxes" (R, 4) float32, "labels" (R,) int64,
         "difficult" (R,) bool, "truncated" (R,) bool[, "mask" (H, W) uint8]}``.
     """
@@ -184,9 +190,9 @@ def load_voc(root: str | os.PathLike, split: str, task: str = "detection", *,
     subset = keep != tuple(all_classes)
     mask_lut = _mask_lut(all_classes, keep)
     list_dir = "Main" if task == "detection" else "Segmentation"
-    samples = []
+    count = 0
     for image_id in read_image_list(root / "ImageSets" / list_dir / f"{split}.txt"):
-        if max_images is not None and len(samples) >= max_images:
+        if max_images is not None and count >= max_images:
             break
         ann = parse_voc_xml(root / "Annotations" / f"{image_id}.xml", keep, skip_unknown=subset)
         if subset and len(ann["labels"]) == 0:
@@ -203,8 +209,8 @@ def load_voc(root: str | os.PathLike, split: str, task: str = "detection", *,
                 raise DataError(f"VOC {root}: mask {image_id}.png is {mask.shape} but the image is "
                                 f"{image.shape[:2]}")
             sample["mask"] = mask_lut[mask]
-        samples.append(resize_sample(sample, image_size) if image_size else sample)
-    return samples
+        count += 1
+        yield resize_sample(sample, image_size) if image_size else sample
 
 
 def _mask_lut(all_classes: tuple[str, ...], keep: tuple[str, ...]) -> np.ndarray:
