@@ -1,7 +1,6 @@
 """The ``Layer`` base class and the ``Sequential`` container.
 
-Conventions every layer follows
--------------------------------
+Conventions every layer follows -------------------------------
 * **Layout.** Image tensors have the *shape* ``(N, C, H, W)`` at every public boundary, as in PyTorch. Inside,
   the layers keep them *channels-last in memory* (PyTorch's ``channels_last``): a layer's output is an ``(N,
   C, H, W)``-shaped view of a C-contiguous ``(N, H, W, C)`` buffer, so that a convolution's GEMM output is
@@ -16,6 +15,13 @@ Conventions every layer follows
 * **Training flag.** ``training`` switches dropout and batch norm; ``train()``/``eval()`` set it recursively.
 * **Freezing.** ``trainable = False`` (``freeze()``) keeps a layer's parameters out of the optimizer; its
   ``backward`` still returns the input gradient but need not fill its parameter gradients.
+* **Input gradient.** ``needs_input_grad = False`` lets a layer skip the gradient w.r.t. its input (its
+  ``backward`` may then return ``None``); a ``Sequential`` passes its own flag to its first layer, so
+  ``model.needs_input_grad = False`` saves the first convolution's input gradient in training.
+* **Fusion.** ``fusable(following)`` says how many of the layers that follow a layer it can compute itself
+  (``Conv2d`` absorbs a following ``ReLU`` and 2x2 ``MaxPool2d``), and ``forward_fused(x, absorbed)`` runs
+  them; ``Sequential.forward`` uses it (unless ``fusion = False``) and its ``backward`` then skips the
+  absorbed layers. Specs and weights do not change: fusion is an execution detail.
 * **Spec.** ``config()`` returns the JSON-able constructor arguments; :func:`build_layer` rebuilds a layer
   from ``spec()``, so a model on disk is an ``.npz`` of ``state_dict()`` plus a JSON spec, never a pickle.
 """
@@ -49,6 +55,7 @@ class Layer:
         self.buffers: dict[str, Any] = {}
         self.training = True
         self.trainable = True
+        self.needs_input_grad = True
 
     # -- computation -----------------------------------------------------------------------------------------
     def forward(self, x):
@@ -56,6 +63,15 @@ class Layer:
 
     def backward(self, dout):
         raise NotImplementedError
+
+    def fusable(self, following: list[Layer]) -> int:
+        """How many of the ``following`` layers this layer can compute inside its own forward (default 0)."""
+        return 0
+
+    def forward_fused(self, x, absorbed: list[Layer]):
+        """Forward through this layer and the ``absorbed`` layers that follow it (see :meth:`fusable`);
+        ``backward`` then returns the gradient w.r.t. ``x`` from the gradient of the last absorbed output."""
+        raise NotImplementedError(f"{type(self).__name__} does not fuse layers")
 
     def __call__(self, x):
         return self.forward(x)
@@ -220,17 +236,32 @@ class Sequential(Layer):
             if name in self.layers or "." in name:
                 raise ValueError(f"layer name {name!r} is duplicated or contains '.'")
             self.layers[name] = layer
+        self.fusion = True
+        self._steps: list[Layer] | None = None
 
     def children(self) -> Iterator[tuple[str, Layer]]:
         return iter(self.layers.items())
 
     def forward(self, x):
-        for layer in self.layers.values():
-            x = layer.forward(x)
+        """Run the layers in order, letting a layer absorb those after it when it can (:meth:`Layer.fusable`);
+        the layers that ran (the "steps") are remembered for :meth:`backward`."""
+        layers = list(self.layers.values())
+        steps = []
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            absorbed = layers[i + 1:i + 1 + layer.fusable(layers[i + 1:])] if self.fusion else []
+            x = layer.forward_fused(x, absorbed) if absorbed else layer.forward(x)
+            steps.append(layer)
+            i += 1 + len(absorbed)
+        self._steps = steps
         return x
 
     def backward(self, dout):
-        for layer in reversed(self.layers.values()):
+        steps = self._steps if self._steps is not None else list(self.layers.values())
+        if steps:
+            steps[0].needs_input_grad = self.needs_input_grad
+        for layer in reversed(steps):
             dout = layer.backward(dout)
         return dout
 
@@ -243,6 +274,7 @@ class Sequential(Layer):
     def __setitem__(self, name: str, layer: Layer) -> None:
         """Replace (or append) the layer called ``name`` (used to swap a model's head)."""
         self.layers[name] = layer
+        self._steps = None
 
     def config(self) -> dict[str, Any]:
         return {"layers": [[name, layer.spec()] for name, layer in self.layers.items()]}

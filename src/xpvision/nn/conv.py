@@ -10,7 +10,10 @@ import numpy as np
 from xpvision.errors import ShapeError
 from xpvision.nn import functional as F
 from xpvision.nn import init
+from xpvision.nn.activation import ReLU
 from xpvision.nn.base import Layer
+from xpvision.nn.convblock import ConvGeometry, Scratch, conv_backward, conv_forward
+from xpvision.nn.pooling import MaxPool2d
 from xpvision.nn.validate import forward_done, grad_like, image_input, pair, positive_int, unpair
 
 
@@ -39,6 +42,7 @@ class Conv2d(Layer):
         if bias:
             self.add_param("b", np.zeros(self.out_ch, dtype=np.float32))
         self._pad_buffer = None  # persistent zero-bordered input buffer (its border is never written)
+        self._scratch = Scratch()
         self._cache: tuple | None = None
 
     def config(self) -> dict[str, Any]:
@@ -51,33 +55,56 @@ class Conv2d(Layer):
         return tuple(F.conv_output_size(size, k, s, p, d) for size, k, s, p, d in zip(
             (h, w), self.kernel_size, self.stride, self.padding, self.dilation, strict=True))
 
+    def fusable(self, following: list[Layer]) -> int:
+        """Absorbs a directly following ``ReLU``, then a 2x2 stride-2 unpadded ``MaxPool2d``."""
+        count = 0
+        if count < len(following) and type(following[count]) is ReLU:
+            count += 1
+        if count < len(following) and type(following[count]) is MaxPool2d and following[count].is_2x2():
+            count += 1
+        return count
+
     def forward(self, x):
+        return self._forward(x, relu=False, pool=False)
+
+    def forward_fused(self, x, absorbed: list[Layer]):
+        return self._forward(x, relu=any(type(a) is ReLU for a in absorbed),
+                             pool=any(type(a) is MaxPool2d for a in absorbed))
+
+    def _forward(self, x, relu: bool, pool: bool):
+        """Convolution + bias, then optionally ReLU and a 2x2 max pool -> ``(N, O, OH, OW)``-shaped view."""
         x4 = image_input(type(self).__name__, x, self.in_ch)  # (N, H, W, I)
         oh, ow = self.output_size(x4.shape[1], x4.shape[2])
         if oh < 1 or ow < 1:
             raise ShapeError(f"{type(self).__name__} input {tuple(x.shape)} is smaller than its kernel "
                              f"{self.kernel_size} (dilation {self.dilation}, padding {self.padding})")
+        if pool and min(oh, ow) < 2:
+            raise ShapeError(f"MaxPool2d input {(x4.shape[0], self.out_ch, oh, ow)} is smaller than its "
+                             f"kernel (2, 2) (padding (0, 0))")
         xpad = F.pad_nhwc(x4, self.padding, out=self._pad_buffer)  # (N, Hp, Wp, I)
         if xpad is not x4:
             self._pad_buffer = xpad
+        geom = ConvGeometry(self.kernel_size, self.stride, self.dilation, self.padding, x4.shape[1:3],
+                            (oh, ow))
         w_mat = F.conv_weight_matrix(self.params["W"])  # (kh*kw*I, O)
-        y = F.conv2d_nhwc(xpad, w_mat, self.kernel_size, self.stride, self.dilation)  # (N, OH, OW, O)
-        if "b" in self.params:
-            y += self.params["b"]
-        self._cache = (xpad, w_mat, y.shape)
+        y, pool_index = conv_forward(xpad, w_mat, self.params.get("b"), geom, relu=relu, pool=pool,
+                                     scratch=self._scratch)
+        self._cache = (xpad, w_mat, geom, y if relu and not pool else None, pool_index, y.shape)
         return F.nchw(y)
 
     def backward(self, dout):
         forward_done(type(self).__name__, self._cache)
-        xpad, w_mat, y_shape = self._cache
+        xpad, w_mat, geom, relu_out, pool_index, y_shape = self._cache
         dy = F.nhwc(grad_like(type(self).__name__, dout, (y_shape[0], y_shape[3], y_shape[1], y_shape[2])))
-        if self.trainable:
-            dw = F.conv2d_grad_weight(xpad, dy, self.kernel_size, self.stride, self.dilation)  # (kh*kw*I, O)
+        dx, dw, db = conv_backward(dy, xpad, w_mat, geom, relu_out=relu_out, pool_index=pool_index,
+                                   need_params=self.trainable,
+                                   need_bias=self.trainable and "b" in self.params,
+                                   need_input=self.needs_input_grad, scratch=self._scratch)
+        if dw is not None:
             self.grads["W"][...] = F.conv_weight_from_matrix(dw, self.kernel_size)
-            if "b" in self.params:
-                self.grads["b"][...] = dy.reshape(-1, self.out_ch).sum(axis=0)
-        dxpad = F.conv2d_grad_input(dy, w_mat, xpad.shape[1:3], self.kernel_size, self.stride, self.dilation)
-        return F.nchw(F.crop_nhwc(dxpad, self.padding))  # (N, I, H, W)
+        if db is not None:
+            self.grads["b"][...] = db
+        return None if dx is None else F.nchw(dx)  # (N, I, H, W)
 
 
 class ConvTranspose2d(Layer):

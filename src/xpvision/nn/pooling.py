@@ -9,6 +9,7 @@ from xpvision import backend
 from xpvision.errors import ConfigError, ShapeError
 from xpvision.nn import functional as F
 from xpvision.nn.base import Layer
+from xpvision.nn.convblock import max_pool2x2, max_unpool2x2
 from xpvision.nn.validate import forward_done, grad_like, image_input, pair, unpair
 
 
@@ -58,15 +59,29 @@ class MaxPool2d(_Pool2d):
 
     pad_value = float("-inf")
 
+    def is_2x2(self) -> bool:
+        """True for the common 2x2, stride 2, unpadded pool (which has a faster kernel)."""
+        return self.kernel_size == (2, 2) and self.stride == (2, 2) and self.padding == (0, 0)
+
     def forward(self, x):
         xpad, out_hw = self._padded_input(x)
-        y, argmax = F.max_pool_nhwc(xpad, self.kernel_size, self.stride, out_hw)  # (N, OH, OW, C) both
+        if self.is_2x2():
+            xp = backend.get_array_module(xpad)
+            y = xp.empty((xpad.shape[0], *out_hw, xpad.shape[3]), dtype=xpad.dtype)  # (N, OH, OW, C)
+            argmax = xp.empty(y.shape, dtype=xp.uint8)
+            max_pool2x2(xpad, y, argmax, relu=False)
+        else:
+            y, argmax = F.max_pool_nhwc(xpad, self.kernel_size, self.stride, out_hw)  # (N, OH, OW, C) both
         self._cache = (argmax, xpad.shape[1:3], y.shape)
         return F.nchw(y)
 
     def backward(self, dout):
         argmax, padded_hw, y_shape = self._cache or (None, None, None)
         dy = self._grad_output(dout, y_shape)  # (N, OH, OW, C)
+        if self.is_2x2():
+            dx = backend.get_array_module(dy).empty((dy.shape[0], *padded_hw, dy.shape[3]), dtype=dy.dtype)
+            max_unpool2x2(dy, argmax, dx)
+            return F.nchw(dx)
         dxpad = F.max_pool_backward(dy, argmax, padded_hw, self.kernel_size, self.stride)
         return F.nchw(F.crop_nhwc(dxpad, self.padding))
 

@@ -1,0 +1,174 @@
+"""DeepConvNet speed: xpvision (NumPy / CuPy) against PyTorch, in one process, interleaved.
+
+Cases: a training step (forward + loss + backward + Adam, float32) at batch 100 and 256, and inference at batch
+1000, on 1x28x28 inputs, with the same architecture and the same initial weights. PyTorch runs in NCHW and in
+channels_last; the ratio is xpvision over the better of the two. Every repeat times each case once per
+implementation in turn (so drifts of the machine's speed hit all of them alike) and the table shows medians.
+
+    python bench/bench_convnet.py              # CPU, torch.set_num_threads(2)
+    python bench/bench_convnet.py --quick      # smoke run: 2 repeats
+    python bench/bench_convnet.py --device gpu # CuPy vs PyTorch CUDA
+
+Benchmarks are not tests: the numbers depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from xpvision import backend
+from xpvision.models import deep_convnet
+from xpvision.nn import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, SoftmaxCrossEntropy, rng
+from xpvision.optim import Adam
+
+CASES = (("train", 100), ("train", 256), ("infer", 1000))
+
+
+def torch_twin(model, torch):
+    """A ``torch.nn.Sequential`` with the architecture and the current weights of an xpvision Sequential."""
+    nn = torch.nn
+    layers = []
+    for _, layer in model.named_layers():
+        if isinstance(layer, Conv2d):
+            conv = nn.Conv2d(layer.in_ch, layer.out_ch, layer.kernel_size, layer.stride, layer.padding,
+                             layer.dilation, bias="b" in layer.params)
+            conv.weight.data = torch.tensor(backend.to_numpy(layer.params["W"]))
+            if "b" in layer.params:
+                conv.bias.data = torch.tensor(backend.to_numpy(layer.params["b"]))
+            layers.append(conv)
+        elif isinstance(layer, Linear):
+            linear = nn.Linear(layer.in_features, layer.out_features)
+            linear.weight.data = torch.tensor(backend.to_numpy(layer.params["W"]).T.copy())  # (out, in)
+            linear.bias.data = torch.tensor(backend.to_numpy(layer.params["b"]))
+            layers.append(linear)
+        elif isinstance(layer, ReLU):
+            layers.append(nn.ReLU())
+        elif isinstance(layer, MaxPool2d):
+            layers.append(nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding))
+        elif isinstance(layer, Flatten):
+            layers.append(nn.Flatten())
+        elif isinstance(layer, Dropout):
+            layers.append(nn.Dropout(layer.p))
+    return nn.Sequential(*layers)
+
+
+def xpvision_runners(xp, sync: Callable[[], None]) -> dict[tuple[str, int], Callable[[], None]]:
+    rng.manual_seed(0)
+    model = deep_convnet()
+    if xp is not np:
+        model.to("gpu")
+    optimizer = Adam(model, lr=1e-3)
+    loss = SoftmaxCrossEntropy()
+    data = np.random.default_rng(0)
+    runners = {}
+    for kind, batch in CASES:
+        x = xp.asarray(data.random((batch, 1, 28, 28), dtype=np.float32))
+        y = xp.asarray(data.integers(0, 10, batch))
+
+        def train(x=x, y=y):
+            model.train()
+            loss.forward(model.forward(x), y)
+            model.backward(loss.backward())
+            optimizer.step()
+            sync()
+
+        def infer(x=x):
+            model.eval()
+            model.forward(x)
+            sync()
+
+        runners[(kind, batch)] = train if kind == "train" else infer
+    return runners
+
+
+def torch_runners(torch, device: str, channels_last: bool) -> dict[tuple[str, int], Callable[[], None]]:
+    rng.manual_seed(0)
+    model = torch_twin(deep_convnet(), torch).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    data = np.random.default_rng(0)
+    runners = {}
+    for kind, batch in CASES:
+        x = torch.tensor(data.random((batch, 1, 28, 28), dtype=np.float32), device=device)
+        x = x.contiguous(memory_format=fmt)
+        y = torch.tensor(data.integers(0, 10, batch), device=device)
+
+        def train(x=x, y=y):
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            sync()
+
+        def infer(x=x):
+            model.eval()
+            with torch.inference_mode():
+                model(x)
+            sync()
+
+        runners[(kind, batch)] = train if kind == "train" else infer
+    return runners
+
+
+def measure(impls: dict[str, dict], repeats: int, warmup: int) -> dict[str, dict]:
+    """Median seconds per call for every implementation and case, interleaved."""
+    times: dict[str, dict] = {name: {case: [] for case in CASES} for name in impls}
+    for r in range(warmup + repeats):
+        for case in CASES:
+            for name, runners in impls.items():
+                start = time.perf_counter()
+                runners[case]()
+                elapsed = time.perf_counter() - start
+                if r >= warmup:
+                    times[name][case].append(elapsed)
+    return {name: {case: statistics.median(v) for case, v in by_case.items()} for name, by_case in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 repeats, 1 warm-up")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads (CPU)")
+    args = parser.parse_args(argv)
+    try:
+        import torch
+    except ImportError:
+        print("PyTorch is not installed: pip install 'xpvision[parity]'", file=sys.stderr)
+        return 2
+    if args.device == "gpu":
+        if not backend.gpu_available() or not torch.cuda.is_available():
+            print(f"--device gpu needs CuPy with a CUDA device (available: {backend.gpu_available()}) and a "
+                  f"CUDA build of PyTorch (available: {torch.cuda.is_available()})", file=sys.stderr)
+            return 2
+        xp = backend.xp_for("gpu")
+        impls = {"xpvision (CuPy)": xpvision_runners(xp, xp.cuda.runtime.deviceSynchronize),
+                 "torch CUDA NCHW": torch_runners(torch, "cuda", False),
+                 "torch CUDA channels_last": torch_runners(torch, "cuda", True)}
+    else:
+        torch.set_num_threads(args.threads)
+        impls = {"xpvision (NumPy)": xpvision_runners(np, lambda: None),
+                 "torch NCHW": torch_runners(torch, "cpu", False),
+                 "torch channels_last": torch_runners(torch, "cpu", True)}
+    repeats, warmup = (2, 1) if args.quick else (args.repeats, 2)
+    medians = measure(impls, repeats, warmup)
+    names = list(impls)
+    print(f"DeepConvNet, float32, median of {repeats} interleaved repeats (ms); ratio = xpvision / best torch")
+    print(f"{'case':<16}" + "".join(f"{name:>26}" for name in names) + f"{'ratio':>8}")
+    for case in CASES:
+        row = [medians[name][case] * 1e3 for name in names]
+        ratio = row[0] / min(row[1:])
+        print(f"{case[0] + ' batch ' + str(case[1]):<16}" + "".join(f"{v:>26.1f}" for v in row) + f"{ratio:>8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

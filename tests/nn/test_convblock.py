@@ -1,0 +1,137 @@
+"""The fused Conv2d(+ReLU)(+2x2 MaxPool2d) path that Sequential takes, the threaded chunk loop, and the
+skipped input gradient: all must give what the plain layers give."""
+
+import numpy as np
+import pytest
+
+from xpvision.nn import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential, parallel
+from xpvision.nn import rng as nn_rng
+from xpvision.nn.convblock import DEAD, max_pool2x2, max_unpool2x2
+
+
+def _pair(layers_fn):
+    """Two identical Sequentials (same weights), one fused and one not."""
+    nn_rng.manual_seed(0)
+    fused = Sequential(*layers_fn())
+    plain = Sequential(*layers_fn())
+    plain.load_state_dict(fused.state_dict())
+    plain.fusion = False
+    return fused, plain
+
+
+def _run(model, x, dout):
+    y = model.forward(x)
+    dx = model.backward(dout)
+    return y, dx, {name: layer.grads[key].copy() for name, layer, key in model.named_parameters()}
+
+
+@pytest.mark.parametrize("shape, padding", [((3, 2, 8, 8), 1), ((2, 2, 7, 9), 1), ((2, 2, 9, 6), 2)])
+@pytest.mark.parametrize("tail", ["relu+pool", "relu", "pool"])
+def test_fused_equals_unfused(shape, padding, tail, rng):
+    def layers():
+        out = [Conv2d(2, 5, 3, padding=padding)]
+        out += [ReLU()] if "relu" in tail else []
+        out += [MaxPool2d(2)] if "pool" in tail else []
+        return out
+
+    fused, plain = _pair(layers)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[0, :, :3, :3] = 0  # ties and dead ReLUs
+    y_plain = plain.forward(x)
+    dout = rng.standard_normal(y_plain.shape).astype(np.float32)
+    y1, dx1, g1 = _run(fused, x, dout)
+    y2, dx2, g2 = _run(plain, x, dout)
+    assert fused._steps == [fused[0]] and len(plain._steps) == len(plain)  # the fused run was fused
+    np.testing.assert_allclose(y1, y2, atol=1e-6)
+    np.testing.assert_allclose(dx1, dx2, atol=1e-5)
+    for name in g1:
+        np.testing.assert_allclose(g1[name], g2[name], atol=1e-4, err_msg=name)
+
+
+def test_fused_block_gradients(check_layer_grads, rng):
+    model = Sequential(Conv2d(2, 3, 3, padding=1), ReLU(), MaxPool2d(2), Conv2d(3, 2, 3, padding=2), ReLU())
+    errors = check_layer_grads(model, rng.standard_normal((2, 2, 6, 7)))
+    assert {"0.W", "0.b", "3.W", "3.b"} <= set(errors)
+
+
+def test_fused_convnet_matches_torch(torch, rng):
+    def layers():
+        return [Conv2d(1, 4, 3, padding=1), ReLU(), Conv2d(4, 6, 3, padding=2), ReLU(), MaxPool2d(2),
+                Flatten(), Linear(6 * 5 * 5, 3)]
+
+    model, _ = _pair(layers)
+    nn = torch.nn
+    twin = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=2), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(150, 3))
+    for ours, theirs in ((model[0], twin[0]), (model[2], twin[2])):
+        theirs.weight.data, theirs.bias.data = torch.tensor(ours.params["W"]), torch.tensor(ours.params["b"])
+    twin[6].weight.data = torch.tensor(model[6].params["W"].T.copy())
+    twin[6].bias.data = torch.tensor(model[6].params["b"])
+    x = rng.standard_normal((4, 1, 8, 8)).astype(np.float32)
+    dout = rng.standard_normal((4, 3)).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = twin(xt)
+    yt.backward(torch.tensor(dout))
+    np.testing.assert_allclose(model.forward(x), yt.detach().numpy(), atol=1e-4)
+    np.testing.assert_allclose(model.backward(dout), xt.grad.numpy(), atol=1e-4)
+    np.testing.assert_allclose(model[2].grads["W"], twin[2].weight.grad.numpy(), atol=1e-4)
+    np.testing.assert_allclose(model[0].grads["W"], twin[0].weight.grad.numpy(), atol=1e-4)
+
+
+def test_threads_give_the_same_results(rng):
+    """Batch 12 of 28x28 images makes several cache-sized chunks, so two threads split them."""
+    def layers():
+        return [Conv2d(3, 8, 3, padding=1), ReLU(), MaxPool2d(2), Conv2d(8, 4, 3, stride=2)]
+
+    x = rng.standard_normal((12, 3, 28, 28)).astype(np.float32)
+    dout = rng.standard_normal((12, 4, 6, 6)).astype(np.float32)
+    results = []
+    try:
+        for threads in (1, 2):
+            parallel.set_num_threads(threads)
+            model, _ = _pair(layers)
+            results.append(_run(model, x, dout))
+    finally:
+        parallel.set_num_threads(2)
+    (y1, dx1, g1), (y2, dx2, g2) = results
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_allclose(dx1, dx2, atol=1e-5)
+    for name in g1:
+        np.testing.assert_allclose(g1[name], g2[name], rtol=1e-5, atol=1e-4)
+
+
+def test_skipping_the_input_gradient(rng):
+    model = Sequential(Sequential(Conv2d(1, 2, 3), ReLU()), Flatten(), Linear(2 * 4 * 4, 2))
+    x = rng.standard_normal((2, 1, 6, 6)).astype(np.float32)
+    dout = rng.standard_normal((2, 2)).astype(np.float32)
+    model.forward(x)
+    dx = model.backward(dout)
+    w_grad = model[0][0].grads["W"].copy()
+    model.needs_input_grad = False
+    model.forward(x)
+    assert model.backward(dout) is None
+    np.testing.assert_array_equal(model[0][0].grads["W"], w_grad)
+    model.needs_input_grad = True
+    model.forward(x)
+    np.testing.assert_array_equal(model.backward(dout), dx)
+
+
+def test_max_pool2x2_index_rules():
+    y = np.array([[1.0, 1.0], [1.0, 1.0]], np.float32)[None, :, :, None]  # a 4-way tie
+    y2 = np.array([[-1.0, -2.0], [-3.0, -1.0]], np.float32)[None, :, :, None]  # negative: dead after ReLU
+    for data, relu, expected_index, expected_out in [(y, False, 0, 1.0), (y2, False, 0, -1.0),
+                                                     (y2, True, DEAD, 0.0)]:
+        out = np.empty((1, 1, 1, 1), np.float32)
+        index = np.empty((1, 1, 1, 1), np.uint8)
+        max_pool2x2(data, out, index, relu)
+        assert out.item() == expected_out and index.item() == expected_index
+        dconv = np.full((1, 3, 3, 1), np.nan, np.float32)  # odd: the last row/col must be zeroed
+        max_unpool2x2(np.ones_like(out), index, dconv)
+        assert dconv.sum() == (0 if relu else 1) and dconv[0, 0, 0, 0] == (0 if relu else 1)
+
+
+def test_fused_pool_too_small_raises():
+    from xpvision.errors import ShapeError
+    model = Sequential(Conv2d(1, 1, 3), ReLU(), MaxPool2d(2))
+    with pytest.raises(ShapeError, match="MaxPool2d input"):
+        model.forward(np.zeros((1, 1, 3, 3), np.float32))
