@@ -1,8 +1,8 @@
 """Stage ``evaluate``: test-set metrics of a trained model and the figures drawn from them.
 
 Outputs: ``reports/<task>/metrics.json`` (DVC metrics), ``reports/<task>/figures/`` (PNG: confusion matrix
-and sample predictions; PR curves and drawn detections; segmentation overlays) and, for classifiers,
-``reports/<task>/predictions.csv`` (actual / predicted class per test image, a DVC confusion plot).
+and sample predictions; PR curves and drawn detections; segmentation overlays) and
+``reports/<task>/per_class.csv`` (``class, metric, score``: recall, AP@0.5 or IoU per class; a DVC plot).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def run(params: Params, task: str) -> None:
         paths.figures.mkdir(parents=True, exist_ok=True)
         evaluate = {"classification": evaluate_classifier, "detection": evaluate_detector,
                     "segmentation": evaluate_segmenter}[meta["kind"]]
-        metrics = evaluate(model, meta, loader, test_set, cfg, paths)
+        metrics, per_class = evaluate(model, meta, loader, test_set, cfg, paths)
+        write_per_class(paths.reports / "per_class.csv", *per_class)
         atomic.write_json(paths.reports / "metrics.json", metrics)
         stage.log_metrics({f"test_{k}": v for k, v in metrics.items()})
         stage.log_artifact(paths.reports / "metrics.json")
@@ -49,24 +50,29 @@ def sample_indices(count: int, available: int) -> np.ndarray:
 
 
 def evaluate_classifier(model: Any, meta: dict, loader: Any, test_set: Any, cfg: Any,
-                        paths: TaskPaths) -> dict[str, float]:
-    """Accuracy and loss; confusion-matrix and sample-prediction PNGs; actual/predicted CSV."""
-    import pandas as pd
-
+                        paths: TaskPaths) -> tuple[dict[str, float], tuple]:
+    """Accuracy and loss; confusion-matrix and sample-prediction PNGs; recall per class."""
     task = tasks.build_task("classification", model, meta)
     classes = meta["classes"]
     loss, y_true, y_pred = task.predict(model, loader)
-    table = pd.DataFrame({"actual": np.asarray(classes)[y_true], "predicted": np.asarray(classes)[y_pred]})
-    atomic.write_text(paths.reports / "predictions.csv", table.to_csv(index=False))
     plot_confusion(y_true, y_pred, classes, paths.figures / "confusion_matrix.png")
     shown = sample_indices(cfg.sample_images, len(test_set))
     plot_samples([test_set[int(i)]["image"] for i in shown],
                  [f"{classes[y_pred[i]]} ({classes[y_true[i]]})" for i in shown],
                  [bool(y_pred[i] == y_true[i]) for i in shown], paths.figures / "samples.png")
-    per_class = {f"recall_{name}": float(np.mean(y_pred[y_true == k] == k)) if np.any(y_true == k) else 0.0
-                 for k, name in enumerate(classes)}
-    return {"accuracy": float(np.mean(y_true == y_pred)), "loss": float(loss),
-            "error_rate": float(np.mean(y_true != y_pred)), **per_class}
+    recall = [float(np.mean(y_pred[y_true == k] == k)) if np.any(y_true == k) else float("nan")
+              for k in range(len(classes))]
+    metrics = {"accuracy": float(np.mean(y_true == y_pred)), "loss": float(loss),
+               "error_rate": float(np.mean(y_true != y_pred))}
+    return metrics, (classes, "recall", recall)
+
+
+def write_per_class(path: Path, classes: list[str], metric: str, scores: list[float]) -> None:
+    """``class,metric,score`` rows (classes without test examples are left out)."""
+    import pandas as pd
+
+    table = pd.DataFrame({"class": classes, "metric": metric, "score": scores}).dropna()
+    atomic.write_text(path, table.to_csv(index=False, float_format="%.6g"))
 
 
 def evaluate_detector(model: Any, meta: dict, loader: Any, test_set: Any, cfg: Any,
@@ -80,18 +86,23 @@ def evaluate_detector(model: Any, meta: dict, loader: Any, test_set: Any, cfg: A
 
 
 def evaluate_segmenter(model: Any, meta: dict, loader: Any, test_set: Any, cfg: Any,
-                       paths: TaskPaths) -> dict[str, float]:
-    """mIoU, pixel and class accuracy, per-class IoU; image / ground truth / prediction overlay PNGs."""
-    from xpvision.segmentation.visualize import save_comparison
+                       paths: TaskPaths) -> tuple[dict[str, float], tuple]:
+    """mIoU, pixel and class accuracy; image / ground truth / prediction overlay PNGs; IoU per class."""
+    from xpvision.export.inference import network_input
+    from xpvision.segmentation.task import predict_segmentation, write_prediction_images
 
     task = tasks.build_task("segmentation", model, meta)
-    result = task.evaluate(model, loader)
+    full = task.evaluate_full(model, loader)
     shown = sample_indices(cfg.sample_images, len(test_set))
-    predictions = task.predict(model, [loader.batch_of(shown)]) if len(shown) else []
-    for i, prediction in zip(shown, predictions, strict=True):
-        sample = test_set[int(i)]
-        save_comparison(paths.figures / f"overlay_{i:03d}.png", sample["image"], sample["mask"], prediction)
-    return {k: float(v) for k, v in result.items() if np.ndim(v) == 0}
+    if len(shown):
+        samples = [test_set[int(i)] for i in shown]
+        images = np.stack([s["image"] for s in samples])  # (n, H, W, C) uint8
+        pixels = images.transpose(0, 3, 1, 2).astype(np.float32) / 255  # (n, C, H, W)
+        predictions = predict_segmentation(model, network_input(meta, pixels))
+        write_prediction_images(paths.figures, images, predictions, [f"overlay_{i:03d}" for i in shown],
+                                ground_truth=[s["mask"] for s in samples])
+    metrics = {k: float(full[k]) for k in ("miou", "pixel_accuracy", "mean_class_accuracy", "loss")}
+    return metrics, (meta["classes"], "iou", [float(v) for v in full["iou"]])
 
 
 def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], path: Path) -> None:

@@ -60,7 +60,7 @@ def build_task(kind: str, model: Any, meta: dict[str, Any]) -> Any:
     if kind == "segmentation":
         from xpvision.segmentation.task import SegmentationTask
 
-        return SegmentationTask(len(meta["classes"]))
+        return SegmentationTask(len(meta["classes"]), class_names=meta["classes"])
     from xpvision.detection.yolo import DetectionTask
 
     return DetectionTask(model, meta)
