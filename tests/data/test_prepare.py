@@ -128,3 +128,21 @@ def test_download_failure_is_a_data_error(http_server, tmp_path):
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz"):
         prepare(_config("mnist", http_server, retries=0), tmp_path / "raw", tmp_path / "proc")
     assert not (tmp_path / "proc").exists()
+
+
+@pytest.mark.parametrize("damage", ["corrupt-image", "xxe-annotation"])
+def test_bad_file_inside_an_archive_leaves_no_processed_data(http_server, tmp_path, monkeypatch, damage):
+    write_voc_tree(tmp_path / "voc12", "2012", {"train": ["000005", "000007"], "val": ["000009"]})
+    root = tmp_path / "voc12/VOCdevkit/VOC2012"
+    if damage == "corrupt-image":
+        (root / "JPEGImages/000007.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    else:
+        (root / "Annotations/000007.xml").write_text(
+            '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]><annotation>&x;'
+            "</annotation>")
+    tar_folder(tmp_path / "voc12/VOCdevkit", http_server.root / "VOCtrainval_11-May-2012.tar", "VOCdevkit")
+    _serve(monkeypatch, "voc2012", http_server.root)
+    config = _config("voc2012", http_server, task="detection", image_size=(32, 32))
+    with pytest.raises(DataError, match="000007"):
+        prepare(config, tmp_path / "raw", tmp_path / "proc")
+    assert not (tmp_path / "proc").exists() or not any((tmp_path / "proc").iterdir())

@@ -7,6 +7,8 @@ Sub-modules import their heavy dependencies (pooch, defusedxml, albumentations, 
 * :mod:`xpvision.data.registry`  - the files of every dataset: official URLs and published checksums
 * :mod:`xpvision.data.download`  - fetch with pooch through a list of mirrors, verify, lock file
 * :mod:`xpvision.data.archives`  - safe zip / tar extraction
+* :mod:`xpvision.data.folders`   - whole folders written atomically
+* :mod:`xpvision.data.images`    - image decoding with clear errors, resizing samples with boxes / masks
 * :mod:`xpvision.data.mnist`     - IDX read / write, MNIST-layout folders
 * :mod:`xpvision.data.voc`       - VOC XML, palette PNG masks, VOC folders
 * :mod:`xpvision.data.coco`      - COCO instances JSON, RLE and polygon masks
@@ -15,5 +17,6 @@ Sub-modules import their heavy dependencies (pooch, defusedxml, albumentations, 
 * :mod:`xpvision.data.shards`    - .npz shards + JSON manifest, :class:`ShardDataset`
 * :mod:`xpvision.data.prepare`   - one call per source: raw files -> processed train / test shards
 * :mod:`xpvision.data.augment`   - albumentations pipelines from params, the augmented training set
+* :mod:`xpvision.data.preview`   - preview grids of samples with boxes and masks
 * :mod:`xpvision.data.loader`    - :class:`DataLoader`, :class:`Normalization`
 """
