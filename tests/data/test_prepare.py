@@ -146,3 +146,13 @@ def test_bad_file_inside_an_archive_leaves_no_processed_data(http_server, tmp_pa
     with pytest.raises(DataError, match="000007"):
         prepare(config, tmp_path / "raw", tmp_path / "proc")
     assert not (tmp_path / "proc").exists() or not any((tmp_path / "proc").iterdir())
+
+
+def test_generated_sources_follow_their_parameters(tmp_path):
+    small = SceneConfig(n_train=3, n_test=2, image_size=40, min_digit_size=10, max_digit_size=20)
+    prepare(PrepareConfig(source="digit-scenes", task="detection", scenes=small), tmp_path / "raw",
+            tmp_path / "a")
+    bigger = SceneConfig(**{**small.__dict__, "n_train": 5})
+    summary = prepare(PrepareConfig(source="digit-scenes", task="detection", scenes=bigger), tmp_path / "raw",
+                      tmp_path / "b")
+    assert summary["train"] == 5  # the raw scenes were regenerated, not reused

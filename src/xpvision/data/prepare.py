@@ -3,18 +3,20 @@
 Sources: ``digits`` and ``digit-scenes`` (offline, generated), ``mnist``, ``fashion-mnist``, ``voc2007``,
 ``voc2012``, ``coco2017`` (downloaded through mirrors, see :mod:`xpvision.data.download`). The processed
 folder gets ``train/`` and ``test/`` shard folders (:mod:`xpvision.data.shards`) whose manifests' ``meta``
-hold the source, the split mapping and, for ``train``, the per-channel ``mean``/``std`` of the images in [0,
-1].
+hold the source, the split mapping and, for ``train``, the per-channel ``mean``/``std`` of the images in
+[0, 1]. Generated sources are rebuilt under ``raw_dir`` whenever their parameters change (a
+``generated-with.json`` beside them records the parameters).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from xpvision.atomic import write_text
+from xpvision.atomic import write_json, write_text
 from xpvision.data.archives import extract_archive
 from xpvision.data.download import fetch_dataset, md5sum
 from xpvision.data.mnist import DIGIT_CLASSES, FASHION_CLASSES, load_mnist_split
@@ -119,9 +121,18 @@ def _digits_folder(config: PrepareConfig, raw_dir: Path) -> Path:
     from xpvision.data.digits import write_digits
 
     folder = raw_dir / "digits"
-    if not (folder / "t10k-labels-idx1-ubyte.gz").exists():
-        write_digits(folder, seed=config.digits_seed)
+    seed = config.digits_seed
+    _generate_once(folder, {"seed": seed}, lambda: write_digits(folder, seed=seed))
     return folder
+
+
+def _generate_once(folder: Path, params: dict, build) -> None:
+    """Run ``build()`` (which writes ``folder``) unless ``folder`` was generated with the same ``params``."""
+    marker = folder / "generated-with.json"
+    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == params:
+        return
+    build()
+    write_json(marker, params)
 
 
 def _voc_root(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[Path, tuple[str, ...]]:
@@ -130,8 +141,9 @@ def _voc_root(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[Path, t
         from xpvision.data.scenes import write_digit_scenes
 
         folder = raw_dir / "digit-scenes"
-        if not (folder / "ImageSets" / "Main" / "test.txt").exists():
-            write_digit_scenes(folder, _digits_folder(config, raw_dir), config.scenes)
+        digits = _digits_folder(config, raw_dir)
+        params = {**asdict(config.scenes), "digits_seed": config.digits_seed}
+        _generate_once(folder, params, lambda: write_digit_scenes(folder, digits, config.scenes))
         return folder, DIGIT_CLASSES
     from xpvision.data.voc import VOC_CLASSES
 
