@@ -1,0 +1,210 @@
+"""MLflow tracking: parent and nested runs in a SQLite store and on a real ``mlflow server``, lineage tags,
+and what happens when the server is unreachable (``tracking.on_unreachable: fail | local``)."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xpvision import tracking
+from xpvision.config import TrackingConfig
+
+pytest.importorskip("mlflow")
+
+
+def config(uri: str, on_unreachable: str = "fail", local_uri: str = "sqlite:///local.db") -> TrackingConfig:
+    return TrackingConfig(uri=uri, experiment_prefix="test", on_unreachable=on_unreachable,
+                          local_uri=local_uri, connect_timeout_s=2.0, log_models=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def runs_by_name(uri: str, experiment: str) -> dict:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"experiment {experiment} missing in {uri}"
+    return {run.info.run_name: run for run in client.search_runs([found.experiment_id])}
+
+
+def log_a_pipeline(cfg: TrackingConfig, workdir: Path) -> tracking.PipelineRun:
+    """A parent run and two stage runs, as the pipeline's processes log them."""
+    parent = tracking.start_pipeline_run("classification", cfg, {"train.classification": {"lr": 0.01}})
+    run_file = workdir / "reports" / "classification" / "pipeline_run.json"
+    parent.write(run_file)
+    with tracking.stage_run("train", run_file, cfg) as stage:
+        stage.log_params({"lr": 0.01, "transforms": [{"name": "Affine"}]})
+        for epoch, loss in ((1, 0.9), (2, 0.5)):
+            stage.on_epoch_end(epoch, {"train_loss": loss, "val_accuracy": 1 - loss, "history": [1, 2]})
+        (workdir / "curve.csv").write_text("epoch,loss\n1,0.9\n")
+        stage.log_artifact(workdir / "curve.csv", "training")
+    with tracking.stage_run("export", run_file, cfg, final=True) as stage:
+        stage.log_metrics({"onnx_max_abs_error": 1e-6})
+    return parent
+
+
+def check_logged(uri: str, parent: tracking.PipelineRun) -> None:
+    from mlflow import MlflowClient
+
+    runs = runs_by_name(uri, "test-classification")
+    assert set(runs) == {"classification pipeline", "train", "export"}
+    assert runs["classification pipeline"].info.run_id == parent.run_id
+    assert runs["classification pipeline"].info.status == "FINISHED"  # the final stage closed it
+    assert runs["classification pipeline"].data.params == {"train.classification.lr": "0.01"}
+    for name in ("train", "export"):
+        assert runs[name].data.tags["mlflow.parentRunId"] == parent.run_id
+        assert runs[name].data.tags["xpvision.stage"] == name
+    train = runs["train"]
+    assert train.data.params == {"lr": "0.01", "transforms": '[{"name": "Affine"}]'}
+    client = MlflowClient(tracking_uri=uri)
+    history = client.get_metric_history(train.info.run_id, "train_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 0.9), (2, 0.5)]
+    assert "history" not in train.data.metrics  # lists are not metrics
+    assert [a.path for a in client.list_artifacts(train.info.run_id, "training")] == ["training/curve.csv"]
+
+
+def test_sqlite_store_holds_parent_and_nested_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = "sqlite:///mlflow.db"
+    parent = log_a_pipeline(config(uri), tmp_path)
+    check_logged(uri, parent)
+    assert (tmp_path / "mlartifacts" / "test-classification").is_dir()  # artifacts beside the database
+
+
+def test_failing_stage_marks_its_run_and_the_parent_failed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = config("sqlite:///mlflow.db")
+    parent = tracking.start_pipeline_run("detection", cfg, {})
+    parent.write("run.json")
+    with pytest.raises(RuntimeError, match="boom"), tracking.stage_run("train", "run.json", cfg):
+        raise RuntimeError("boom")
+    runs = runs_by_name("sqlite:///mlflow.db", "test-detection")
+    assert runs["train"].info.status == "FAILED"
+    assert runs["detection pipeline"].info.status == "FAILED"
+
+
+def test_lineage_tags_come_from_dvc_lock(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lock = {"schema": "2.0", "stages": {"download@classification": {"cmd": "x", "outs": [
+        {"path": "data/classification/processed", "md5": "abc123.dir", "hash": "md5"}]}}}
+    Path("dvc.lock").write_text(yaml.safe_dump(lock))
+    tags = tracking.dvc_lineage_tags(("data/classification/processed", "data/classification/augmented"))
+    assert tags == {"dvc.md5.data/classification/processed": "abc123.dir",
+                    "dvc.md5.data/classification/augmented": "unknown"}
+
+
+def test_git_tags_record_commit_and_dirty_flag(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "f.txt").write_text("a")
+    git("add", "f.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    tags = tracking.git_tags(tmp_path)
+    assert len(tags["mlflow.source.git.commit"]) == 40 and tags["xpvision.git_dirty"] == "false"
+    (tmp_path / "f.txt").write_text("b")
+    assert tracking.git_tags(tmp_path)["xpvision.git_dirty"] == "true"
+
+
+def test_environment_overrides_the_tracking_uri(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///from_env.db")
+    assert tracking.resolve_tracking_uri(config("sqlite:///from_params.db")) == "sqlite:///from_env.db"
+
+
+def test_unreachable_server_fails_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    dead = f"http://127.0.0.1:{free_port()}"
+    tracking.PipelineRun("classification", "0" * 32, "1", "test-classification", dead).write("run.json")
+    ran = []
+    start = time.monotonic()
+    expected = r"unreachable .*nothing was run.*on_unreachable: local"
+    with pytest.raises(tracking.TrackingError, match=expected), tracking.stage_run("train", "run.json",
+                                                                                     config(dead, "fail")):
+        ran.append(True)
+    assert not ran
+    assert time.monotonic() - start < 10  # fails fast, no minutes of HTTP retries
+    with pytest.raises(tracking.TrackingError):
+        tracking.start_pipeline_run("classification", config(dead, "fail"), {})
+
+
+def test_unreachable_server_with_local_fallback_logs_locally(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    dead = f"http://127.0.0.1:{free_port()}"
+    cfg = config(dead, "local", local_uri="sqlite:///fallback.db")
+    parent = log_a_pipeline(cfg, tmp_path)
+    assert parent.tracking_uri == "sqlite:///fallback.db"
+    assert "unreachable" in capsys.readouterr().err
+    check_logged("sqlite:///fallback.db", parent)
+
+
+def test_stage_of_a_parent_missing_from_the_store_is_logged_top_level(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = config("sqlite:///mlflow.db")
+    tracking.PipelineRun("segmentation", "f" * 32, "9", "test-segmentation", "sqlite:///elsewhere.db").write("r.json")
+    with tracking.stage_run("evaluate", "r.json", cfg):
+        pass
+    run = runs_by_name("sqlite:///mlflow.db", "test-segmentation")["evaluate"]
+    assert "mlflow.parentRunId" not in run.data.tags
+    assert run.data.tags["xpvision.pipeline_run"] == "f" * 32
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on a free local port (SQLite backend, one worker)."""
+    root = tmp_path_factory.mktemp("server")
+    port = free_port()
+    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    process = subprocess.Popen(
+        [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+         "--artifacts-destination", str(root / "art")],
+        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"mlflow server exited: {process.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=1) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("mlflow server did not answer /health within 90 s")
+    yield uri
+    os.killpg(process.pid, signal.SIGKILL)  # server and worker (own process group); nothing to keep
+    process.wait()
+
+
+@pytest.mark.slow
+def test_real_server_holds_parent_and_nested_runs(mlflow_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    parent = log_a_pipeline(config(mlflow_server), tmp_path)
+    assert parent.tracking_uri == mlflow_server
+    check_logged(mlflow_server, parent)
+    assert not Path("local.db").exists()  # nothing fell back to the local store
+
