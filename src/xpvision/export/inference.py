@@ -74,12 +74,11 @@ def predict(model: Any, meta: dict, pixels: np.ndarray, score_threshold: float =
         return [{"label": classes[k], "class_id": int(k), "score": float(p[k]),
                  "probabilities": p.tolist()} for k, p in zip(ids, probabilities, strict=True)]
     if meta["kind"] == "detection":
-        from xpvision.detection.yolo import detect
+        from xpvision.detection.predict import detect
 
-        detections = detect(model, x, meta, score_threshold=score_threshold)
-        return [{"boxes": np.asarray(boxes, np.float32), "labels": [classes[k] for k in labels],
-                 "scores": np.asarray(scores, np.float32)}
-                for boxes, labels, scores in zip(*detections, strict=True)]
+        return [{"boxes": np.asarray(d.boxes, np.float32), "labels": [classes[k] for k in d.labels],
+                 "scores": np.asarray(d.scores, np.float32)}
+                for d in detect(model, x, meta, score_threshold=score_threshold)]
     from xpvision.segmentation.task import predict_segmentation
 
     masks = predict_segmentation(model, x)  # (N, H, W)

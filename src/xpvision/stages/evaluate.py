@@ -76,13 +76,15 @@ def write_per_class(path: Path, classes: list[str], metric: str, scores: list[fl
 
 
 def evaluate_detector(model: Any, meta: dict, loader: Any, test_set: Any, cfg: Any,
-                      paths: TaskPaths) -> dict[str, float]:
-    """VOC mAP@0.5 and COCO-style mAP; PR-curve and drawn-detection PNGs."""
-    from xpvision.detection import pipeline as detection_pipeline
+                      paths: TaskPaths) -> tuple[dict[str, float], tuple]:
+    """VOC mAP@0.5 and COCO-style mAP; PR-curve and drawn-detection PNGs; AP@0.5 per class."""
+    from xpvision.detection.pipeline import evaluate_and_plot
 
-    return detection_pipeline.evaluate_and_plot(
-        model, meta, loader, test_set, score_threshold=cfg.score_threshold, nms_iou=cfg.nms_iou,
-        use_07_metric=cfg.voc07_metric, sample_count=cfg.sample_images, figures_dir=paths.figures)
+    metrics = evaluate_and_plot(model, meta, loader, test_set, score_threshold=cfg.score_threshold,
+                                nms_iou=cfg.nms_iou, use_07_metric=cfg.voc07_metric,
+                                sample_count=cfg.sample_images, figures_dir=paths.figures)
+    per_class = {k.removeprefix("ap50_"): metrics.pop(k) for k in list(metrics) if k.startswith("ap50_")}
+    return metrics, (list(per_class), "ap50", list(per_class.values()))
 
 
 def evaluate_segmenter(model: Any, meta: dict, loader: Any, test_set: Any, cfg: Any,

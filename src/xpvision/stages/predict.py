@@ -1,4 +1,4 @@
-"""``xpvision predict IMAGE... --model models/<task> [--json] [--out DIR]``: run a trained model on image files.
+"""``xpvision predict IMAGE... --model models/<task> [--json] [--out DIR]``: run a model on image files.
 
 * classification: prints ``image: label (score)`` lines;
 * detection: draws the boxes on each image and writes ``<out>/<stem>_detections.png``;
@@ -63,7 +63,7 @@ def _json_ready(meta: dict, result: dict, original_size: tuple[int, int]) -> dic
 
 def _draw_detections(out: Path, path: Path, original: Any, record: dict, meta: dict) -> Path:
     from xpvision import atomic
-    from xpvision.detection.plots import draw_detections
+    from xpvision.detection.predict import draw_detections
 
     detections = record["detections"]
     boxes = np.array([d["box"] for d in detections], dtype=np.float32).reshape(-1, 4)  # (R, 4)
