@@ -35,8 +35,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from xpvision.data.loader import Normalization
-from xpvision.data.shards import ShardDataset, channel_stats, write_shards
-from xpvision.errors import ConfigError, DataError
+from xpvision.data.shards import ShardDataset, write_shards
+from xpvision.errors import ConfigError
 
 NORMALIZATION_ENTRIES = ("Rescale", "Standardize")
 
@@ -153,31 +153,41 @@ def augment_dataset(in_dir: str | os.PathLike, out_dir: str | os.PathLike, spec:
     source = ShardDataset(in_dir)
     pipeline, mode = build_pipeline(spec, seed=seed, boxes="boxes" in source.targets,
                                     min_visibility=min_visibility)
-    samples = list(_variants(source, pipeline, copies, keep_original))
-    if not samples:
-        raise DataError(f"augment: no samples in {in_dir}")
-    mean, std = channel_stats(s["image"][None] for s in samples)  # (1, H, W, C) blocks
-    normalization = Normalization(mode, tuple(mean), tuple(std)) if mode == "dataset" else Normalization(mode)
-    meta = {**source.meta, "mean": mean, "std": std, "normalization": normalization.to_dict(),
-            "augment": {"transforms": [dict(e) for e in spec], "copies": copies,
-                        "keep_original": keep_original, "seed": seed, "min_visibility": min_visibility}}
-    write_shards(out_dir, samples, classes=source.classes, shard_size=shard_size, meta=meta)
+    preview: list[dict] = []
+
+    def samples() -> Iterator[dict]:  # streamed into shards; the first augmented ones kept for the preview
+        for sample, augmented in _variants(source, pipeline, copies, keep_original):
+            if augmented and len(preview) < preview_count:
+                preview.append(sample)
+            yield sample
+
+    def add_normalization(meta: dict) -> None:
+        mean, std = tuple(meta["mean"]), tuple(meta["std"])
+        meta["normalization"] = (Normalization(mode, mean, std) if mode == "dataset"
+                                 else Normalization(mode)).to_dict()
+
+    meta = {**source.meta, "augment": {"transforms": [dict(e) for e in spec], "copies": copies,
+                                       "keep_original": keep_original, "seed": seed,
+                                       "min_visibility": min_visibility}}
+    manifest = write_shards(out_dir, samples(), classes=source.classes, shard_size=shard_size, meta=meta,
+                            with_stats=True, finalize_meta=add_normalization)
     if preview_path is not None:
         from xpvision.data.preview import write_preview
 
-        augmented = [s for i, s in enumerate(samples) if not keep_original or i % (copies + 1)]
-        write_preview(preview_path, augmented[:preview_count], source.classes)
-    return {"count": len(samples), "normalization": normalization.to_dict()}
+        write_preview(preview_path, preview, source.classes)
+    return {"count": manifest["count"], "normalization": manifest["meta"]["normalization"]}
 
 
-def _variants(source: ShardDataset, pipeline, copies: int, keep_original: bool) -> Iterator[dict]:
+def _variants(source: ShardDataset, pipeline, copies: int, keep_original: bool
+              ) -> Iterator[tuple[dict, bool]]:
+    """``(sample, augmented)`` pairs: each original (if kept), then its ``copies`` augmented variants."""
     for index in range(len(source)):
         sample = source[index]
         if keep_original:
-            yield sample
+            yield sample, False
         for _ in range(copies):
             try:
-                yield augment_sample(pipeline, sample)
+                yield augment_sample(pipeline, sample), True
             except Exception as e:  # albumentations raises its own types (CropSizeError, ...) for misfits
                 raise ConfigError(f"augment: the transform list failed on sample {index} of {source.folder} "
                                   f"(image {sample['image'].shape}): {e}") from e

@@ -22,7 +22,7 @@ import json
 import os
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +37,14 @@ TARGETS = ("label", "boxes", "mask")
 
 
 def write_shards(out_dir: str | os.PathLike, samples: Iterable[dict], *, classes: Sequence[str],
-                 shard_size: int = 4096, meta: dict | None = None, with_stats: bool = False) -> dict:
+                 shard_size: int = 4096, meta: dict | None = None, with_stats: bool = False,
+                 finalize_meta: Callable[[dict], None] | None = None) -> dict:
     """Write ``samples`` (dicts as in docs/architecture.md) as shards + manifest into ``out_dir`` atomically.
 
     ``samples`` may be a generator: only one shard is held in memory. With ``with_stats`` the manifest's
     ``meta`` also gets the per-channel ``mean``/``std`` of the written images in [0, 1] (see
-    :class:`ChannelStats`).
+    :class:`ChannelStats`). ``finalize_meta(meta)``, if given, may complete ``meta`` in place once every
+    sample is written (e.g. from those statistics), before the manifest is written.
 
     The targets stored are those of the first sample (``label``, ``boxes``/``labels``/``difficult``,
     ``mask``); every sample must have the same targets and image shape. Returns the manifest.
@@ -71,6 +73,8 @@ def write_shards(out_dir: str | os.PathLike, samples: Iterable[dict], *, classes
                             "matches no image?)")
         if stats is not None:
             manifest["meta"]["mean"], manifest["meta"]["std"] = stats.result()
+        if finalize_meta is not None:
+            finalize_meta(manifest["meta"])
         write_json(tmp / MANIFEST, manifest)
     return manifest
 
