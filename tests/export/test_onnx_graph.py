@@ -78,3 +78,53 @@ def test_parity_detects_a_wrong_graph():
     last_linear.params["b"][...] += 0.01
     images = np.random.default_rng(2).uniform(size=(3, 1, 28, 28)).astype(np.float32)
     assert onnx_parity(model, onnx_model, images) >= 0.009
+
+
+def randomise_parameters(model, rng, scale=0.1):
+    """Non-zero weights everywhere (FCN score layers start at zero, which would hide a wrong graph)."""
+    for _, layer, key in model.named_parameters():
+        layer.params[key][...] = rng.normal(0, scale, layer.params[key].shape)
+
+
+@pytest.mark.parametrize(("variant", "input_shape"), [("8s", (3, 64, 64)), ("16s", (3, 33, 41)),
+                                                      ("32s", (1, 29, 30))])
+def test_fcn_export_matches_xpvision_for_odd_and_even_sizes(variant, input_shape):
+    from xpvision.segmentation.fcn import build_fcn
+
+    rng = np.random.default_rng(3)
+    model = build_fcn(variant, in_channels=input_shape[0], num_classes=5)
+    randomise_parameters(model, rng)
+    images = rng.uniform(size=(2, *input_shape)).astype(np.float32)
+    onnx_model = to_onnx(model, input_shape)
+    assert onnx_parity(model, onnx_model, images) <= 1e-4
+    assert run_onnx(onnx_model, images)[0].shape == (2, 5, *input_shape[1:])
+
+
+def test_detector_export_matches_xpvision():
+    from xpvision.detection.yolo import build_detector
+
+    rng = np.random.default_rng(4)
+    model, _ = build_detector("yolo", in_channels=3, classes=list("0123456789"), input_size=(64, 64),
+                              anchors=[[10, 14], [20, 24], [30, 30]])
+    randomise_batch_norm(model, rng)
+    images = rng.uniform(size=(2, 3, 64, 64)).astype(np.float32)
+    assert onnx_parity(model, to_onnx(model, (3, 64, 64)), images) <= 1e-4
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+@pytest.mark.parametrize("mode", ["rescale", "dataset", "sample"])
+def test_graph_applies_the_models_normalization(mode, opset):
+    """The exported graph takes pixels in [0, 1] and normalises them as the DataLoader does."""
+    from xpvision.data.loader import Normalization
+
+    rng = np.random.default_rng(5)
+    model = build_model("simple_convnet", in_channels=3, input_size=12)
+    normalization = Normalization(mode, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)) if mode == "dataset" else (
+        Normalization(mode))
+    images = rng.integers(0, 256, (3, 12, 12, 3), dtype=np.uint8)  # (N, H, W, C)
+    pixels = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255  # (N, C, H, W)
+    network_input = np.ascontiguousarray(normalization.apply(images).transpose(0, 3, 1, 2))
+    onnx_model = to_onnx(model, (3, 12, 12), opset=opset, normalization=normalization.to_dict())
+    assert onnx_parity(model, onnx_model, pixels, network_input=network_input) <= 1e-4
+    if mode != "rescale":  # the normalisation is not a no-op, so skipping it would be caught
+        assert onnx_parity(model, onnx_model, pixels, network_input=pixels) > 1e-3

@@ -266,3 +266,51 @@ def _residual_block(graph: OnnxGraph, layer: Layer, x: str, scope: str) -> str:
         main = graph.layer(getattr(layer, name), main, f"{scope}.{name}")
     shortcut = graph.layer(layer.shortcut, x, f"{scope}.shortcut")
     return graph.layer(layer.relu2, graph.node("Add", [main, shortcut], f"{scope}.add"), f"{scope}.relu2")
+
+
+@converter("FCN")
+def _fcn(graph: OnnxGraph, layer: Layer, x: str, scope: str) -> str:
+    """FCN-32s/16s/8s for the export's fixed input size: zero-pad, encoder, score layers, 2x upsampling fused
+    with the skips over their overlap (Slice + Add), final upsampling, crop (see ``segmentation/fcn.py``).
+    The slice bounds come from a probe forward of one zero image through the same layers."""
+    from xpvision.segmentation.geometry import leaf_layers
+
+    channels, height, width = graph.input_shape
+    plan = layer.plan(height, width)
+    (top, left), (bottom, right) = plan.pad_before, plan.pad_after
+    pads = graph.constant(f"{scope}.pads", np.asarray([0, 0, top, left, 0, 0, bottom, right], np.int64))
+    x = graph.node("Pad", [x, pads], f"{scope}.pad")
+    probe = np.zeros((1, channels, height + top + bottom, width + left + right), np.float32)  # (1, C, Hp, Wp)
+    taps, probe_taps = {}, {}
+    tap_of = {index: stride for stride, index in layer.taps.items()}
+    encoder = leaf_layers(layer.features, "features") + leaf_layers(layer.extra, "extra")
+    for index, (name, leaf) in enumerate(encoder):
+        x, probe = graph.layer(leaf, x, f"{scope}.{name}"), leaf.forward(probe)
+        if index in tap_of:
+            taps[tap_of[index]], probe_taps[tap_of[index]] = x, probe
+    score, probe = graph.layer(layer.scores[32], x, f"{scope}.score32"), layer.scores[32].forward(probe)
+    for stride, (fusion_h, fusion_w) in zip(layer.skip_strides, plan.fusions, strict=True):
+        up = graph.layer(layer.upsamplers[stride], score, f"{scope}.up{2 * stride}")
+        probe_up = layer.upsamplers[stride].forward(probe)  # (1, K, Hu, Wu)
+        skip = graph.layer(layer.scores[stride], taps[stride], f"{scope}.score{stride}")
+        probe_skip = layer.scores[stride].forward(probe_taps[stride])  # (1, K, Hs, Ws)
+        size = (min(probe_up.shape[2] - fusion_h.up_start, probe_skip.shape[2] - fusion_h.skip_start),
+                min(probe_up.shape[3] - fusion_w.up_start, probe_skip.shape[3] - fusion_w.skip_start))
+        starts_up = (fusion_h.up_start, fusion_w.up_start)
+        starts_skip = (fusion_h.skip_start, fusion_w.skip_start)
+        score = graph.node("Add", [_crop(graph, up, starts_up, size, f"{scope}.up{2 * stride}_crop"),
+                                   _crop(graph, skip, starts_skip, size, f"{scope}.score{stride}_crop")],
+                           f"{scope}.fuse{stride}")
+        probe = (probe_up[:, :, starts_up[0]:starts_up[0] + size[0], starts_up[1]:starts_up[1] + size[1]]
+                 + probe_skip[:, :, starts_skip[0]:starts_skip[0] + size[0],
+                              starts_skip[1]:starts_skip[1] + size[1]])  # (1, K, lh, lw)
+    full = graph.layer(layer.final_upsampler, score, f"{scope}.upsample")
+    return _crop(graph, full, plan.crop_start, (height, width), f"{scope}.crop")
+
+
+def _crop(graph: OnnxGraph, x: str, starts: tuple[int, int], size: tuple[int, int], name: str) -> str:
+    """``x[:, :, starts[0]:starts[0] + size[0], starts[1]:starts[1] + size[1]]`` as an ONNX Slice."""
+    begin = graph.constant(f"{name}.starts", np.asarray(starts, np.int64))
+    end = graph.constant(f"{name}.ends", np.asarray(starts, np.int64) + np.asarray(size, np.int64))
+    axes = graph.constant(f"{name}.axes", np.asarray([2, 3], np.int64))
+    return graph.node("Slice", [x, begin, end, axes], name)
