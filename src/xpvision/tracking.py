@@ -189,21 +189,41 @@ def stage_run(stage: str, pipeline_file: str | Path, cfg: TrackingConfig, *, dat
     experiment_id = _experiment_id(client, uri, parent.experiment_name)
     tags = {"xpvision.task": parent.task, "xpvision.stage": stage, "xpvision.kind": "stage",
             "xpvision.pipeline_run": parent.run_id, **git_tags(), **dvc_lineage_tags(data_paths)}
-    parent_known = _run_exists(client, parent.run_id)
-    if parent_known:
-        tags[PARENT_TAG] = parent.run_id
-    run = client.create_run(experiment_id, run_name=stage, tags=tags)
-    stage_run = StageRun(client, run.info.run_id)
+    parent_id = parent.run_id if _run_exists(client, parent.run_id) else None
+    if parent_id is not None:
+        tags[PARENT_TAG] = parent_id
+    with _logged_run(client, experiment_id, stage, tags, parent_id, final) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def standalone_run(name: str, experiment_task: str, cfg: TrackingConfig, *,
+                   data_paths: tuple[str, ...] = ()) -> Iterator[StageRun]:
+    """A top-level run ``name`` in experiment ``<prefix>-<experiment_task>`` (a stage outside the tasks'
+    pipelines, such as the transfer-learning report), with the same tags as :func:`stage_run`."""
+    uri = resolve_tracking_uri(cfg)
+    client = _client(uri)
+    experiment_id = _experiment_id(client, uri, f"{cfg.experiment_prefix}-{experiment_task}")
+    tags = {"xpvision.task": experiment_task, "xpvision.stage": name, "xpvision.kind": "stage", **git_tags(),
+            **dvc_lineage_tags(data_paths)}
+    with _logged_run(client, experiment_id, name, tags, None, False) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def _logged_run(client, experiment_id: str, name: str, tags: dict[str, str], parent_id: str | None,
+                final: bool) -> Iterator[StageRun]:
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
     try:
-        yield stage_run
+        yield StageRun(client, run.info.run_id)
     except BaseException:
         client.set_terminated(run.info.run_id, "FAILED")
-        if parent_known:
-            client.set_terminated(parent.run_id, "FAILED")
+        if parent_id is not None:
+            client.set_terminated(parent_id, "FAILED")
         raise
     client.set_terminated(run.info.run_id, "FINISHED")
-    if final and parent_known:
-        client.set_terminated(parent.run_id, "FINISHED")
+    if final and parent_id is not None:
+        client.set_terminated(parent_id, "FINISHED")
 
 
 def _run_exists(client, run_id: str) -> bool:

@@ -1,0 +1,103 @@
+"""Stage ``transfer_report``: transfer learning from the digits classifier vs training from scratch.
+
+For each task in ``transfer.tasks`` and each mode in ``transfer.modes`` (head / partial / full), the task's
+fine-tuning network (``train.<task>_ft``: model, optimizer, lr, lr scale) is trained for ``transfer.epochs``
+epochs on the first ``transfer.subset_size`` training images, once initialised from
+``models/classification`` and once from scratch with the same layers frozen, same seed and data
+(:func:`xpvision.transfer.compare_transfer`), then evaluated on the same number of test images.
+
+Outputs in ``reports/transfer/``: ``transfer_comparison.md`` / ``.json`` (the table), ``metrics.json``
+(``<task>.<mode>.<pretrained|scratch>``: the primary metric, DVC metrics) and ``comparison.png``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xpvision import atomic, tracking
+from xpvision.config import Params, block_dict
+from xpvision.stages import TaskPaths, tasks
+from xpvision.stages.train import Subset
+
+REPORTS = Path("reports") / "transfer"
+
+
+def run(params: Params) -> None:
+    from xpvision.transfer import compare_transfer, write_comparison
+
+    cfg = params.transfer
+    source = TaskPaths("classification").model_dir
+    data_paths = tuple(str(TaskPaths(task).processed) for task in cfg.tasks)
+    with tracking.standalone_run("transfer_report", "transfer", params.tracking,
+                                 data_paths=data_paths) as stage:
+        stage.log_params(block_dict(cfg))
+        rows = []
+        for task in cfg.tasks:
+            train_cfg = params.train[f"{task}_ft"]
+            network, task_object, train_loader, test_loader = _setup(task, train_cfg, cfg.subset_size,
+                                                                     cfg.seed)
+            compared = compare_transfer(
+                network, source, task_object, train_loader, test_loader, epochs=cfg.epochs, seed=cfg.seed,
+                modes=cfg.modes, freeze_layers=train_cfg.freeze_layers or None, optimizer=train_cfg.optimizer,
+                lr=train_cfg.lr, pretrained_lr_scale=train_cfg.pretrained_lr_scale, include=("features.",))
+            rows += [{"task": task, **row} for row in compared]
+        REPORTS.mkdir(parents=True, exist_ok=True)
+        markdown, table = write_comparison(rows, REPORTS)
+        metrics = {f"{r['task']}.{r['mode']}.{'pretrained' if r['pretrained'] else 'scratch'}": r["value"]
+                   for r in rows}
+        atomic.write_json(REPORTS / "metrics.json", metrics)
+        plot_comparison(rows, REPORTS / "comparison.png")
+        stage.log_metrics(metrics)
+        for path in (markdown, table, REPORTS / "comparison.png"):
+            stage.log_artifact(path)
+        print(Path(markdown).read_text(encoding="utf-8"))
+
+
+def _setup(task: str, train_cfg: Any, subset_size: int, seed: int):
+    """The network builder, task object and loaders (first ``subset_size`` train / test images)."""
+    from xpvision.data.loader import DataLoader, Normalization
+    from xpvision.data.shards import ShardDataset
+
+    paths = TaskPaths(task)
+    train_set, test_set = ShardDataset(paths.processed / "train"), ShardDataset(paths.processed / "test")
+    train_subset = Subset(train_set, np.arange(min(subset_size, len(train_set))))
+    test_subset = Subset(test_set, np.arange(min(subset_size, len(test_set))))
+    height, width, channels = train_set.manifest["image_shape"]
+    classes = tasks.output_classes(task, train_set.classes)
+
+    def network():
+        return tasks.build_network(task, train_cfg, (channels, height, width), classes, train_subset)
+
+    _, extra_meta = network()
+    meta = {"kind": task, "classes": classes, **extra_meta}
+    normalization = Normalization.from_meta(train_set.meta, "dataset")
+    train_loader = DataLoader(train_subset, train_cfg.batch_size, shuffle=True, seed=seed,
+                              normalization=normalization)
+    test_loader = DataLoader(test_subset, train_cfg.batch_size, normalization=normalization)
+    return (lambda: network()[0]), tasks.build_task(task, None, meta), train_loader, test_loader
+
+
+def plot_comparison(rows: list[dict], path: Path) -> None:
+    """Grouped bars: the primary metric per task and mode, fine-tuned vs from scratch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys((r["task"], r["mode"]) for r in rows))
+    value = {(r["task"], r["mode"], r["pretrained"]): r["value"] for r in rows}
+    positions = np.arange(len(groups))
+    figure, axes = plt.subplots(figsize=(1.6 + 1.3 * len(groups), 3.6), constrained_layout=True)
+    for offset, pretrained, label in ((-0.2, True, "from the digits classifier"),
+                                      (0.2, False, "from scratch")):
+        axes.bar(positions + offset, [value[(*g, pretrained)] for g in groups], width=0.4, label=label)
+    axes.set_xticks(positions, [f"{task}\n{mode}" for task, mode in groups])
+    axes.set_ylabel(rows[0]["metric"] if rows else "")
+    axes.set_title("transfer learning: fine-tuned vs from scratch")
+    axes.legend()
+    with atomic.atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=100)
+    plt.close(figure)
