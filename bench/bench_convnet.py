@@ -63,6 +63,7 @@ def xpvision_runners(xp, sync: Callable[[], None]) -> dict[tuple[str, int], Call
     model = deep_convnet()
     if xp is not np:
         model.to("gpu")
+    model.needs_input_grad = False  # like PyTorch for an input without requires_grad
     optimizer = Adam(model, lr=1e-3)
     loss = SoftmaxCrossEntropy()
     data = np.random.default_rng(0)

@@ -13,7 +13,8 @@ CONV_CASES = [  # (in, out, kernel, stride, padding, dilation, input shape)
     (2, 3, 3, 2, 1, 1, (2, 2, 7, 6)),  # stride 2, odd size: last row/col unreached
     (3, 2, 3, 1, 2, 2, (1, 3, 7, 8)),  # dilation, batch 1
     (2, 4, (2, 3), (2, 1), (1, 0), 1, (2, 2, 5, 6)),  # non-square kernel/stride/padding
-    (1, 2, 5, 3, 2, 1, (3, 1, 9, 9)),  # kernel 5 stride 3
+    (1, 2, 5, 3, 2, 1, (3, 1, 9, 9)),  # kernel 5 stride 3, one input channel (tap-major im2col)
+    (1, 3, (3, 2), 1, (2, 1), (2, 1), (2, 1, 7, 8)),  # one input channel, dilation pair
     (3, 2, 1, 1, 0, 1, (2, 3, 4, 3)),  # 1x1
     (2, 2, 3, 1, 3, 1, (1, 2, 3, 3)),  # padding larger than needed: output larger than input
 ]

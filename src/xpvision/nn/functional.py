@@ -17,7 +17,7 @@ import numpy as np
 
 from xpvision import backend
 
-CHUNK_ROWS = 2048
+CHUNK_ROWS = 1024
 """Output pixels per im2col + GEMM chunk on the CPU (cache blocking)."""
 
 

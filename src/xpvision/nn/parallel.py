@@ -9,6 +9,7 @@ caller's thread. On the GPU everything runs on the caller's thread (one chunk ho
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,16 +47,19 @@ def _blas_controller():
 def run_chunks(work: Callable[[int, int, int], None], n: int, step: int, xp) -> int:
     """Call ``work(start, stop, worker)`` for the chunks ``[start, stop)`` of ``range(n)`` of length ``step``.
 
-    On the CPU with more than one thread and more than one chunk, the chunks are dealt round-robin to the
-    threads (``worker`` = thread index, so a worker may keep per-thread scratch buffers and partial sums) and
-    run concurrently with BLAS limited to one thread. Returns the number of workers used.
+    On the CPU, BLAS is limited to one thread (the chunks' GEMMs are small: a multi-threaded BLAS spends more
+    on waking its threads than it gains, badly so on a busy machine). With more than one thread and more than
+    one chunk, the chunks are dealt round-robin to the threads (``worker`` = thread index, so a worker may
+    keep per-thread scratch buffers and partial sums), which run concurrently. Returns the number of workers
+    used.
     """
     chunks = [(start, min(start + step, n)) for start in range(0, n, step)]
     threads = min(_state["threads"], len(chunks))
-    controller = _blas_controller() if xp is np and threads > 1 else None
-    if controller is None:
-        for start, stop in chunks:
-            work(start, stop, 0)
+    controller = _blas_controller() if xp is np else None
+    if controller is None or threads == 1:
+        with controller.limit(limits=1) if controller is not None else contextlib.nullcontext():
+            for start, stop in chunks:
+                work(start, stop, 0)
         return 1
     if _state["pool"] is None:
         _state["pool"] = ThreadPoolExecutor(_state["threads"], thread_name_prefix="xpvision-nn")
