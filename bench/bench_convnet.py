@@ -1,13 +1,12 @@
 """DeepConvNet speed: xpvision (NumPy / CuPy) against PyTorch, in one process, interleaved.
 
-Cases: a training step (forward + loss + backward + Adam, float32) at batch 100 and 256, and inference at batch
-1000, on 1x28x28 inputs, with the same architecture and the same initial weights. PyTorch runs in NCHW and in
-channels_last; the ratio is xpvision over the better of the two. Every repeat times each case once per
+Cases: a training step (forward + loss + backward + Adam, float32) at batch 100 and 256, and inference at
+batch 1000, on 1x28x28 inputs, with the same architecture and the same initial weights. PyTorch runs in NCHW
+and in channels_last; the ratio is xpvision over the better of the two. Every repeat times each case once per
 implementation in turn (so drifts of the machine's speed hit all of them alike) and the table shows medians.
 
-    python bench/bench_convnet.py              # CPU, torch.set_num_threads(2)
-    python bench/bench_convnet.py --quick      # smoke run: 2 repeats
-    python bench/bench_convnet.py --device gpu # CuPy vs PyTorch CUDA
+python bench/bench_convnet.py              # CPU, torch.set_num_threads(2) python bench/bench_convnet.py
+--quick      # smoke run: 2 repeats python bench/bench_convnet.py --device gpu # CuPy vs PyTorch CUDA
 
 Benchmarks are not tests: the numbers depend on the machine and on what else runs on it.
 """
@@ -15,6 +14,7 @@ Benchmarks are not tests: the numbers depend on the machine and on what else run
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -24,7 +24,7 @@ import numpy as np
 
 from xpvision import backend
 from xpvision.models import deep_convnet
-from xpvision.nn import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, SoftmaxCrossEntropy, rng
+from xpvision.nn import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, SoftmaxCrossEntropy, parallel, rng
 from xpvision.optim import Adam
 
 CASES = (("train", 100), ("train", 256), ("infer", 1000))
@@ -130,7 +130,8 @@ def measure(impls: dict[str, dict], repeats: int, warmup: int) -> dict[str, dict
                 elapsed = time.perf_counter() - start
                 if r >= warmup:
                     times[name][case].append(elapsed)
-    return {name: {case: statistics.median(v) for case, v in by_case.items()} for name, by_case in times.items()}
+    return {name: {case: statistics.median(values) for case, values in by_case.items()}
+            for name, by_case in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 repeats, 1 warm-up")
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads (CPU)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for both xpvision and PyTorch")
     args = parser.parse_args(argv)
     try:
         import torch
@@ -156,18 +157,22 @@ def main(argv: list[str] | None = None) -> int:
                  "torch CUDA channels_last": torch_runners(torch, "cuda", True)}
     else:
         torch.set_num_threads(args.threads)
+        parallel.set_num_threads(args.threads)
         impls = {"xpvision (NumPy)": xpvision_runners(np, lambda: None),
                  "torch NCHW": torch_runners(torch, "cpu", False),
                  "torch channels_last": torch_runners(torch, "cpu", True)}
     repeats, warmup = (2, 1) if args.quick else (args.repeats, 2)
+    load_before = os.getloadavg()[0]
     medians = measure(impls, repeats, warmup)
     names = list(impls)
-    print(f"DeepConvNet, float32, median of {repeats} interleaved repeats (ms); ratio = xpvision / best torch")
+    print(f"DeepConvNet, float32, {args.device}, median of {repeats} interleaved repeats (ms); "
+          f"ratio = xpvision / best torch; load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs")
     print(f"{'case':<16}" + "".join(f"{name:>26}" for name in names) + f"{'ratio':>8}")
     for case in CASES:
         row = [medians[name][case] * 1e3 for name in names]
-        ratio = row[0] / min(row[1:])
-        print(f"{case[0] + ' batch ' + str(case[1]):<16}" + "".join(f"{v:>26.1f}" for v in row) + f"{ratio:>8.2f}")
+        cells = "".join(f"{v:>26.1f}" for v in row)
+        print(f"{case[0] + ' batch ' + str(case[1]):<16}{cells}{row[0] / min(row[1:]):>8.2f}")
     return 0
 
 

@@ -25,11 +25,18 @@ def _run(model, x, dout):
     return y, dx, {name: layer.grads[key].copy() for name, layer, key in model.named_parameters()}
 
 
-@pytest.mark.parametrize("shape, padding", [((3, 2, 8, 8), 1), ((2, 2, 7, 9), 1), ((2, 2, 9, 6), 2)])
+@pytest.mark.parametrize("shape, padding, stride", [
+    ((3, 2, 8, 8), 1, 1),
+    ((2, 2, 7, 9), 1, 1),  # odd conv output: the last row/column is left out of the pool
+    ((2, 2, 9, 6), 2, 1),
+    ((2, 2, 5, 6), 3, 1),  # padding > kernel - 1: input gradient by col2im
+    ((2, 2, 11, 10), 1, 2),  # stride 2: input gradient by col2im
+    ((2, 1, 9, 8), 1, 1),  # one input channel: tap-major im2col
+])
 @pytest.mark.parametrize("tail", ["relu+pool", "relu", "pool"])
-def test_fused_equals_unfused(shape, padding, tail, rng):
+def test_fused_equals_unfused(shape, padding, stride, tail, rng):
     def layers():
-        out = [Conv2d(2, 5, 3, padding=padding)]
+        out = [Conv2d(shape[1], 5, 3, stride=stride, padding=padding)]
         out += [ReLU()] if "relu" in tail else []
         out += [MaxPool2d(2)] if "pool" in tail else []
         return out

@@ -1,6 +1,11 @@
 """The kernels of :class:`~xpvision.nn.Conv2d`: im2col + one GEMM per cache-sized chunk of the batch,
 optionally fused with the ReLU and the 2x2 max pool that follow the convolution.
 
+With a fused pool the rows of the im2col matrix (the output pixels) are ordered *pool-major*, ``(n, a, b, PH,
+PW)`` for pool tap ``(a, b)``, so the GEMM output is four contiguous blocks per sample and the pool (and its
+gradient) is element-wise work on contiguous arrays; rows and columns an odd output size leaves out of the
+pool are not computed at all.
+
 Arrays are channels-last: input ``xpad`` ``(N, Hp, Wp, I)`` (already zero-padded), weights as the GEMM matrix
 ``w_mat`` ``(kh * kw * I, O)`` (see :func:`xpvision.nn.functional.conv_weight_matrix`), outputs ``(N, OH, OW,
 O)`` or, pooled, ``(N, OH // 2, OW // 2, O)``. Each chunk's im2col matrix, GEMM output and gradient stay in
@@ -12,6 +17,7 @@ I)`` directly); other strides use the GEMM + col2im scatter of :mod:`xpvision.nn
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from xpvision import backend
@@ -68,97 +74,142 @@ class ConvGeometry:
         return self.stride == (1, 1) and min(self.transposed_padding) >= 0
 
 
-def _im2col(scratch: Scratch, worker: int, name: str, xpad, geom: ConvGeometry, step: int):
-    """The ``(m * OH * OW, kh * kw * C)`` im2col matrix of ``xpad`` ``(m, Hp, Wp, C)`` (m <= ``step``
-    samples), in a scratch buffer sized for ``step`` samples.
+def _patch_sources(xpad, geom: ConvGeometry, pool_major: bool) -> tuple[bool, list]:
+    """Views of the whole padded batch ``(N, Hp, Wp, C)`` that :func:`_im2col` copies chunks of, built once
+    per call (a strided view costs microseconds; per chunk it would add up).
 
-    With one input channel the matrix is built tap-major, ``(kh * kw, rows)`` (one long contiguous copy per
-    kernel tap instead of ``kw``-long runs), and returned transposed: GEMMs take it without a copy.
+    Returns ``(tap_major, sources)``: with one channel, ``tap_major`` and the ``kh * kw`` shifted taps, each
+    ``(N, *pixels)``; otherwise the receptive fields ``(N, *pixels, kh, kw, C)``. ``pixels`` is ``(OH, OW)``,
+    or ``(2, 2, PH, PW)`` when ``pool_major``.
     """
-    xp = backend.get_array_module(xpad)
-    m, c = xpad.shape[0], xpad.shape[3]
-    (oh, ow), (kh, kw), (dh, dw) = geom.out_hw, geom.kernel, geom.dilation
-    rows = m * oh * ow
-    if c == 1:
-        buf = scratch.get(worker, name, (kh * kw, step * oh * ow), xpad.dtype, xp)[:, :rows]  # (kh*kw, rows)
-        for i in range(kh):
-            for j in range(kw):
-                tap = xpad[F.tap_slice((i * dh, j * dw), geom.stride, geom.out_hw)]  # (m, OH, OW, 1)
-                buf[i * kw + j].reshape(m, oh, ow)[...] = tap[..., 0]
-        return buf.T  # (rows, kh*kw)
-    buf = scratch.get(worker, name, (step * oh * ow, kh * kw * c), xpad.dtype, xp)[:rows]
-    buf.reshape(m, oh, ow, kh, kw, c)[...] = F.windows(xpad, geom.kernel, geom.stride, geom.dilation,
-                                                       geom.out_hw)  # (m, OH, OW, kh, kw, C)
+    (kh, kw), (dh, dw) = geom.kernel, geom.dilation
+    if xpad.shape[3] == 1:
+        views = [xpad[F.tap_slice((i * dh, j * dw), geom.stride, geom.out_hw)][..., 0]
+                 for i in range(kh) for j in range(kw)]  # kh*kw x (N, OH, OW)
+        return True, [_pool_major(v) if pool_major else v for v in views]
+    fields = F.windows(xpad, geom.kernel, geom.stride, geom.dilation, geom.out_hw)  # (N, OH, OW, kh, kw, C)
+    return False, [_pool_major(fields) if pool_major else fields]
+
+
+def _pool_major(a):
+    """``(N, OH, OW, ...)`` -> the ``(N, 2, 2, PH, PW, ...)`` view of its pooled area (``PH = OH // 2``)."""
+    n, oh, ow = a.shape[:3]
+    ph, pw = oh // 2, ow // 2
+    a = a[:, :2 * ph, :2 * pw].reshape(n, ph, 2, pw, 2, *a.shape[3:])  # (N, PH, a, PW, b, ...)
+    return a.transpose(0, 2, 4, 1, 3, *range(5, a.ndim))  # (N, a, b, PH, PW, ...)
+
+
+def _im2col(scratch: Scratch, worker: int, name: str, patches: tuple[bool, list], start: int, stop: int,
+            step: int, ones_column: bool):
+    """The im2col matrix ``(rows, K)`` of samples ``start:stop`` (at most ``step``), ``rows = m * pixels``,
+    ``K = kh * kw * C``, plus a last column of ones when ``ones_column`` (so that the GEMM adds the bias and
+    the weight-gradient GEMM yields the bias gradient as its last row); in a scratch buffer sized for
+    ``step``.
+
+    With one input channel the matrix is built tap-major, ``(K, rows)`` (one long contiguous copy per kernel
+    tap instead of ``kw``-long runs), and returned transposed: GEMMs take it without a copy.
+    """
+    tap_major, sources = patches
+    first = sources[0][start:stop]
+    xp = backend.get_array_module(first)
+    extra = int(ones_column)
+    if tap_major:
+        per_sample = math.prod(first.shape[1:])
+        buf = scratch.get(worker, name, (len(sources) + extra, step * per_sample), first.dtype, xp, fill=1)
+        buf = buf[:, :first.shape[0] * per_sample]  # (K [+ 1], rows)
+        for tap, source in enumerate(sources):
+            buf[tap].reshape(first.shape)[...] = source[start:stop]
+        return buf.T  # (rows, K [+ 1])
+    per_sample, k = math.prod(first.shape[1:-3]), math.prod(first.shape[-3:])
+    buf = scratch.get(worker, name, (step * per_sample, k + extra), first.dtype, xp, fill=1)
+    buf = buf[:first.shape[0] * per_sample]  # (rows, K [+ 1])
+    buf[:, :k].reshape(first.shape)[...] = first  # (m, *pixels, kh, kw, C)
     return buf
 
 
-def max_pool2x2(y, out, index, relu: bool) -> None:
-    """2x2 stride-2 max pool of ``y`` ``(n, OH, OW, C)`` into ``out`` ``(n, OH // 2, OW // 2, C)``, with
-    ``index`` (uint8, same shape) the position ``2a + b`` of the *first* maximum of each window (PyTorch's tie
-    rule). With ``relu`` the pooled values are ReLU-ed (``max(relu(x)) = relu(max(x))``) and ``DEAD`` is added
-    to the index where they are not positive."""
-    xp = backend.get_array_module(y)
-    ph, pw = out.shape[1:3]
-    taps = [y[:, a:2 * ph:2, b:2 * pw:2] for a in (0, 1) for b in (0, 1)]  # 4 x (n, PH, PW, C) views
-    xp.maximum(taps[0], taps[1], out=out)
-    xp.maximum(out, taps[2], out=out)
-    xp.maximum(out, taps[3], out=out)
-    # first maximum: 0 if tap0 wins, else 1 if tap1, else 2 if tap2, else 3
-    xp.not_equal(taps[2], out, out=index)
-    index += 1
-    index *= taps[1] != out
-    index += 1
-    index *= taps[0] != out
+def _pool4(taps, out, index, relu: bool) -> None:
+    """Max of the four pool taps ``(0, 0), (0, 1), (1, 0), (1, 1)`` (arrays of ``out``'s shape) into ``out``,
+    with ``index`` (uint8) the tap ``2a + b`` of the *first* maximum in that order (PyTorch's tie rule): the
+    max of each row pair (ties go left), then of the two rows (ties go up). With ``relu`` the result is
+    ReLU-ed (``max(relu(x)) = relu(max(x))``) and ``DEAD`` added to the index where it is not positive."""
+    xp = backend.get_array_module(out)
+    top, bottom = xp.maximum(taps[0], taps[1]), xp.maximum(taps[2], taps[3])
+    bottom_wins = top < bottom
+    xp.maximum(top, bottom, out=out)
+    xp.multiply(bottom_wins, xp.uint8(2), out=index)
+    index += xp.where(bottom_wins, taps[2] < taps[3], taps[0] < taps[1])
     if relu:
-        dead = out <= 0
-        index += dead.view(xp.uint8) * xp.uint8(DEAD)
+        index += (out <= 0).view(xp.uint8) * xp.uint8(DEAD)
         xp.maximum(out, 0, out=out)
+
+
+def _unpool4(dy, index, targets) -> None:
+    """Gradient of :func:`_pool4`: ``dy`` goes to ``targets[t]`` where ``index == t``, zero elsewhere."""
+    xp = backend.get_array_module(dy)
+    for tap, target in enumerate(targets):
+        xp.multiply(dy, index == tap, out=target)
+
+
+def max_pool2x2(y, out, index, relu: bool) -> None:
+    """2x2 stride-2 max pool of ``y`` ``(n, OH, OW, C)`` (spatial order) into ``out`` ``(n, OH // 2, OW // 2,
+    C)`` with the uint8 ``index`` of :func:`_pool4`."""
+    ph, pw = out.shape[1:3]
+    _pool4([y[:, a:2 * ph:2, b:2 * pw:2] for a in (0, 1) for b in (0, 1)], out, index, relu)
 
 
 def max_unpool2x2(dy, index, dconv) -> None:
     """Gradient of :func:`max_pool2x2`: route ``dy`` ``(n, PH, PW, C)`` to the recorded maxima, writing all of
     ``dconv`` ``(n, OH, OW, C)`` (rows/columns outside the pooled area get zero)."""
-    xp = backend.get_array_module(dy)
     ph, pw = dy.shape[1:3]
-    for a in (0, 1):
-        for b in (0, 1):
-            xp.multiply(dy, index == 2 * a + b, out=dconv[:, a:2 * ph:2, b:2 * pw:2])
-    if dconv.shape[1] > 2 * ph:
-        dconv[:, 2 * ph:] = 0
-    if dconv.shape[2] > 2 * pw:
-        dconv[:, :, 2 * pw:] = 0
+    _unpool4(dy, index, [dconv[:, a:2 * ph:2, b:2 * pw:2] for a in (0, 1) for b in (0, 1)])
+    _zero_unpooled_edge(dconv, ph, pw)
+
+
+def _zero_unpooled_edge(a, ph: int, pw: int) -> None:
+    """Zero the last row/column of ``a`` ``(n, OH, OW, C)`` that an odd size leaves out of a 2x2 pool."""
+    if a.shape[1] > 2 * ph:
+        a[:, 2 * ph:] = 0
+    if a.shape[2] > 2 * pw:
+        a[:, :, 2 * pw:] = 0
 
 
 def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: bool, scratch: Scratch):
     """Convolution (+ bias) (+ ReLU) (+ 2x2 max pool) of ``xpad`` ``(N, Hp, Wp, I)``.
 
     Returns ``(out, pool_index)``: ``out`` ``(N, OH, OW, O)``, or ``(N, OH // 2, OW // 2, O)`` with ``pool``;
-    and the uint8 pool index of :func:`max_pool2x2` (``None`` without ``pool``).
+    and the uint8 pool index of :func:`_pool4` (``None`` without ``pool``).
     """
     xp = backend.get_array_module(xpad)
     n = xpad.shape[0]
     (oh, ow), o = geom.out_hw, w_mat.shape[1]
+    ph, pw = oh // 2, ow // 2
     dtype = xp.result_type(xpad.dtype, w_mat.dtype)
-    step = F.chunk_size(n, geom.rows_per_sample, xp)
+    block, chunk = F.block_and_chunk(n, geom.rows_per_sample, xp)
     if pool:
-        out = xp.empty((n, oh // 2, ow // 2, o), dtype=dtype)
+        out = xp.empty((n, ph, pw, o), dtype=dtype)
         index = xp.empty(out.shape, dtype=xp.uint8)
     else:
         out, index = xp.empty((n, oh, ow, o), dtype=dtype), None
+    patches = _patch_sources(xpad, geom, pool_major=pool)
+    if bias is not None:
+        w_mat = xp.concatenate([w_mat, bias.reshape(1, o).astype(w_mat.dtype)])  # (kh*kw*I + 1, O)
 
     def work(start: int, stop: int, worker: int) -> None:
+        """One block of samples: GEMMs chunk by chunk, then the element-wise epilogue on the whole block."""
         m = stop - start
-        cols = _im2col(scratch, worker, "cols", xpad[start:stop], geom, step)  # (m*OH*OW, kh*kw*I)
-        y = scratch.get(worker, "y", (step, oh, ow, o), dtype, xp)[:m] if pool else out[start:stop]
-        xp.matmul(cols, w_mat, out=y.reshape(-1, o))  # (m*OH*OW, O)
-        if bias is not None:
-            y += bias
+        # (m, 2, 2, PH, PW, O) pool-major blocks, or the (m, OH, OW, O) output itself
+        y = scratch.get(worker, "y", (block, 2, 2, ph, pw, o), dtype, xp)[:m] if pool else out[start:stop]
+        for s in range(0, m, chunk):
+            e = min(s + chunk, m)
+            cols = _im2col(scratch, worker, "cols", patches, start + s, start + e, chunk, bias is not None)
+            xp.matmul(cols, w_mat, out=y[s:e].reshape(-1, o))  # (rows, O), bias included
         if pool:
-            max_pool2x2(y, out[start:stop], index[start:stop], relu)
+            taps = [y[:, a, b] for a in (0, 1) for b in (0, 1)]  # 4 x (m, PH, PW, O)
+            _pool4(taps, out[start:stop], index[start:stop], relu)
         elif relu:
             xp.maximum(y, 0, out=y)
 
-    run_chunks(work, n, step, xp)
+    run_chunks(work, n, block, xp)
     return out, index
 
 
@@ -175,8 +226,10 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
     n = dout.shape[0]
     (oh, ow), (h, w), o, k = geom.out_hw, geom.in_hw, w_mat.shape[1], w_mat.shape[0]
     (kh, kw), i_ch = geom.kernel, k // (geom.kernel[0] * geom.kernel[1])
+    ph, pw = oh // 2, ow // 2
+    pooled = pool_index is not None
     dtype = xp.result_type(dout.dtype, w_mat.dtype)
-    step = F.chunk_size(n, geom.rows_per_sample, xp)
+    block, chunk = F.block_and_chunk(n, geom.rows_per_sample, xp)
     transposed = geom.input_grad_by_transposed_conv
     q0, q1 = geom.transposed_padding
     dx = dxpad = w_flip = None
@@ -186,44 +239,68 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
     elif need_input:
         dxpad = xp.zeros((n, xpad.shape[1], xpad.shape[2], i_ch), dtype=dtype)
     dgeom = ConvGeometry(geom.kernel, (1, 1), geom.dilation, (0, 0), (oh, ow), (h, w))  # dy -> dx
+    patches = _patch_sources(xpad, geom, pool_major=pooled) if need_params else None
     dw_parts: dict[int, object] = {}
-    db_parts: dict[int, object] = {}
+    dpad_patches: dict[int, tuple] = {}
 
-    def accumulate(parts: dict, worker: int, value) -> None:
-        if worker in parts:
-            parts[worker] += value
-        else:
-            parts[worker] = value
+    def conv_output_grad(start: int, stop: int, worker: int):
+        """Gradient w.r.t. the convolution's output for samples ``start:stop``: ``(m, 2, 2, PH, PW, O)``
+        pool-major blocks after a fused pool, else ``(m, OH, OW, O)``."""
+        m = stop - start
+        if pooled:
+            dconv = scratch.get(worker, "dconv", (block, 2, 2, ph, pw, o), dtype, xp)[:m]
+            blocks = [dconv[:, a, b] for a in (0, 1) for b in (0, 1)]  # 4 x (m, PH, PW, O)
+            _unpool4(dout[start:stop], pool_index[start:stop], blocks)
+            return dconv
+        if relu_out is not None:
+            dconv = scratch.get(worker, "dconv", (block, oh, ow, o), dtype, xp)[:m]
+            xp.multiply(dout[start:stop], relu_out[start:stop] > 0, out=dconv)
+            return dconv
+        return dout[start:stop]
 
     def work(start: int, stop: int, worker: int) -> None:
+        """One block of samples: the element-wise output gradient on the whole block, then GEMMs by chunk."""
+        dconv_block = conv_output_grad(start, stop, worker)
+        for s in range(0, stop - start, chunk):
+            e = min(s + chunk, stop - start)
+            chunk_grads(start + s, start + e, dconv_block[s:e], worker)
+
+    def chunk_grads(start: int, stop: int, dconv, worker: int) -> None:
         m = stop - start
-        if pool_index is not None:
-            dconv = scratch.get(worker, "dconv", (step, oh, ow, o), dtype, xp)[:m]
-            max_unpool2x2(dout[start:stop], pool_index[start:stop], dconv)
-        elif relu_out is not None:
-            dconv = scratch.get(worker, "dconv", (step, oh, ow, o), dtype, xp)[:m]
-            xp.multiply(dout[start:stop], relu_out[start:stop] > 0, out=dconv)
-        else:
-            dconv = dout[start:stop]
-        dmat = dconv.reshape(-1, o)  # (m*OH*OW, O)
+        dmat = dconv.reshape(-1, o)  # (rows, O), rows in the order of the forward's im2col
         if need_params:
-            cols = _im2col(scratch, worker, "cols", xpad[start:stop], geom, step)  # (m*OH*OW, kh*kw*I)
-            accumulate(dw_parts, worker, cols.T @ dmat)  # (kh*kw*I, O)
-        if need_bias:  # a matrix-vector product: far faster than a sum over axis 0
-            ones = scratch.get(worker, "ones", (step * oh * ow,), dtype, xp, fill=1)[:m * oh * ow]
-            accumulate(db_parts, worker, ones @ dmat)  # (O,)
+            cols = _im2col(scratch, worker, "cols", patches, start, stop, chunk, need_bias)  # (rows, K[+1])
+            part = cols.T @ dmat  # (K[+1], O): with the ones column, the bias gradient is the last row
+            if worker in dw_parts:
+                dw_parts[worker] += part
+            else:
+                dw_parts[worker] = part
         if need_input and transposed:
-            dpad = scratch.get(worker, "dpad", (step, oh + 2 * q0, ow + 2 * q1, o), dtype, xp, fill=0)[:m]
-            dpad[:, q0:q0 + oh, q1:q1 + ow] = dconv
-            dcols = _im2col(scratch, worker, "dcols", dpad, dgeom, step)  # (m*H*W, kh*kw*O)
+            dpad = scratch.get(worker, "dpad", (chunk, oh + 2 * q0, ow + 2 * q1, o), dtype, xp, fill=0)
+            interior = dpad[:m, q0:q0 + oh, q1:q1 + ow]  # (m, OH, OW, O)
+            if pooled:
+                _pool_major(interior)[...] = dconv
+                _zero_unpooled_edge(interior, ph, pw)
+            else:
+                interior[...] = dconv
+            if worker not in dpad_patches:
+                dpad_patches[worker] = _patch_sources(dpad, dgeom, pool_major=False)
+            dcols = _im2col(scratch, worker, "dcols", dpad_patches[worker], 0, m, chunk, False)  # (m*H*W, K)
             xp.matmul(dcols, w_flip, out=dx[start:stop].reshape(-1, i_ch))  # (m*H*W, I)
         elif need_input:
+            if pooled:
+                spatial = xp.zeros((m, oh, ow, o), dtype=dtype)
+                _pool_major(spatial)[...] = dconv
+                dmat = spatial.reshape(-1, o)  # (m*OH*OW, O)
             dcols = (dmat @ w_mat.T).reshape(m, oh, ow, kh, kw, i_ch)
             F.col2im_add(dxpad[start:stop], dcols, geom.kernel, geom.stride, geom.dilation)
 
-    run_chunks(work, n, step, xp)
-    dw = sum(dw_parts[key] for key in sorted(dw_parts)) if need_params else None
-    db = sum(db_parts[key] for key in sorted(db_parts)) if need_bias else None
+    run_chunks(work, n, block, xp)
+    dw = db = None
+    if need_params:
+        dw = sum(dw_parts[key] for key in sorted(dw_parts))  # (K[+1], O)
+        if need_bias:
+            dw, db = dw[:-1], dw[-1]
     if dxpad is not None:
         dx = F.crop_nhwc(dxpad, geom.padding)
     return dx, dw, db

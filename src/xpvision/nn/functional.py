@@ -17,8 +17,10 @@ import numpy as np
 
 from xpvision import backend
 
-CHUNK_ROWS = 1024
+CHUNK_ROWS = 2048
 """Output pixels per im2col + GEMM chunk on the CPU (cache blocking)."""
+BLOCK_ROWS = 8192
+"""Output pixels per block of element-wise work on the CPU (fewer, larger NumPy calls)."""
 
 
 # -- layout --------------------------------------------------------------------------------------------------
@@ -39,6 +41,14 @@ def nchw(y):
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
     """Output length of a convolution or pooling along one axis: ``(H + 2P - D(K - 1) - 1) // S + 1``."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def block_and_chunk(n: int, rows_per_sample: int, xp) -> tuple[int, int]:
+    """``(block, chunk)`` sample counts: element-wise work runs on blocks of about :data:`BLOCK_ROWS` rows,
+    each split into GEMM chunks of about :data:`CHUNK_ROWS` rows (the block a multiple of the chunk). Both are
+    the whole batch on the GPU."""
+    chunk = chunk_size(n, rows_per_sample, xp)
+    return min(n, chunk * max(1, BLOCK_ROWS // (chunk * max(rows_per_sample, 1)))), chunk
 
 
 def chunk_size(n: int, rows_per_sample: int, xp) -> int:
