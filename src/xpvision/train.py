@@ -205,6 +205,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         self.model.train()
+        self.model.needs_input_grad = False  # nobody needs d(loss)/d(images): skips the first conv's dX
         total, count = 0.0, 0
         show = self.progress and sys.stderr.isatty()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False,
@@ -225,6 +226,7 @@ class Trainer:
             count += n
             if show:
                 bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+        self.model.needs_input_grad = True
         if count == 0:
             raise ConfigError("the training loader yielded no batches")
         return total / count
