@@ -7,12 +7,14 @@ from typing import Any
 
 import numpy as np
 
+from xpvision import backend
 from xpvision.errors import ShapeError
 from xpvision.nn import functional as F
 from xpvision.nn import init
 from xpvision.nn.activation import ReLU
 from xpvision.nn.base import Layer
 from xpvision.nn.convblock import ConvGeometry, Scratch, conv_backward, conv_forward
+from xpvision.nn.parallel import single_threaded_blas
 from xpvision.nn.pooling import MaxPool2d
 from xpvision.nn.validate import forward_done, grad_like, image_input, pair, positive_int, unpair
 
@@ -151,7 +153,9 @@ class ConvTranspose2d(Layer):
                              f"({oh}, {ow})")
         w_mat = F.conv_weight_matrix(self.params["W"])  # (kh*kw*O, I): the matching convolution maps O -> I
         padded_hw = (oh + 2 * self.padding[0], ow + 2 * self.padding[1])
-        ypad = F.conv2d_grad_input(x4, w_mat, padded_hw, self.kernel_size, self.stride)  # (N, OHp, OWp, O)
+        with single_threaded_blas(backend.get_array_module(x4)):
+            # (N, OHp, OWp, O)
+            ypad = F.conv2d_grad_input(x4, w_mat, padded_hw, self.kernel_size, self.stride)
         y = F.crop_nhwc(ypad, self.padding)
         if self.padding != (0, 0):
             y = y.copy()  # contiguous (N, OH, OW, O)
@@ -167,10 +171,11 @@ class ConvTranspose2d(Layer):
         dypad = F.pad_nhwc(dy, self.padding, out=self._pad_buffer)  # (N, OHp, OWp, O)
         if dypad is not dy:
             self._pad_buffer = dypad
-        if self.trainable:
-            dw = F.conv2d_grad_weight(dypad, x4, self.kernel_size, self.stride)  # (kh*kw*O, I)
-            self.grads["W"][...] = F.conv_weight_from_matrix(dw, self.kernel_size)
-            if "b" in self.params:
-                self.grads["b"][...] = dy.reshape(-1, self.out_ch).sum(axis=0)
-        dx = F.conv2d_nhwc(dypad, w_mat, self.kernel_size, self.stride)  # (N, H, W, I)
+        with single_threaded_blas(backend.get_array_module(dy)):
+            if self.trainable:
+                dw = F.conv2d_grad_weight(dypad, x4, self.kernel_size, self.stride)  # (kh*kw*O, I)
+                self.grads["W"][...] = F.conv_weight_from_matrix(dw, self.kernel_size)
+                if "b" in self.params:
+                    self.grads["b"][...] = dy.reshape(-1, self.out_ch).sum(axis=0)
+            dx = F.conv2d_nhwc(dypad, w_mat, self.kernel_size, self.stride)  # (N, H, W, I)
         return F.nchw(dx)

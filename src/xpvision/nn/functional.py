@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from xpvision import backend
+from xpvision.nn.parallel import get_num_threads
 
 CHUNK_ROWS = 2048
 """Output pixels per im2col + GEMM chunk on the CPU (cache blocking)."""
@@ -48,7 +49,10 @@ def block_and_chunk(n: int, rows_per_sample: int, xp) -> tuple[int, int]:
     each split into GEMM chunks of about :data:`CHUNK_ROWS` rows (the block a multiple of the chunk). Both are
     the whole batch on the GPU."""
     chunk = chunk_size(n, rows_per_sample, xp)
-    return min(n, chunk * max(1, BLOCK_ROWS // (chunk * max(rows_per_sample, 1)))), chunk
+    block = min(n, chunk * max(1, BLOCK_ROWS // (chunk * max(rows_per_sample, 1))))
+    if xp is np:  # at least one block per thread
+        block = min(block, -(-n // get_num_threads()))
+    return block, min(chunk, block)
 
 
 def chunk_size(n: int, rows_per_sample: int, xp) -> int:

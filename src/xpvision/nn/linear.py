@@ -10,6 +10,7 @@ from xpvision import backend
 from xpvision.errors import ConfigError, ShapeError
 from xpvision.nn import init, rng
 from xpvision.nn.base import Layer
+from xpvision.nn.parallel import single_threaded_blas
 from xpvision.nn.validate import check_float, forward_done, grad_like, matrix_input, positive_int
 
 
@@ -36,7 +37,8 @@ class Linear(Layer):
 
     def forward(self, x):
         self._x = matrix_input(type(self).__name__, x, self.in_features)
-        y = self._x @ self.params["W"]  # (N, out)
+        with single_threaded_blas(backend.get_array_module(x)):
+            y = self._x @ self.params["W"]  # (N, out)
         if "b" in self.params:
             y += self.params["b"]
         return y
@@ -44,11 +46,12 @@ class Linear(Layer):
     def backward(self, dout):
         forward_done(type(self).__name__, self._x)
         grad_like(type(self).__name__, dout, (self._x.shape[0], self.out_features))
-        if self.trainable:
-            self.grads["W"][...] = self._x.T @ dout  # (in, out)
-            if "b" in self.params:
-                self.grads["b"][...] = dout.sum(axis=0)
-        return dout @ self.params["W"].T  # (N, in)
+        with single_threaded_blas(backend.get_array_module(dout)):
+            if self.trainable:
+                self.grads["W"][...] = self._x.T @ dout  # (in, out)
+                if "b" in self.params:
+                    self.grads["b"][...] = dout.sum(axis=0)
+            return dout @ self.params["W"].T  # (N, in)
 
 
 class Flatten(Layer):

@@ -44,6 +44,16 @@ def _blas_controller():
     return _state["blas"] or None
 
 
+def single_threaded_blas(xp=np):
+    """Context manager: NumPy's BLAS at one thread inside (a no-op on the GPU or without threadpoolctl).
+
+    Every layer GEMM runs under it: a multi-threaded OpenBLAS call leaves its worker threads spinning for a
+    while afterwards, stealing the cores from the threads of the next layer.
+    """
+    controller = _blas_controller() if xp is np else None
+    return controller.limit(limits=1) if controller is not None else contextlib.nullcontext()
+
+
 def run_chunks(work: Callable[[int, int, int], None], n: int, step: int, xp) -> int:
     """Call ``work(start, stop, worker)`` for the chunks ``[start, stop)`` of ``range(n)`` of length ``step``.
 
@@ -57,7 +67,7 @@ def run_chunks(work: Callable[[int, int, int], None], n: int, step: int, xp) -> 
     threads = min(_state["threads"], len(chunks))
     controller = _blas_controller() if xp is np else None
     if controller is None or threads == 1:
-        with controller.limit(limits=1) if controller is not None else contextlib.nullcontext():
+        with single_threaded_blas(xp):
             for start, stop in chunks:
                 work(start, stop, 0)
         return 1
