@@ -15,6 +15,21 @@ import numpy as np
 
 from xpvision.errors import DataError, ShapeError
 
+LAYER_MODULES = {"segmentation": "xpvision.segmentation.fcn"}
+"""Modules defining the custom layer classes a kind of model is built from (imported to register them)."""
+
+
+def load_trained_model(model_dir: str | Path) -> tuple[Any, dict]:
+    """``(model, meta)`` of a saved model, after importing the layer classes its kind needs."""
+    import importlib
+
+    from xpvision.io import load_model, read_spec
+
+    kind = read_spec(model_dir)["meta"].get("kind")
+    if kind in LAYER_MODULES:
+        importlib.import_module(LAYER_MODULES[kind])
+    return load_model(model_dir)
+
 
 def normalization_of(meta: dict):
     """The :class:`~xpvision.data.loader.Normalization` a model was trained with."""

@@ -21,9 +21,9 @@ class XPVisionPyfunc:
     """What ``mlflow.pyfunc.load_model`` returns: a loaded model with ``predict``."""
 
     def __init__(self, model_dir: str) -> None:
-        from xpvision.io import load_model
+        from xpvision.export.inference import load_trained_model
 
-        self.model, self.meta = load_model(model_dir)
+        self.model, self.meta = load_trained_model(model_dir)
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
         import pandas as pd

@@ -20,14 +20,14 @@ from xpvision.stages import TaskPaths, tasks
 def run(params: Params, task: str) -> None:
     from xpvision.data.loader import DataLoader, Normalization
     from xpvision.data.shards import ShardDataset
-    from xpvision.io import load_model
+    from xpvision.export.inference import load_trained_model
 
     cfg = params.evaluate[task]
     paths = TaskPaths(task)
     with tracking.stage_run("evaluate", paths.pipeline_run, params.tracking,
                             data_paths=(str(paths.processed),)) as stage:
         stage.log_params(block_dict(cfg))
-        model, meta = load_model(paths.model_dir)
+        model, meta = load_trained_model(paths.model_dir)
         test_set = ShardDataset(paths.processed / "test")
         normalization = Normalization.from_meta(meta["normalization"], meta["normalization"]["mode"])
         loader = DataLoader(test_set, cfg.batch_size, normalization=normalization)

@@ -22,15 +22,14 @@ from xpvision.stages import TaskPaths
 
 def run(params: Params, task: str) -> None:
     from xpvision.data.shards import ShardDataset
-    from xpvision.export.inference import network_input
+    from xpvision.export.inference import load_trained_model, network_input
     from xpvision.export.onnx_graph import onnx_parity, to_onnx
-    from xpvision.io import load_model
 
     cfg = params.export[task]
     paths = TaskPaths(task)
     with tracking.stage_run("export", paths.pipeline_run, params.tracking, final=True) as stage:
         stage.log_params(block_dict(cfg))
-        model, meta = load_model(paths.model_dir)
+        model, meta = load_trained_model(paths.model_dir)
         test_set = ShardDataset(paths.processed / "test")
         count = min(cfg.check_samples, len(test_set))
         images = np.stack([test_set[i]["image"] for i in range(count)])  # (N, H, W, C) uint8
