@@ -43,8 +43,7 @@ class Conv2d(Layer):
         self.add_param("W", init.he_normal((self.out_ch, self.in_ch, kh, kw), fan_in=self.in_ch * kh * kw))
         if bias:
             self.add_param("b", np.zeros(self.out_ch, dtype=np.float32))
-        self._pad_buffer = None  # persistent zero-bordered input buffer (its border is never written)
-        self._scratch = Scratch()
+        self._scratch = Scratch()  # reused buffers, the zero-bordered padded input among them
         self._cache: tuple | None = None
 
     def config(self) -> dict[str, Any]:
@@ -83,9 +82,11 @@ class Conv2d(Layer):
         if pool and min(oh, ow) < 2:
             raise ShapeError(f"MaxPool2d input {(x4.shape[0], self.out_ch, oh, ow)} is smaller than its "
                              f"kernel (2, 2) (padding (0, 0))")
-        xpad = F.pad_nhwc(x4, self.padding, out=self._pad_buffer)  # (N, Hp, Wp, I)
-        if xpad is not x4:
-            self._pad_buffer = xpad
+        n, h, w, c = x4.shape
+        padded_shape = (n, h + 2 * self.padding[0], w + 2 * self.padding[1], c)
+        xp = backend.get_array_module(x4)
+        pad_buffer = self._scratch.get(0, "xpad", padded_shape, x4.dtype, xp, fill=0)
+        xpad = F.pad_nhwc(x4, self.padding, out=pad_buffer)  # (N, Hp, Wp, I), border zero
         geom = ConvGeometry(self.kernel_size, self.stride, self.dilation, self.padding, x4.shape[1:3],
                             (oh, ow))
         w_mat = F.conv_weight_matrix(self.params["W"])  # (kh*kw*I, O)

@@ -29,21 +29,26 @@ DEAD = 4
 
 
 class Scratch:
-    """Reusable per-worker buffers of one layer, keyed by ``(worker, name)``.
+    """Reusable buffers of one layer, keyed by ``(worker, name, shape, dtype, device)``.
 
-    A buffer is reallocated only when the requested shape, dtype or device changes. Buffers requested with
-    a ``fill`` value are filled with it when allocated (callers keep the filled parts intact, e.g. the zero
-    border of a padded buffer whose interior alone is written).
+    Several shapes are kept (training, evaluation and last-batch sizes alternate), the oldest dropped beyond
+    :attr:`capacity`. Buffers requested with a ``fill`` value are filled with it when allocated (callers keep
+    the filled parts intact, e.g. the zero border of a padded buffer whose interior alone is written).
     """
 
+    capacity = 64
+
     def __init__(self) -> None:
-        self._buffers: dict[tuple[int, str], object] = {}
+        self._buffers: dict[tuple, object] = {}
 
     def get(self, worker: int, name: str, shape: tuple[int, ...], dtype, xp, fill: float | None = None):
-        buf = self._buffers.get((worker, name))
-        if buf is None or buf.shape != shape or buf.dtype != dtype or backend.get_array_module(buf) is not xp:
+        key = (worker, name, shape, dtype, xp)
+        buf = self._buffers.get(key)
+        if buf is None:
             buf = xp.empty(shape, dtype=dtype) if fill is None else xp.full(shape, fill, dtype=dtype)
-            self._buffers[(worker, name)] = buf
+            if len(self._buffers) >= self.capacity:
+                del self._buffers[next(iter(self._buffers))]
+            self._buffers[key] = buf
         return buf
 
 
