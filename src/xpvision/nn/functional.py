@@ -50,8 +50,11 @@ def block_and_chunk(n: int, rows_per_sample: int, xp) -> tuple[int, int]:
     the whole batch on the GPU."""
     chunk = chunk_size(n, rows_per_sample, xp)
     block = min(n, chunk * max(1, BLOCK_ROWS // (chunk * max(rows_per_sample, 1))))
-    if xp is np:  # at least one block per thread
-        block = min(block, -(-n // get_num_threads()))
+    if xp is np:  # a multiple of the thread count of equal blocks, and equal chunks in a block
+        threads = get_num_threads()
+        blocks = -(-n // block)
+        block = -(-n // (-(-blocks // threads) * threads))
+        chunk = -(-block // -(-block // chunk))
     return block, min(chunk, block)
 
 
