@@ -2,8 +2,8 @@
 
 Runs are organised as one experiment per task (``<prefix>-<task>``), one *parent run* per pipeline execution
 of that task, and one *nested run* per stage. DVC starts each stage as its own process, so the parent run id
-travels in ``reports/<task>/pipeline_run.json``, written by the task's ``start_run`` stage and declared as a
-dependency of the task's other stages (see README, "How MLflow runs map onto DVC stages").
+travels in ``reports/<task>/pipeline_run.json``, written by the task's ``start_run`` stage and read by the
+task's other stages (see dvc.yaml and README, "How MLflow runs map onto DVC stages").
 
 Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``tracking.uri`` from params.yaml (``sqlite:///mlflow.db``).
 For SQLite stores the artifacts of experiment ``E`` go to ``mlartifacts/E`` beside the database file. A remote

@@ -1,9 +1,11 @@
 """Stage ``start_run``: open the parent MLflow run of a task's pipeline execution.
 
-The stage depends on the task's parameter blocks only, so DVC re-runs it (and, through
-``reports/<task>/pipeline_run.json``, every later stage of the task) exactly when the task's configuration
-changes: one parent run per configuration that is actually executed. Returning to an earlier configuration is
-restored from DVC's run cache together with the results that were logged under that parent.
+The stage depends on the task's parameter blocks only, so DVC re-runs it exactly when the task's
+configuration changes: one parent run per configuration that is executed. The task's first stage declares
+``reports/<task>/pipeline_run.json`` as a dependency, so it runs after this one; the later stages follow
+through their data dependencies and log under whichever parent the file names. A stage re-run for a code
+change alone logs under the current parent. Returning to an earlier configuration is restored from DVC's
+run cache together with the results that were logged under that parent.
 """
 
 from __future__ import annotations
