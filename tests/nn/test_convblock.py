@@ -142,3 +142,20 @@ def test_fused_pool_too_small_raises():
     model = Sequential(Conv2d(1, 1, 3), ReLU(), MaxPool2d(2))
     with pytest.raises(ShapeError, match="MaxPool2d input"):
         model.forward(np.zeros((1, 1, 3, 3), np.float32))
+
+
+def test_alternating_batch_sizes_reuse_buffers_correctly(rng):
+    """Reused scratch buffers (one set per shape) must never leak values between calls."""
+    def layers():
+        return [Conv2d(3, 4, 3, padding=1), ReLU(), MaxPool2d(2), Conv2d(4, 2, 3, padding=2)]
+
+    model, reference = _pair(layers)
+    for n in (5, 2, 5, 3, 2):
+        x = rng.standard_normal((n, 3, 8, 8)).astype(np.float32)
+        dout = rng.standard_normal((n, 2, 6, 6)).astype(np.float32)
+        y1, dx1, g1 = _run(model, x, dout)
+        y2, dx2, g2 = _run(reference, x, dout)
+        np.testing.assert_allclose(y1, y2, atol=1e-5)
+        np.testing.assert_allclose(dx1, dx2, atol=1e-5)
+        for name in g1:
+            np.testing.assert_allclose(g1[name], g2[name], atol=1e-4, err_msg=name)

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from xpvision import backend
 from xpvision.errors import ConfigError, ShapeError
 from xpvision.nn.functional import nhwc
 
@@ -71,7 +70,3 @@ def positive_int(name: str, value) -> int:
 def unpair(value: tuple[int, int]) -> int | list[int]:
     """The JSON form of a pair: an int when both are equal, else a list."""
     return value[0] if value[0] == value[1] else list(value)
-
-
-def xp_of(*arrays):
-    return backend.get_array_module(*arrays)
