@@ -127,6 +127,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
         trainer.fit(*loaders())
     state = np.load(tmp_path / "ckpt.npz", allow_pickle=False)
     assert int(state["epoch"]) == 2
+    assert model.needs_input_grad  # the training-only switch is restored on the way out
     assert all(np.isfinite(v).all() for k, v in state.items() if k.startswith("model."))
 
 

@@ -206,27 +206,29 @@ class Trainer:
 
         self.model.train()
         self.model.needs_input_grad = False  # nobody needs d(loss)/d(images): skips the first conv's dX
-        total, count = 0.0, 0
-        show = self.progress and sys.stderr.isatty()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False,
-                   disable=not show)
-        for step, batch in enumerate(bar, start=1):
-            self.optimizer.zero_grad()
-            loss, dout = self.task.forward_loss(self.model, batch)
-            if not math.isfinite(loss):
-                raise TrainingError(self._diverged(f"the loss became {loss}", epoch, step))
-            self.model.backward(dout)
-            if self.grad_clip is not None:
-                norm = clip_grad_norm(self.optimizer, self.grad_clip)
-                if not math.isfinite(norm):
-                    raise TrainingError(self._diverged(f"the gradient norm became {norm}", epoch, step))
-            self.optimizer.step()
-            n = len(batch["images"])
-            total += loss * n
-            count += n
-            if show:
-                bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
-        self.model.needs_input_grad = True
+        try:
+            total, count = 0.0, 0
+            show = self.progress and sys.stderr.isatty()
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False,
+                       disable=not show)
+            for step, batch in enumerate(bar, start=1):
+                self.optimizer.zero_grad()
+                loss, dout = self.task.forward_loss(self.model, batch)
+                if not math.isfinite(loss):
+                    raise TrainingError(self._diverged(f"the loss became {loss}", epoch, step))
+                self.model.backward(dout)
+                if self.grad_clip is not None:
+                    norm = clip_grad_norm(self.optimizer, self.grad_clip)
+                    if not math.isfinite(norm):
+                        raise TrainingError(self._diverged(f"the gradient norm became {norm}", epoch, step))
+                self.optimizer.step()
+                n = len(batch["images"])
+                total += loss * n
+                count += n
+                if show:
+                    bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+        finally:
+            self.model.needs_input_grad = True
         if count == 0:
             raise ConfigError("the training loader yielded no batches")
         return total / count
