@@ -142,3 +142,18 @@ def test_bad_configurations_raise():
         FCN(odd_stride, 3)
     with pytest.raises(ConfigError, match="cannot place the pixels"):
         FCN(Sequential(("conv", Conv2d(1, 2, 3)), ("flat", build_layer({"type": "Flatten"}))), 3)
+
+
+@pytest.mark.gpu
+def test_gpu_forward_and_backward_match_cpu(xp):
+    if xp is np:
+        pytest.skip("the CPU run is the reference here")
+    rng.manual_seed(0)
+    model = build_fcn("8s", num_classes=5)
+    x = np.random.default_rng(0).random((2, 3, 33, 30), dtype=np.float32)
+    dout = np.random.default_rng(1).random((2, 5, 33, 30), dtype=np.float32)
+    cpu_y, cpu_dx = model.forward(x), model.backward(dout)
+    model.to("gpu")
+    gpu_y, gpu_dx = model.forward(xp.asarray(x)), model.backward(xp.asarray(dout))
+    np.testing.assert_allclose(xp.asnumpy(gpu_y), cpu_y, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(xp.asnumpy(gpu_dx), cpu_dx, rtol=1e-4, atol=1e-5)
