@@ -159,3 +159,28 @@ def test_alternating_batch_sizes_reuse_buffers_correctly(rng):
         np.testing.assert_allclose(dx1, dx2, atol=1e-5)
         for name in g1:
             np.testing.assert_allclose(g1[name], g2[name], atol=1e-4, err_msg=name)
+
+
+def test_frozen_backbone_is_skipped_in_backward(rng):
+    def layers():
+        return [Sequential(Conv2d(1, 2, 3), ReLU()), Flatten(), Linear(2 * 4 * 4, 2)]
+
+    model, reference = _pair(layers)
+    model[0].freeze()
+    reference[0].freeze()
+    x = rng.standard_normal((2, 1, 6, 6)).astype(np.float32)
+    dout = rng.standard_normal((2, 2)).astype(np.float32)
+    reference.forward(x)
+    reference.backward(dout)
+    model.needs_input_grad = False
+    model.forward(x)
+    calls = []
+    conv = model[0][0]
+    conv.backward = lambda d: calls.append(d)  # must not be reached
+    assert model.backward(dout) is None
+    assert calls == []
+    np.testing.assert_allclose(model[2].grads["W"], reference[2].grads["W"], atol=1e-6)
+    model.needs_input_grad = True  # the backbone runs again when the input gradient is wanted
+    del conv.backward
+    model.forward(x)
+    np.testing.assert_allclose(model.backward(dout), reference.backward(dout), atol=1e-5)

@@ -16,8 +16,10 @@ Conventions every layer follows -------------------------------
 * **Freezing.** ``trainable = False`` (``freeze()``) keeps a layer's parameters out of the optimizer; its
   ``backward`` still returns the input gradient but need not fill its parameter gradients.
 * **Input gradient.** ``needs_input_grad = False`` lets a layer skip the gradient w.r.t. its input (its
-  ``backward`` may then return ``None``); a ``Sequential`` passes its own flag to its first layer, so
-  ``model.needs_input_grad = False`` saves the first convolution's input gradient in training.
+  ``backward`` may then return ``None``). A ``Sequential`` with the flag off skips the backward of the layers
+  before its first trainable one and turns the flag off on that one (and on for the others), so
+  ``model.needs_input_grad = False`` saves the first convolution's input gradient, or a frozen backbone's
+  whole backward, in training.
 * **Fusion.** ``fusable(following)`` says how many of the layers that follow a layer it can compute itself
   (``Conv2d`` absorbs a following ``ReLU`` and 2x2 ``MaxPool2d``), and ``forward_fused(x, absorbed)`` runs
   them; ``Sequential.forward`` uses it (unless ``fusion = False``) and its ``backward`` then skips the
@@ -221,6 +223,10 @@ def build_layer(spec: dict[str, Any]) -> Layer:
     return cls.from_config(config) if hasattr(cls, "from_config") else cls(**config)
 
 
+def _has_trainable_params(layer: Layer) -> bool:
+    return any(sub.trainable and sub.params for _, sub in layer.named_layers())
+
+
 class Sequential(Layer):
     """Layers applied in order. Built from layers (named ``'0'``, ``'1'``, ...) or ``(name, layer)`` pairs."""
 
@@ -258,12 +264,18 @@ class Sequential(Layer):
         return x
 
     def backward(self, dout):
+        """Backpropagate through the steps of the last forward. Without ``needs_input_grad``, the layers
+        before the first one with trainable parameters are skipped (a frozen backbone costs nothing) and that
+        one is told not to compute its input gradient; the result is then ``None``."""
         steps = self._steps if self._steps is not None else list(self.layers.values())
-        if steps:
-            steps[0].needs_input_grad = self.needs_input_grad
-        for layer in reversed(steps):
+        first = 0
+        if not self.needs_input_grad:
+            first = next((i for i, layer in enumerate(steps) if _has_trainable_params(layer)), len(steps))
+        for i, layer in enumerate(steps):
+            layer.needs_input_grad = i > first or (i == first and self.needs_input_grad)
+        for layer in reversed(steps[first:]):
             dout = layer.backward(dout)
-        return dout
+        return dout if self.needs_input_grad else None
 
     def __getitem__(self, key: int | str) -> Layer:
         return list(self.layers.values())[key] if isinstance(key, int) else self.layers[key]
