@@ -157,3 +157,19 @@ def test_gpu_forward_and_backward_match_cpu(xp):
     gpu_y, gpu_dx = model.forward(xp.asarray(x)), model.backward(xp.asarray(dout))
     np.testing.assert_allclose(xp.asnumpy(gpu_y), cpu_y, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(xp.asnumpy(gpu_dx), cpu_dx, rtol=1e-4, atol=1e-5)
+
+
+def test_without_input_grad_a_frozen_backbone_is_skipped():
+    rng.manual_seed(0)
+    model = build_fcn("8s", num_classes=3)
+    model["features"].freeze()
+    x = np.random.default_rng(0).random((1, 3, 24, 24), dtype=np.float32)
+    y = model.forward(x)
+    reference = model.backward(np.ones_like(y))
+    grads = {name: layer.grads[key].copy()
+             for name, layer, key in model.named_parameters(trainable_only=True)}
+    model.needs_input_grad = False
+    model.forward(x)
+    assert model.backward(np.ones_like(y)) is None and reference.shape == x.shape
+    for name, layer, key in model.named_parameters(trainable_only=True):
+        np.testing.assert_array_equal(layer.grads[key], grads[name])

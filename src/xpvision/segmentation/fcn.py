@@ -291,7 +291,9 @@ class FCN(Layer):
         return F.nchw(logits)
 
     def backward(self, dout):
-        """Gradient of the loss w.r.t. the logits ``(N, K, H, W)`` -> w.r.t. the input ``(N, C, H, W)``."""
+        """Gradient of the loss w.r.t. the logits ``(N, K, H, W)`` -> w.r.t. the input ``(N, C, H, W)``, or
+        ``None`` when ``needs_input_grad`` is False (then encoder layers before the first trainable one are
+        skipped: a frozen backbone costs no backward time)."""
         forward_done(type(self).__name__, self._cache)
         x_shape, plan, fused_shapes, full_shape = self._cache
         n, _, h, w = x_shape
@@ -316,10 +318,19 @@ class FCN(Layer):
             dtaps[self.taps[s]] = self.scores[s].backward(F.nchw(dskip))
             dscore = self.upsamplers[s].backward(F.nchw(dup))
         grad = self.scores[32].backward(dscore)
-        for i in reversed(range(len(self._encoder))):
+        first = 0  # without needs_input_grad, layers before the first trainable one are skipped
+        if not self.needs_input_grad:
+            first = next((i for i, (_, layer) in enumerate(self._encoder)
+                          if any(sub.trainable and sub.params for _, sub in layer.named_layers())),
+                         len(self._encoder))
+        for i in reversed(range(first, len(self._encoder))):
             if i in dtaps:
                 grad = grad + dtaps[i]
-            grad = self._encoder[i][1].backward(grad)
+            layer = self._encoder[i][1]
+            layer.needs_input_grad = i > first or self.needs_input_grad
+            grad = layer.backward(grad)
+        if not self.needs_input_grad:
+            return None
         (pt, pl) = plan.pad_before
         dx = xp.ascontiguousarray(F.nhwc(grad)[:, pt:pt + h, pl:pl + w])  # (N, H, W, C)
         return F.nchw(dx)
