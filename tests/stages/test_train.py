@@ -1,0 +1,74 @@
+"""Train-stage glue: the validation split leaks no augmented copy, checkpoints are keyed by configuration."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xpvision.config import load_params
+from xpvision.errors import DataError
+from xpvision.stages import TaskPaths
+from xpvision.stages.start_run import task_params
+from xpvision.stages.train import checkpoint_path, fingerprint, split_indices
+
+PARAMS = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+
+
+class FakeAugmented:
+    """``variants`` consecutive samples per original, as augment_dataset writes them."""
+
+    def __init__(self, originals: int, copies: int, keep_original: bool) -> None:
+        self.meta = {"augment": {"copies": copies, "keep_original": keep_original}}
+        self.folder = Path("augmented")
+        self.length = originals * (copies + keep_original)
+
+    def __len__(self) -> int:
+        return self.length
+
+
+@pytest.mark.parametrize(("copies", "keep"), [(1, True), (2, False), (0, True)])
+def test_validation_images_are_left_out_of_training_in_every_form(copies, keep):
+    originals = list(range(50))
+    train, val = split_indices(originals, FakeAugmented(50, copies, keep), 0.2, seed=3)
+    variants = copies + keep
+    assert len(val) == 10 and len(set(val)) == 10
+    assert set(train // variants).isdisjoint(val)  # no variant of a validation image is trained on
+    assert set(train // variants) | set(val) == set(originals)
+    again_train, again_val = split_indices(originals, FakeAugmented(50, copies, keep), 0.2, seed=3)
+    assert np.array_equal(train, again_train) and np.array_equal(val, again_val)
+
+
+def test_split_refuses_an_augmented_set_of_the_wrong_size():
+    with pytest.raises(DataError, match="run the augment stage again"):
+        split_indices(list(range(10)), FakeAugmented(9, 1, True), 0.2, seed=0)
+
+
+def test_fingerprint_follows_params_and_files(tmp_path):
+    data = tmp_path / "manifest.json"
+    data.write_text("{}")
+    cfg = PARAMS.train["classification"]
+    key = fingerprint(cfg, [data])
+    assert key == fingerprint(cfg, [data])
+    assert key != fingerprint(replace(cfg, lr=cfg.lr * 2), [data])
+    data.write_text('{"count": 1}')
+    assert key != fingerprint(cfg, [data])
+
+
+def test_checkpoints_of_other_configurations_are_deleted(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    paths = TaskPaths("classification")
+    stale = checkpoint_path(paths, "aaaa")
+    stale.write_bytes(b"old")
+    current = checkpoint_path(paths, "bbbb")
+    assert current == Path("checkpoints/classification/bbbb.npz")
+    assert not stale.exists()
+    current.write_bytes(b"x")
+    assert checkpoint_path(paths, "bbbb").read_bytes() == b"x"  # the matching one is kept for resuming
+
+
+def test_parent_run_params_are_the_blocks_the_task_reads():
+    blocks = task_params(PARAMS, "detection_ft")
+    assert set(blocks) == {"download.detection", "augment.detection", "train.detection_ft",
+                           "evaluate.detection_ft", "export.detection_ft"}
+    assert blocks["train.detection_ft"]["init_from"] == "classification"
