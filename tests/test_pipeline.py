@@ -6,6 +6,8 @@ output exists, a second ``dvc repro`` does nothing, a change to one task's param
 their metrics, tags and artifacts. The clone runs its own copy of ``src/`` (``PYTHONPATH``).
 """
 
+import csv
+import io
 import json
 import os
 import re
@@ -119,10 +121,9 @@ def test_experiment_is_visible_in_exp_show(clone):
     run(clone, str(BIN / "dvc"), "exp", "run", "-n", "more-previews", "-S",
         "evaluate.classification.sample_images=3")
     shown = run(clone, str(BIN / "dvc"), "exp", "show", "--no-pager", "--csv")
-    rows = [line for line in shown.splitlines() if line.startswith("more-previews,")]
+    rows = [row for row in csv.DictReader(io.StringIO(shown)) if row["Experiment"] == "more-previews"]
     assert len(rows) == 1, shown
-    header = shown.splitlines()[0].split(",")
-    assert rows[0].split(",")[header.index("evaluate.classification.sample_images")] == "3"
+    assert rows[0]["evaluate.classification.sample_images"] == "3"
 
 
 def test_mlflow_holds_parent_and_nested_runs(clone):
