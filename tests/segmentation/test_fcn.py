@@ -4,7 +4,7 @@ gradients, frozen upsampling, spec/weights round trip."""
 import numpy as np
 import pytest
 
-from xpvision import io
+from xpvision import backend, io
 from xpvision.errors import ConfigError
 from xpvision.models import deep_convnet
 from xpvision.nn import AvgPool2d, Conv2d, MaxPool2d, ReLU, Sequential, build_layer, rng
@@ -145,9 +145,9 @@ def test_bad_configurations_raise():
 
 
 @pytest.mark.gpu
-def test_gpu_forward_and_backward_match_cpu(xp):
-    if xp is np:
-        pytest.skip("the CPU run is the reference here")
+@pytest.mark.skipif(not backend.gpu_available(), reason="CuPy with a CUDA device is not available")
+def test_gpu_forward_and_backward_match_cpu():
+    xp = backend.xp_for("gpu")
     rng.manual_seed(0)
     model = build_fcn("8s", num_classes=5)
     x = np.random.default_rng(0).random((2, 3, 33, 30), dtype=np.float32)
