@@ -54,7 +54,10 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], compressed: bool = False) -> None:
-    """Save a dict of NumPy arrays as ``.npz`` atomically. Object arrays are refused (they would need pickle)."""
+    """Save a dict of NumPy arrays as ``.npz`` atomically.
+
+    Object arrays are refused: they would need pickle to load.
+    """
     for name, a in arrays.items():
         if np.asarray(a).dtype == object:
             raise TypeError(f"array {name!r} has dtype object; .npz files here never hold pickled objects")

@@ -45,7 +45,7 @@ def gpu_available() -> bool:
 def get_array_module(*arrays: Any):
     """Return ``cupy`` if any argument is a CuPy array, else ``numpy``.
 
-    Non-array arguments (``None``, scalars, lists) are ignored, so the function can be called on optional inputs.
+    Non-array arguments (``None``, scalars, lists) are ignored, so optional inputs can be passed as they are.
     """
     cp = _cupy()
     if cp is not None:

@@ -1,6 +1,7 @@
 """Project exceptions: errors a user can cause (bad params, bad files, bad shapes).
 
-The CLI prints these without a traceback and exits non-zero. Messages name the file or key and what was expected.
+The CLI prints these without a traceback and exits non-zero.
+Messages name the file or key and what was expected.
 """
 
 
