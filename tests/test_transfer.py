@@ -9,7 +9,7 @@ import pytest
 
 from xpvision import io
 from xpvision.data.loader import DataLoader, ListDataset
-from xpvision.errors import ConfigError
+from xpvision.errors import ConfigError, WeightsError
 from xpvision.models import deep_convnet
 from xpvision.nn import rng
 from xpvision.optim import Adam
@@ -19,6 +19,7 @@ from xpvision.train import ClassificationTask, Trainer
 from xpvision.transfer import (
     adapt_conv_input_channels,
     compare_transfer,
+    convolutionalize_head,
     param_groups,
     replace_head,
     set_transfer_mode,
@@ -180,3 +181,39 @@ def test_classification_comparison_uses_the_primary_metric(tmp_path):
     rows = compare_transfer(build, _digits_classifier(), ClassificationTask(3), loader, loader, epochs=1,
                             modes=("partial",), freeze_layers=3)
     assert [r["metric"] for r in rows] == ["accuracy", "accuracy"]
+
+
+def test_convolutionalized_head_scores_the_classifier_logits(tmp_path):
+    rng.manual_seed(0)
+    source = deep_convnet(in_channels=1, num_classes=10, input_size=28)  # pool3 (64, 4, 4) -> fc1 -> fc2
+    io.save_model(tmp_path / "cls", source, {"task": "classification"})
+    rng.manual_seed(1)
+    target = FCN(deep_convnet(in_channels=1, input_size=28)["features"], 11, "8s", fc_channels=50,
+                 encoder_stride=8, fc_kernel=4)
+    report = transfer_weights(target, tmp_path / "cls", include=("features.",))
+    report = convolutionalize_head(target, tmp_path / "cls", report)
+    converted = {e["name"]: e for e in report.converted}
+    assert set(converted) == {"extra.fc6.W", "extra.fc6.b", "extra.fc7.W", "extra.fc7.b", "score8.W",
+                              "score8.b"}
+    assert converted["extra.fc6.W"]["source_shape"] == [1024, 50]
+    assert converted["extra.fc6.W"]["target_shape"] == [50, 64, 4, 4]
+    assert not set(converted) & set(report.new) and set(converted) <= set(report.pretrained)
+    assert "| `score8.W` | converted from `head.fc2.W` | (50, 10) | (11, 50, 1, 1) |" in report.to_markdown()
+    source.eval()
+    target.eval()
+    images = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    logits = source.forward(images)  # (3, 10)
+    scores = target["score8"].forward(target["extra"].forward(target["features"].forward(images)))
+    # fc6 (4x4, padding 2) on the 4x4 pool3 map: output (2, 2) is the one window fc1 saw
+    np.testing.assert_allclose(scores[:, 1:, 2, 2], logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(scores[:, 0], 0)  # background starts at zero
+
+
+def test_convolutionalize_head_rejects_shapes_that_do_not_fit(tmp_path):
+    io.save_model(tmp_path / "cls", _digits_classifier(), {"task": "classification"})  # fc1 (64*2*2, 50)
+    target = FCN(deep_convnet(in_channels=1, input_size=28)["features"], 11, "8s", fc_channels=50,
+                 encoder_stride=8, fc_kernel=4)
+    with pytest.raises(WeightsError, match=r"head.fc1.W \(256, 50\) does not fit extra.fc6.W"):
+        convolutionalize_head(target, tmp_path / "cls")
+    with pytest.raises(WeightsError, match="missing"):
+        convolutionalize_head(target, {"features.conv1.W": np.zeros((16, 1, 3, 3), np.float32)})

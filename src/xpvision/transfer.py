@@ -49,6 +49,8 @@ class TransferReport:
     * ``mismatched``: present in both with other shapes, left at their initialisation
       (``{'name', 'source_shape', 'target_shape'}``).
     * ``unused``: source entries (after renaming) that the target does not have.
+    * ``converted``: built from other source entries (a classifier's Linear head as an FCN's convolutions,
+      :func:`convolutionalize_head`): ``{'name', 'source', 'source_shape', 'target_shape'}``.
     """
 
     source: str
@@ -57,23 +59,27 @@ class TransferReport:
     new: list[str] = field(default_factory=list)
     mismatched: list[dict[str, Any]] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
+    converted: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def pretrained(self) -> list[str]:
         """Target entries that now hold source weights (loaded or adapted), in target order."""
-        return [*self.loaded, *(entry["name"] for entry in self.adapted)]
+        return [*self.loaded, *(entry["name"] for entry in [*self.adapted, *self.converted])]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def to_markdown(self) -> str:
         lines = [f"### Weights transferred from `{self.source}`", "",
-                 f"{len(self.loaded)} loaded, {len(self.adapted)} adapted, {len(self.new)} new, "
+                 f"{len(self.loaded)} loaded, {len(self.adapted)} adapted, {len(self.converted)} converted, "
+                 f"{len(self.new)} new, "
                  f"{len(self.mismatched)} with other shapes (kept new), {len(self.unused)} unused.", "",
                  "| entry | status | source shape | target shape |", "|---|---|---|---|"]
         lines += [f"| `{name}` | loaded | | |" for name in self.loaded]
         lines += [f"| `{e['name']}` | adapted (input channels) | {tuple(e['source_shape'])} | "
                   f"{tuple(e['target_shape'])} |" for e in self.adapted]
+        lines += [f"| `{e['name']}` | converted from `{e['source']}` | {tuple(e['source_shape'])} | "
+                  f"{tuple(e['target_shape'])} |" for e in self.converted]
         lines += [f"| `{e['name']}` | shape differs, new | {tuple(e['source_shape'])} | "
                   f"{tuple(e['target_shape'])} |" for e in self.mismatched]
         lines += [f"| `{name}` | new | | |" for name in self.new]
@@ -132,6 +138,65 @@ def transfer_weights(target: Layer, source: Source, *,
             report.mismatched.append(_shapes(name, value, current))
     report.unused = sorted(n for n in state if n not in targets
                            and (include is None or n.startswith(tuple(include))))
+    return report
+
+
+def convolutionalize_head(fcn: Layer, source: Source, report: TransferReport | None = None) -> TransferReport:
+    """Turn a classifier's Linear head into an FCN's convolutions (the FCN paper's "convolutionalisation").
+
+    The source head ``head.fc1`` (Linear ``W (C*k*k, F)``, on the flattened ``(C, k, k)`` backbone output,
+    NCHW order) becomes the FCN's ``fc6`` (Conv2d ``W (F, C, k, k)``, needs ``fc_kernel = k``,
+    ``fc_channels = F`` and ``encoder_stride`` equal to the backbone's stride, so that ``fc6`` sees the map
+    ``fc1`` saw); ``fc7`` (1x1, ``F -> F``) becomes the identity (with ReLU after ``fc6`` and ``fc7``,
+    ``relu(relu(z)) = relu(z)``); the last Linear ``head.fc2`` (``W (F, K_s)``) becomes the top score layer's
+    rows ``1..K_s`` when the FCN has ``K_s + 1`` classes (class 0 = background, left at zero) or all rows
+    when it has ``K_s``. So at a ``k x k``-pooled location the FCN scores the classifier's logits.
+
+    Entries are recorded as ``converted`` in ``report`` (a new one if ``None``); fc6 / fc7 / score entries
+    leave ``report.new``. Raises :class:`WeightsError` when the shapes do not fit (message names both).
+    """
+    state, description = read_source(source)
+    report = report if report is not None else TransferReport(description)
+    needed = ("head.fc1.W", "head.fc1.b", "head.fc2.W", "head.fc2.b")
+    missing = [name for name in needed if name not in state]
+    if missing:
+        raise WeightsError(f"{description}: no classifier head to convolutionalise, missing {missing}")
+    fc6, fc7 = fcn["extra"]["fc6"], fcn["extra"]["fc7"]
+    score_name = f"score{fcn.encoder_stride}"
+    score = fcn[score_name]
+    w1, w2 = state["head.fc1.W"], state["head.fc2.W"]
+    out_ch, in_ch, kh, kw = fc6.params["W"].shape
+    if w1.shape != (in_ch * kh * kw, out_ch):
+        raise WeightsError(f"{description}: head.fc1.W {tuple(w1.shape)} does not fit extra.fc6.W "
+                           f"{tuple(fc6.params['W'].shape)}: expected ({in_ch * kh * kw}, {out_ch})")
+    classes = score.params["W"].shape[0]
+    offset = classes - w2.shape[1]
+    if w2.shape[0] != out_ch or offset not in (0, 1):
+        raise WeightsError(f"{description}: head.fc2.W {tuple(w2.shape)} does not fit {score_name}.W "
+                           f"{tuple(score.params['W'].shape)}: expected ({out_ch}, {classes} or "
+                           f"{classes - 1})")
+    converted = {
+        "extra.fc6.W": (fc6.params, "W", "head.fc1.W", w1.T.reshape(out_ch, in_ch, kh, kw)),  # (F, C, k, k)
+        "extra.fc6.b": (fc6.params, "b", "head.fc1.b", state["head.fc1.b"]),
+        "extra.fc7.W": (fc7.params, "W", "identity", np.eye(out_ch).reshape(out_ch, out_ch, 1, 1)),
+        "extra.fc7.b": (fc7.params, "b", "identity", np.zeros(out_ch)),
+    }
+    for target_name, (store, key, source_name, value) in converted.items():
+        store[key][...] = _like(np.asarray(value), store[key])
+        report.converted.append({"name": target_name, "source": source_name,
+                                 "source_shape": list(np.shape(state.get(source_name, value))),
+                                 "target_shape": list(store[key].shape)})
+    score_w = np.zeros(score.params["W"].shape, dtype=np.float32)  # (K, F, 1, 1)
+    score_w[offset:, :, 0, 0] = w2.T
+    score_b = np.zeros(classes, dtype=np.float32)
+    score_b[offset:] = state["head.fc2.b"]
+    for key, source_name, value in (("W", "head.fc2.W", score_w), ("b", "head.fc2.b", score_b)):
+        score.params[key][...] = _like(value, score.params[key])
+        report.converted.append({"name": f"{score_name}.{key}", "source": source_name,
+                                 "source_shape": list(state[source_name].shape),
+                                 "target_shape": list(score.params[key].shape)})
+    done = {entry["name"] for entry in report.converted}
+    report.new = [name for name in report.new if name not in done]
     return report
 
 

@@ -100,6 +100,16 @@ def test_fcn_export_matches_xpvision_for_odd_and_even_sizes(variant, input_shape
     assert run_onnx(onnx_model, images)[0].shape == (2, 5, *input_shape[1:])
 
 
+def test_fcn_with_its_head_on_the_backbone_exports():
+    from xpvision.segmentation.fcn import build_fcn
+
+    rng = np.random.default_rng(5)
+    model = build_fcn("8s", in_channels=3, num_classes=5, encoder_stride=8, fc_kernel=4, fc_channels=8)
+    randomise_parameters(model, rng)
+    images = rng.uniform(size=(2, 3, 37, 40)).astype(np.float32)
+    assert onnx_parity(model, to_onnx(model, (3, 37, 40)), images) <= 1e-4
+
+
 def test_detector_export_matches_xpvision():
     from xpvision.detection.yolo import build_detector
 

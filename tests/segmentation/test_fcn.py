@@ -14,11 +14,13 @@ from xpvision.segmentation.fcn import FCN, build_fcn
 torch = pytest.importorskip("torch")
 
 
-@pytest.mark.parametrize("variant", ["32s", "16s", "8s"])
+@pytest.mark.parametrize("variant, encoder", [("32s", {}), ("16s", {}), ("8s", {}),
+                                               ("8s", {"encoder_stride": 8, "fc_kernel": 4}),
+                                               ("8s", {"encoder_stride": 16, "extra_channels": [8]})])
 @pytest.mark.parametrize("size", [(64, 64), (65, 63), (29, 31), (28, 28), (33, 16)])
-def test_output_has_the_input_size(variant, size):
+def test_output_has_the_input_size(variant, encoder, size):
     rng.manual_seed(0)
-    model = build_fcn(variant, in_channels=3, num_classes=11)
+    model = build_fcn(variant, in_channels=3, num_classes=11, **encoder)
     x = np.random.default_rng(0).random((2, 3, *size), dtype=np.float32)
     y = model.forward(x)
     assert y.shape == (2, 11, *size) and y.dtype == np.float32
@@ -38,16 +40,20 @@ class _AvgFCN(FCN):
         return stages
 
 
-@pytest.mark.parametrize("variant", ["32s", "16s", "8s"])
+@pytest.mark.parametrize("variant, encoder", [("32s", {}), ("16s", {}), ("8s", {}),
+                                               ("8s", {"encoder_stride": 8, "fc_kernel": 4}),
+                                               ("16s", {"encoder_stride": 16, "fc_kernel": 2})])
 @pytest.mark.parametrize("size", [232, 233])
-def test_every_output_pixel_is_centred_on_its_input_pixel(variant, size):
+def test_every_output_pixel_is_centred_on_its_input_pixel(variant, encoder, size):
     """With constant positive kernels, average pooling and bilinear upsampling, the input gradient of output
     pixel (i, j) is a mass centred exactly on (i, j), unless a skip or the final crop is off by one pixel.
     The backbone keeps DeepConvNet's pad-2 conv4, which shifts its deeper maps by 2 pixels."""
     features = Sequential(("conv1", Conv2d(1, 1, 3, padding=1)), ("relu1", ReLU()), ("pool1", AvgPool2d(2)),
                           ("conv4", Conv2d(1, 1, 3, padding=2)), ("pool2", AvgPool2d(2)),
                           ("conv6", Conv2d(1, 1, 3, padding=1)), ("pool3", AvgPool2d(2)))
-    model = _AvgFCN(features, 2, variant, extra_channels=[1, 1], fc_channels=1).astype(np.float64)
+    n_extra = {8: 0, 16: 1}.get(encoder.get("encoder_stride"), 2)
+    model = _AvgFCN(features, 2, variant, extra_channels=[1] * n_extra, fc_channels=1,
+                    **encoder).astype(np.float64)
     for name, layer, key in model.named_parameters():
         if not name.startswith("up"):
             layer.params[key][...] = 1.0 if key == "W" else 0.0
@@ -137,6 +143,11 @@ def test_bad_configurations_raise():
         build_fcn("4s")
     with pytest.raises(ConfigError, match="extra_channels needs 2 entries"):
         build_fcn("8s", extra_channels=[8])
+    with pytest.raises(ConfigError, match=
+            "encoder_stride must be 8, 16 or 32 and >= the variant's stride 16"):
+        build_fcn("16s", encoder_stride=8)
+    with pytest.raises(ConfigError, match="fc_kernel"):
+        build_fcn("8s", fc_kernel=0)
     odd_stride = Sequential(("conv", Conv2d(1, 2, 3, stride=3)))
     with pytest.raises(ConfigError, match="power of two"):
         FCN(odd_stride, 3)
@@ -173,3 +184,25 @@ def test_without_input_grad_a_frozen_backbone_is_skipped():
     assert model.backward(np.ones_like(y)) is None and reference.shape == x.shape
     for name, layer, key in model.named_parameters(trainable_only=True):
         np.testing.assert_array_equal(layer.grads[key], grads[name])
+
+
+def test_head_on_the_backbone_scores_at_stride_8():
+    """``encoder_stride=8``: no added stages, fc6 on pool3, one score layer, 8x final upsampling; gradients
+    through it match finite differences."""
+    rng.manual_seed(0)
+    model = build_fcn("8s", num_classes=4, encoder_stride=8, fc_kernel=4, fc_channels=6)
+    assert model.head_on_backbone and not build_fcn("8s", num_classes=4).head_on_backbone
+    assert [name for name, _ in model.children()] == ["features", "extra", "score8", "upsample"]
+    assert model["extra"]["fc6"].params["W"].shape == (6, 64, 4, 4) and model.skip_strides == []
+    assert model.final_upsampler.stride == (8, 8)
+    features = Sequential(("conv1", Conv2d(2, 3, 3, padding=1)), ("relu1", ReLU()), ("pool1", MaxPool2d(2)),
+                          ("conv2", Conv2d(3, 3, 3, padding=2)), ("pool2", MaxPool2d(2)))
+    small = FCN(features, 3, "8s", fc_channels=4, encoder_stride=8, extra_channels=[3],
+                fc_kernel=2).astype(np.float64)
+    small.unfreeze()
+    generator = np.random.default_rng(3)
+    for _, layer, key in small.named_parameters():
+        layer.params[key][...] += 0.3 * generator.standard_normal(layer.params[key].shape)
+    errors = layer_gradient_errors(small, generator.standard_normal((2, 2, 13, 11)), max_entries=25)
+    assert {"input", "score8.W", "extra.fc6.W", "upsample.W"} <= set(errors)
+    assert max(errors.values()) < 1e-6, errors

@@ -288,7 +288,8 @@ def _fcn(graph: OnnxGraph, layer: Layer, x: str, scope: str) -> str:
         x, probe = graph.layer(leaf, x, f"{scope}.{name}"), leaf.forward(probe)
         if index in tap_of:
             taps[tap_of[index]], probe_taps[tap_of[index]] = x, probe
-    score, probe = graph.layer(layer.scores[32], x, f"{scope}.score32"), layer.scores[32].forward(probe)
+    top = layer.scores[layer.encoder_stride]
+    score, probe = graph.layer(top, x, f"{scope}.score{layer.encoder_stride}"), top.forward(probe)
     for stride, (fusion_h, fusion_w) in zip(layer.skip_strides, plan.fusions, strict=True):
         up = graph.layer(layer.upsamplers[stride], score, f"{scope}.up{2 * stride}")
         probe_up = layer.upsamplers[stride].forward(probe)  # (1, K, Hu, Wu)

@@ -10,6 +10,13 @@ ReLU (and dropout when ``dropout > 0``): VGG's fully connected layers as convolu
 -8s keep their paper meaning: scores predicted at stride 32, then refined with skips from the stride-16 and
 stride-8 maps (the last encoder layer at that stride; for DeepConvNet stride 8 is the backbone's ``pool3``).
 
+``encoder_stride`` (8, 16 or 32; default 32) sets where the added stages stop: with ``encoder_stride = 8`` on
+DeepConvNet there are none and ``fc6`` (kernel ``fc_kernel``) sits on ``pool3``, exactly where the
+classifier's first Linear layer sat; with ``fc_kernel = 4`` and ``fc_channels = 50`` the classifier's head can
+then be convolutionalised into ``fc6`` / ``fc7`` / the score layer (the FCN paper's way of reusing a
+classifier, :func:`xpvision.transfer.convolutionalize_head`). Skips are taken only from strides below
+``encoder_stride``; the top score layer is ``score<encoder_stride>``.
+
 Decoder: ``score32`` (1x1 conv to classes) on ``fc7``; for 16s/8s, ``up32`` (2x transposed conv) +
 ``score16`` (1x1 on the stride-16 map), summed; for 8s the same again with ``up16`` + ``score8``; finally
 ``upsample``, a transposed conv by the remaining factor ``f`` (kernel ``2f``, stride ``f``, padding
@@ -89,33 +96,43 @@ class FCN(Layer):
         fc_channels: width of ``fc6`` / ``fc7``.
         dropout: dropout probability after ``fc6`` and ``fc7`` (0 = no dropout layers).
         learnable_upsampling: train the 2x upsampling layers (bilinear initialised); else keep them fixed.
+        encoder_stride: output stride of the encoder (8, 16 or 32, at least the variant's stride).
+        fc_kernel: kernel size of ``fc6`` (padding ``fc_kernel // 2``; an even kernel is traced like any).
     """
 
     def __init__(self, features: Layer, num_classes: int, variant: str = "8s",
                  extra_channels: list[int] | None = None, fc_channels: int = 256, dropout: float = 0.0,
-                 learnable_upsampling: bool = True) -> None:
+                 learnable_upsampling: bool = True, encoder_stride: int = ENCODER_STRIDE,
+                 fc_kernel: int = 3) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ConfigError(f"FCN variant must be one of {sorted(VARIANTS)}, got {variant!r}")
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ConfigError(f"FCN num_classes must be an integer >= 2, got {num_classes!r}")
+        if encoder_stride not in (8, 16, 32) or encoder_stride < VARIANTS[variant]:
+            raise ConfigError(f"FCN encoder_stride must be 8, 16 or 32 and >= the variant's stride "
+                              f"{VARIANTS[variant]}, got {encoder_stride!r}")
+        if not isinstance(fc_kernel, int) or fc_kernel < 1:
+            raise ConfigError(f"FCN fc_kernel must be an integer >= 1, got {fc_kernel!r}")
         self.variant = variant
         self.num_classes = num_classes
+        self.encoder_stride = encoder_stride
+        self.fc_kernel = fc_kernel
         self.fc_channels = int(fc_channels)
         self.dropout = float(dropout)
         self.learnable_upsampling = bool(learnable_upsampling)
         self.features = features
         backbone_stride = geo.trace([layer for _, layer in geo.leaf_layers(features)], 0)[-1].stride
-        n_extra = round(math.log2(ENCODER_STRIDE / backbone_stride)) if backbone_stride >= 1 else -1
-        if n_extra < 0 or 2 ** n_extra * backbone_stride != ENCODER_STRIDE:
-            raise ConfigError(f"FCN backbone output stride must be a power of two <= {ENCODER_STRIDE}, "
-                              f"got {backbone_stride:g}")
+        n_extra = round(math.log2(encoder_stride / backbone_stride)) if backbone_stride >= 1 else -1
+        if n_extra < 0 or 2 ** n_extra * backbone_stride != encoder_stride:
+            raise ConfigError(f"FCN backbone output stride must be a power of two <= {encoder_stride} "
+                              f"(encoder_stride), got {backbone_stride:g}")
         width = _out_channels(features)
         if extra_channels is None:
             extra_channels = [width * 2 ** (i + 1) for i in range(n_extra)]
         if len(extra_channels) != n_extra:
             raise ConfigError(f"FCN extra_channels needs {n_extra} entries (one per stage from stride "
-                              f"{backbone_stride:g} to {ENCODER_STRIDE}), got {list(extra_channels)}")
+                              f"{backbone_stride:g} to {encoder_stride}), got {list(extra_channels)}")
         self.extra_channels = [int(c) for c in extra_channels]
         self.extra = self._extra_stages(width, int(backbone_stride))
         self._encoder = geo.leaf_layers(features) + geo.leaf_layers(self.extra, "extra")
@@ -133,7 +150,7 @@ class FCN(Layer):
                        (f"down{stride}_relu", ReLU()),
                        (f"down{stride}_pool", MaxPool2d(2, 2, padding=1))]
             width = channels
-        for name, kernel, c_in in (("fc6", 3, width), ("fc7", 1, self.fc_channels)):
+        for name, kernel, c_in in (("fc6", self.fc_kernel, width), ("fc7", 1, self.fc_channels)):
             layers += [(name, Conv2d(c_in, self.fc_channels, kernel, padding=kernel // 2)),
                        (f"relu{name[-1]}", ReLU())]
             if self.dropout > 0:
@@ -143,9 +160,9 @@ class FCN(Layer):
     def _build_decoder(self) -> None:
         """Score layers per stride (zero-initialised), 2x upsamplers between them, the final upsampler."""
         n = self.num_classes
-        self.skip_strides = [s for s in (16, 8) if s >= VARIANTS[self.variant]]  # fused in this order
-        self.taps = {s: self._last_layer_at_stride(s) for s in self.skip_strides}
-        self.scores = {32: self._score(self.fc_channels)}
+        self.skip_strides = [s for s in (16, 8) if VARIANTS[self.variant] <= s < self.encoder_stride]
+        self.taps = {s: self._last_layer_at_stride(s) for s in self.skip_strides}  # fused in this order
+        self.scores = {self.encoder_stride: self._score(self.fc_channels)}
         self.upsamplers: dict[int, ConvTranspose2d] = {}
         for s in self.skip_strides:
             self.scores[s] = self._score(_out_channels_at(self._encoder, self.taps[s]))
@@ -171,6 +188,13 @@ class FCN(Layer):
         for axis in (0, 1):
             self._decoder_maps(axis)
 
+    @property
+    def head_on_backbone(self) -> bool:
+        """``fc6`` sits directly on the backbone's last map (``encoder_stride`` = the backbone's stride),
+        where a classifier's first Linear layer sat: its head can be convolutionalised into ``fc6`` /
+        ``fc7`` / the score layer (:func:`xpvision.transfer.convolutionalize_head`)."""
+        return not self.extra_channels
+
     # -- layers --------------------------------------------------------------------------------------------
     def children(self):
         yield "features", self.features
@@ -191,7 +215,8 @@ class FCN(Layer):
     def config(self) -> dict[str, Any]:
         return {"features": self.features.spec(), "num_classes": self.num_classes, "variant": self.variant,
                 "extra_channels": list(self.extra_channels), "fc_channels": self.fc_channels,
-                "dropout": self.dropout, "learnable_upsampling": self.learnable_upsampling}
+                "dropout": self.dropout, "learnable_upsampling": self.learnable_upsampling,
+                "encoder_stride": self.encoder_stride, "fc_kernel": self.fc_kernel}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> FCN:
@@ -272,7 +297,7 @@ class FCN(Layer):
             out = layer.forward(out)
             if i in tap_index:
                 taps[tap_index[i]] = out
-        score = self.scores[32].forward(out)
+        score = self.scores[self.encoder_stride].forward(out)
         fused_shapes = []
         for s, (fusion_h, fusion_w) in zip(self.skip_strides, plan.fusions, strict=True):
             up = F.nhwc(self.upsamplers[s].forward(score))  # (N, Hu, Wu, K)
@@ -317,7 +342,7 @@ class FCN(Layer):
             dskip[:, skip_h:skip_h + lh, skip_w:skip_w + lw] = dfused
             dtaps[self.taps[s]] = self.scores[s].backward(F.nchw(dskip))
             dscore = self.upsamplers[s].backward(F.nchw(dup))
-        grad = self.scores[32].backward(dscore)
+        grad = self.scores[self.encoder_stride].backward(dscore)
         first = 0  # without needs_input_grad, layers before the first trainable one are skipped
         if not self.needs_input_grad:
             first = next((i for i, (_, layer) in enumerate(self._encoder)

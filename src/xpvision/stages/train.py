@@ -80,11 +80,14 @@ def checkpoint_path(paths: TaskPaths, key: str) -> Path:
 
 
 def initialise(model: Any, cfg: TrainConfig, source_dir: Path):
-    """Load the ``features.*`` weights of the model in ``source_dir`` into ``model`` and apply the transfer
-    mode; return the :class:`~xpvision.transfer.TransferReport`."""
+    """Load the ``features.*`` weights of the model in ``source_dir`` into ``model`` (and its head, as
+    convolutions, into an FCN whose ``fc6`` sits on the backbone) and apply the transfer mode; return the
+    :class:`~xpvision.transfer.TransferReport`."""
     from xpvision import transfer
 
     report = transfer.transfer_weights(model, source_dir, include=("features.",))
+    if getattr(model, "head_on_backbone", False):
+        transfer.convolutionalize_head(model, source_dir, report)
     transfer.set_transfer_mode(model, cfg.transfer_mode, report, cfg.freeze_layers)
     return report
 
