@@ -137,10 +137,11 @@ def test_mlflow_holds_parent_and_nested_runs(clone):
     nested = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert set(nested) == {"download", "augment", "train", "evaluate", "export"}
     assert parent.info.status == "FINISHED"
-    assert parent.data.params["train.classification.lr"] == "0.001"
+    train_block = yaml.safe_load((clone / "params.yaml").read_text())["train"]["classification"]
+    assert parent.data.params["train.classification.lr"] == str(train_block["lr"])
     train = nested["train"]
     assert {"train_loss", "val_accuracy", "lr", "time_s"} <= set(train.data.metrics)
-    assert train.data.params["optimizer"] == "adam"
+    assert train.data.params["optimizer"] == train_block["optimizer"]
     assert len(train.data.tags["mlflow.source.git.commit"]) == 40
     assert train.data.tags["dvc.md5.data/classification/augmented"].endswith(".dir")
     artifacts = {a.path for a in client.list_artifacts(train.info.run_id, "model")}
