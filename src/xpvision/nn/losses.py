@@ -118,12 +118,7 @@ class BCEWithLogits(Loss):
         self._cache: tuple | None = None
 
     def forward(self, pred, target) -> float:
-        check_float(type(self).__name__, pred)
-        xp = backend.get_array_module(pred)
-        target = xp.asarray(target, dtype=pred.dtype)
-        if target.shape != pred.shape:
-            raise ShapeError(f"BCEWithLogits expected targets of the logits' shape {tuple(pred.shape)}, "
-                             f"got {tuple(target.shape)}")
+        xp, target = _elementwise_target(type(self).__name__, pred, target)
         pos = 1 if self.pos_weight is None else xp.asarray(self.pos_weight.astype(pred.dtype))
         softplus_pos = xp.logaddexp(0, pred)  # softplus(x) = -log(1 - sigmoid(x))
         softplus_neg = softplus_pos - pred  # softplus(-x) = -log(sigmoid(x))
@@ -152,12 +147,7 @@ class SmoothL1Loss(Loss):
         self._cache: tuple | None = None
 
     def forward(self, pred, target) -> float:
-        check_float(type(self).__name__, pred)
-        xp = backend.get_array_module(pred)
-        target = xp.asarray(target, dtype=pred.dtype)
-        if target.shape != pred.shape:
-            raise ShapeError(f"SmoothL1Loss expected targets of the predictions' shape {tuple(pred.shape)}, "
-                             f"got {tuple(target.shape)}")
+        xp, target = _elementwise_target(type(self).__name__, pred, target)
         diff = pred - target
         absd = xp.abs(diff)
         quadratic = absd < self.beta  # all False when beta == 0 (the L1 loss)
@@ -175,3 +165,14 @@ class SmoothL1Loss(Loss):
         if self.beta > 0:
             grad = xp.where(quadratic, diff * (1.0 / self.beta), grad)
         return (grad * scale).astype(diff.dtype, copy=False)
+
+
+def _elementwise_target(name: str, pred, target):
+    """``(xp, target)`` with ``target`` as an array of ``pred``'s dtype, checked to have ``pred``'s shape."""
+    check_float(name, pred)
+    xp = backend.get_array_module(pred)
+    target = xp.asarray(target, dtype=pred.dtype)
+    if target.shape != pred.shape:
+        raise ShapeError(f"{name} expected targets of the predictions' shape {tuple(pred.shape)}, "
+                         f"got {tuple(target.shape)}")
+    return xp, target
