@@ -141,6 +141,19 @@ def test_augment_dataset_writes_copies_stats_and_preview(tmp_path, rng):
     assert first.read_bytes() == again.read_bytes()
 
 
+def test_no_copies_keeps_the_originals_and_previews_them(tmp_path, rng):
+    _write_source(tmp_path / "in", rng)
+    spec = [{"name": "Affine", "rotate": [-10, 10], "p": 1.0}]
+    summary = augment_dataset(tmp_path / "in", tmp_path / "out", spec, copies=0, seed=4,
+                              preview_path=tmp_path / "preview.png", preview_count=3)
+    source, out = ShardDataset(tmp_path / "in"), ShardDataset(tmp_path / "out")
+    assert summary["count"] == len(out) == len(source) == 5
+    for i in range(5):
+        np.testing.assert_array_equal(out[i]["image"], source[i]["image"])
+    with Image.open(tmp_path / "preview.png") as preview:
+        assert preview.size == (3 * (128 + 2), 128 + 2)
+
+
 def test_augment_classification_keeps_grey_channel(tmp_path, rng):
     samples = [{"image": rng.integers(0, 256, (28, 28, 1), dtype=np.uint8), "label": i} for i in range(3)]
     write_shards(tmp_path / "in", samples, classes=tuple("0123456789"))

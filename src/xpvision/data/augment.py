@@ -144,7 +144,8 @@ def augment_dataset(in_dir: str | os.PathLike, out_dir: str | os.PathLike, spec:
 
     The manifest's ``meta`` records the ``normalization`` the loader should apply (mode from the list,
     mean/std of the written images), the transform list, ``copies`` and ``seed``. With ``preview_path``, a PNG
-    grid of the first ``preview_count`` augmented samples with their boxes and masks is written there.
+    grid of the first ``preview_count`` augmented samples (the originals when ``copies`` is 0) with their
+    boxes and masks is written there.
 
     Returns ``{"count", "normalization"}``.
     """
@@ -157,7 +158,7 @@ def augment_dataset(in_dir: str | os.PathLike, out_dir: str | os.PathLike, spec:
 
     def samples() -> Iterator[dict]:  # streamed into shards; the first augmented ones kept for the preview
         for sample, augmented in _variants(source, pipeline, copies, keep_original):
-            if augmented and len(preview) < preview_count:
+            if (augmented or copies == 0) and len(preview) < preview_count:
                 preview.append(sample)
             yield sample
 
