@@ -72,3 +72,25 @@ def test_parent_run_params_are_the_blocks_the_task_reads():
     assert set(blocks) == {"download.detection", "augment.detection", "train.detection_ft",
                            "evaluate.detection_ft", "export.detection_ft"}
     assert blocks["train.detection_ft"]["init_from"] == "classification"
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_same_train_block_gives_the_same_initial_network_whatever_the_rng_state(task):
+    from xpvision.nn import rng
+    from xpvision.stages.tasks import kind_of, output_classes
+    from xpvision.stages.train import build_seeded_network
+
+    kind, cfg = kind_of(task), PARAMS.train[task]
+    shape = (1, 28, 28) if kind == "classification" else (3, 32, 32)
+    classes = output_classes(kind, [str(d) for d in range(10)])
+    weights = []
+    for disturbance in (1, 2):
+        rng.manual_seed(disturbance)  # the state an earlier stage or test left behind
+        rng.uniform((disturbance * 7,))
+        model, _ = build_seeded_network(kind, cfg, shape, classes, train_set=None)
+        weights.append(model.state_dict())
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert np.array_equal(weights[0][name], weights[1][name]), name
+    changed, _ = build_seeded_network(kind, replace(cfg, seed=cfg.seed + 1), shape, classes, train_set=None)
+    assert any(not np.array_equal(w, changed.state_dict()[n]) for n, w in weights[0].items() if w.size > 1)

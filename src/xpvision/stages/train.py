@@ -24,6 +24,7 @@ import numpy as np
 from xpvision import atomic, tracking
 from xpvision.config import Params, TrainConfig, block_dict
 from xpvision.errors import DataError
+from xpvision.nn import rng
 from xpvision.stages import TaskPaths, tasks
 
 
@@ -104,6 +105,15 @@ def build_optimizer(cfg: TrainConfig, model: Any, report: Any | None):
     return optimizer, schedule
 
 
+def build_seeded_network(kind: str, cfg: TrainConfig, input_shape: tuple[int, int, int], classes: list[str],
+                         train_set: Any) -> tuple[Any, dict[str, Any]]:
+    """:func:`tasks.build_network` with the initial weights drawn from ``cfg.seed``: the same train block
+    gives the same initial network in every process (unseeded, :mod:`xpvision.nn.rng` starts from OS
+    entropy)."""
+    rng.manual_seed(cfg.seed)
+    return tasks.build_network(kind, cfg, input_shape, classes, train_set)
+
+
 def run(params: Params, task: str) -> None:
     from xpvision.data.loader import DataLoader, Normalization
     from xpvision.data.shards import ShardDataset
@@ -121,7 +131,7 @@ def run(params: Params, task: str) -> None:
         normalization = Normalization.from_meta(augmented.meta)
         height, width, channels = augmented.manifest["image_shape"]
         classes = tasks.output_classes(kind, augmented.classes)
-        model, extra_meta = tasks.build_network(kind, cfg, (channels, height, width), classes, augmented)
+        model, extra_meta = build_seeded_network(kind, cfg, (channels, height, width), classes, augmented)
         meta = {"kind": kind, "task": task, "classes": classes, "input_shape": [channels, height, width],
                 "normalization": normalization.to_dict(), "dataset": augmented.meta.get("source"),
                 **extra_meta}
