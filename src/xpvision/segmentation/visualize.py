@@ -14,24 +14,8 @@ from PIL import Image
 
 from xpvision import backend
 from xpvision.atomic import atomic_path
+from xpvision.data.voc import voc_palette
 from xpvision.errors import ShapeError
-
-
-def voc_palette(n: int = 256) -> np.ndarray:
-    """The PASCAL VOC colour map: ``(n, 3)`` uint8, entry ``i`` built by interleaving the bits of ``i``.
-
-    Bits 0, 1, 2 of ``i`` go to the most significant bit of red, green, blue; bits 3, 4, 5 to the next bit
-    down, and so on (the devkit's ``labelcolormap``): 0 black, 1 ``(128, 0, 0)``, 2 ``(0, 128, 0)``, 255
-    ``(224, 224, 192)``.
-    """
-    index = np.arange(n, dtype=np.int64)
-    palette = np.zeros((n, 3), dtype=np.int64)
-    for shift in range(8):
-        for channel in range(3):
-            bit = (index >> (3 * shift + channel)) & 1
-            palette[:, channel] |= bit << (7 - shift)
-    return palette.astype(np.uint8)
-
 
 PALETTE = voc_palette()
 
