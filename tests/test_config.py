@@ -69,6 +69,13 @@ def test_project_params_load_into_frozen_blocks():
     ("evaluate.detection.nms_iou", 1.5, "evaluate.detection.nms_iou: expected a number in [0, 1], got 1.5"),
     ("transfer.modes", ["head", "all"], "transfer.modes[1]: expected one of head, partial, full, got 'all'"),
     ("train.classification.model_args", [1], "train.classification.model_args: expected a mapping"),
+    ("download.segmentation.digit_size", [20], "download.segmentation.digit_size: expected [min, max]"),
+    ("download.segmentation.digit_size", [30, 20], "download.segmentation.digit_size: expected [min, max] "
+                                                   "with 4 <= min <= max, got [30, 20]"),
+    ("download.detection.digit_size", [2, 20], "download.detection.digit_size: expected [min, max]"),
+    ("download.detection.digit_size", [14, 20.5], "download.detection.digit_size[1]: expected an integer"),
+    ("download.segmentation.digit_size", [14, 65],
+     "download.segmentation.digit_size: expected a max <= image_size 64, got [14, 65]"),
 ])
 def test_bad_value_names_key_expected_and_actual(raw, key, value, message):
     with pytest.raises(ConfigError) as info:
@@ -103,3 +110,16 @@ def test_file_errors_name_the_file(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match=r"\(top level\): expected a mapping"):
         load_params(bad)
+
+
+def test_digit_size_reaches_the_scene_generator(raw):
+    from xpvision.stages.download import prepare_config
+
+    changed = with_value(raw, "download.segmentation.digit_size", [21, 48])
+    changed["download"]["segmentation"]["image_size"] = 96
+    params = parse_params(changed)
+    scenes = prepare_config("segmentation", params.download["segmentation"]).scenes
+    assert (scenes.image_size, scenes.min_digit_size, scenes.max_digit_size) == (96, 21, 48)
+    detection = prepare_config("detection", params.download["detection"]).scenes
+    expected = tuple(raw["download"]["detection"]["digit_size"])
+    assert (detection.min_digit_size, detection.max_digit_size) == expected

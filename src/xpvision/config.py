@@ -47,6 +47,7 @@ POSITIVE: Check = (lambda v: v > 0, "a positive number")
 NON_NEGATIVE: Check = (lambda v: v >= 0, "a number >= 0")
 PROBABILITY: Check = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
 OPEN_UNIT: Check = (lambda v: 0 < v < 1, "a number in (0, 1)")
+DIGIT_SIZE: Check = (lambda v: len(v) == 2 and 4 <= v[0] <= v[1], "[min, max] with 4 <= min <= max")
 
 
 def _opt(check: Check) -> Check:
@@ -108,6 +109,8 @@ class SceneDownloadConfig:
     num_train: int = checked(POSITIVE)
     """``digit-scenes`` only: number of generated training scenes (real datasets use ``max_images``)."""
     num_test: int = checked(POSITIVE)
+    digit_size: tuple[int, ...] = checked(DIGIT_SIZE)
+    """``digit-scenes`` only: ``[min, max]`` height in pixels of the digits drawn (at most ``image_size``)."""
     shard_size: int = checked(POSITIVE)
     seed: int = checked(NON_NEGATIVE)
 
@@ -251,6 +254,9 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     for task, block in sections["download"].items():
         if block.dataset not in DATASETS[task]:
             _fail(source, f"download.{task}.dataset", f"one of {', '.join(DATASETS[task])}", block.dataset)
+        if isinstance(block, SceneDownloadConfig) and block.digit_size[1] > block.image_size:
+            _fail(source, f"download.{task}.digit_size", f"a max <= image_size {block.image_size}",
+                  list(block.digit_size))
     for task, block in sections["train"].items():
         if block.init_from is not None and block.init_from not in TASKS:
             _fail(source, f"train.{task}.init_from", f"null or one of {', '.join(TASKS)}", block.init_from)

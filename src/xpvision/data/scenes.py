@@ -1,8 +1,9 @@
 """digit-scenes: the offline default data for detection and segmentation, in VOC and COCO layouts.
 
 Each RGB scene (``image_size`` square, 64 by default so a detector trains in minutes on 2 cores) holds 1-4
-handwritten digits from :mod:`xpvision.data.digits`, 14-32 px tall, in contrasting random colours, over a
-cluttered background (colour gradient, low-frequency texture, random strokes, pixel noise). Digits may
+handwritten digits from :mod:`xpvision.data.digits`, ``min_digit_size`` to ``max_digit_size`` px tall (14-32
+by default), in contrasting random colours, over a cluttered background (colour gradient, low-frequency
+texture, random strokes, pixel noise). Digits may
 overlap: a digit is placed only where it leaves every earlier digit at least ``1 - max_occlusion`` visible.
 Train scenes draw only train-split digits and test scenes only test-split digits.
 
