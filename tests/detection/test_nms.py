@@ -1,5 +1,7 @@
 """NMS against a straightforward greedy reference written here (torchvision's rule: suppress IoU > t)."""
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -7,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from xpvision import backend
+from xpvision.detection import nms as nms_module
 from xpvision.detection.nms import batched_nms, nms, soft_nms
 from xpvision.errors import ConfigError, ShapeError
 
@@ -44,15 +47,19 @@ def reference_nms(boxes, scores, threshold, groups=None):
     return np.array(keep, dtype=np.int64)
 
 
-def boxes_strategy(max_n=40):
-    """Boxes on a coarse grid (exact IoU ties and duplicates occur) with coarse scores (ties in score)."""
+def boxes_strategy(max_n=40, ordered=True):
+    """Boxes on a coarse grid (exact IoU ties, duplicates and empty boxes occur) with coarse scores (ties in
+    score). ``ordered=False`` leaves corners as drawn, so inverted boxes (``x2 < x1``) occur too."""
     coord = st.integers(0, 12).map(lambda v: v * 2.5)
-    return st.integers(0, max_n).flatmap(lambda n: st.tuples(
+    data = st.integers(0, max_n).flatmap(lambda n: st.tuples(
         hnp.arrays(np.float32, (n, 4), elements=coord),
         hnp.arrays(np.float32, (n,), elements=st.integers(0, 5).map(lambda v: v / 5)),
         hnp.arrays(np.int64, (n,), elements=st.integers(0, 2)),
-    )).map(lambda t: (np.concatenate([np.minimum(t[0][:, :2], t[0][:, 2:]),
-                                      np.maximum(t[0][:, :2], t[0][:, 2:])], axis=1), t[1], t[2]))
+    ))
+    if not ordered:
+        return data
+    return data.map(lambda t: (np.concatenate([np.minimum(t[0][:, :2], t[0][:, 2:]),
+                                               np.maximum(t[0][:, :2], t[0][:, 2:])], axis=1), t[1], t[2]))
 
 
 @settings(max_examples=300, deadline=None)
@@ -66,10 +73,54 @@ def test_nms_matches_reference(data, threshold):
                                   reference_nms(boxes, scores, threshold, groups))
 
 
+def cpu_strategy_keep(strategy, boxes, scores, groups, threshold):
+    """Indices kept by one CPU strategy alone: ``sparse`` (suppression graph) or ``dense`` (blocked greedy
+    rounds only), on the score-sorted boxes, mapped back to input indices."""
+    if len(boxes) == 0:  # nms returns before choosing a strategy
+        return np.zeros(0, np.int64)
+    order = np.argsort(-scores, kind="stable")
+    sorted_boxes, sorted_groups = boxes[order], None if groups is None else groups[order]
+    if strategy == "sparse":
+        plan = nms_module._sweep_plan(sorted_boxes, sorted_groups, threshold)
+        return order[nms_module._sparse_keep(sorted_boxes, sorted_groups, threshold, plan)]
+    rounds = nms_module._BlockedGreedy(sorted_boxes, sorted_groups, threshold)
+    kept = [rounds.step() for _ in iter(lambda: len(rounds.undecided()) > 0, False)]
+    return order[np.concatenate(kept)] if kept else np.zeros(0, np.int64)
+
+
+@settings(max_examples=200, deadline=None)
+@given(boxes_strategy(ordered=False), st.sampled_from([0.0, 0.3, 0.5, 0.7]),
+       st.sampled_from(["sparse", "dense"]), st.booleans())
+def test_each_cpu_strategy_matches_reference(data, threshold, strategy, grouped):
+    """Both strategies whatever the automatic choice, on inverted and empty boxes too; heads of 5 boxes and
+    row groups of 2 so the blocked rounds compare kept boxes with later columns in several windows."""
+    boxes, scores, groups = data
+    groups = groups if grouped else None
+    with mock.patch.object(nms_module, "_HEAD_BOXES", 5), mock.patch.object(nms_module, "_ROW_GROUP", 2):
+        keep = cpu_strategy_keep(strategy, boxes, scores, groups, threshold)
+    np.testing.assert_array_equal(keep, reference_nms(boxes, scores, threshold, groups))
+
+
+def test_blocked_rounds_chain_into_the_sparse_graph(rng):
+    """With the graph estimated free, the CPU path runs one blocked round, then solves the undecided boxes
+    as a sparse graph; the chained result equals the reference."""
+    xy = rng.uniform(0, 200, (300, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 120, (300, 2))], axis=1).astype(np.float32)
+    scores = rng.random(300).astype(np.float32)
+    groups = rng.integers(0, 2, 300)
+    with mock.patch.object(nms_module, "_DENSE_PAIRS_PER_BOX", 0), \
+            mock.patch.object(nms_module, "_SECONDS_PER_PAIR", 0.0), \
+            mock.patch.object(nms_module, "_HEAD_BOXES", 64), \
+            mock.patch.object(nms_module, "_sparse_keep", wraps=nms_module._sparse_keep) as sparse:
+        keep = batched_nms(boxes, scores, groups, 0.5)
+    assert sparse.call_count == 1 and len(sparse.call_args.args[0]) < 300 - 64
+    np.testing.assert_array_equal(keep, reference_nms(boxes, scores, 0.5, groups))
+
+
 @pytest.mark.parametrize("layout", ["sparse", "clustered", "large"])
 @pytest.mark.parametrize("threshold", [0.0, 0.5, 0.7])
 def test_nms_matches_reference_on_many_random_boxes(rng, layout, threshold):
-    """Large enough to take both CPU strategies (sparse graph and dense greedy steps)."""
+    """Large enough for the automatic choice to take each CPU strategy (sparse graph, blocked rounds)."""
     n = 600
     if layout == "clustered":
         centres = rng.uniform(0, 300, (12, 2))[rng.integers(0, 12, n)]

@@ -28,6 +28,7 @@ second single-block kernel walks it in score order (the algorithm of torchvision
 from __future__ import annotations
 
 import functools
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -40,13 +41,19 @@ from xpvision.errors import ConfigError, ShapeError
 _PAIR_CHUNK = 1 << 20
 # Search windows are widened by this fraction of the largest box side, so float rounding never loses a pair.
 _WINDOW_SLACK = 1e-3
-# Above this many candidate pairs per box the graph may be dense: greedy steps (this many at a time) are tried
-# and their measured removal rate decides, with a rough cost model of this machine, which method finishes.
+# Above this many candidate pairs per box the graph may be dense and blocked greedy rounds start. Their
+# measured speed, against a rough cost of the sparse graph per candidate pair on this machine, decides when
+# building the graph of the boxes still undecided becomes cheaper.
 _DENSE_PAIRS_PER_BOX = 32
-_GREEDY_STEPS = 16
 _SECONDS_PER_PAIR = 4e-8
-_SECONDS_PER_STEP = 1.5e-5
-_SECONDS_PER_BOX_STEP = 8e-9
+# Blocked greedy: boxes decided per round (the serial part, on a bitmask) and kept boxes compared together
+# against one window of candidate columns.
+_HEAD_BOXES = 256
+_ROW_GROUP = 16
+# Area-ratio windows are widened by this relative amount, far above float32 rounding of the IoU.
+_RATIO_SLACK = 1e-5
+# Greedy over sparse edges: a kept box with more targets than this removes them with one NumPy assignment.
+_LONG_RUN = 16
 
 
 def nms(boxes, scores, iou_threshold: float):
@@ -94,37 +101,38 @@ def _nms(boxes, scores, groups, iou_threshold: float):
 def _nms_sorted_cpu(boxes, groups, threshold: float):
     """Kept positions (int64) of score-sorted ``boxes`` ``(N, 4)`` with optional ``groups`` ``(N,)``.
 
-    While the suppression graph would be dense (many candidate pairs per box), greedy steps on the full set
-    are cheaper: each kept box removes its whole cluster. The greedy result on the boxes that survive the
-    first kept boxes is the greedy result of the rest, so the two methods chain.
+    A sparse suppression graph (few candidate pairs per box) is solved directly. Otherwise blocked greedy
+    rounds run first, and the graph of the boxes still undecided is built as soon as the cost model says it
+    is cheaper: greedy NMS of the undecided boxes, in score order, is the greedy result of the rest, so the
+    two methods chain.
     """
-    alive = np.arange(len(boxes))
+    plan = _sweep_plan(boxes, groups, threshold)
+    if plan.num_pairs <= _DENSE_PAIRS_PER_BOX * len(boxes):
+        return _sparse_keep(boxes, groups, threshold, plan)
+    rounds = _BlockedGreedy(boxes, groups, threshold)
     kept = []
-    removal_rate = None  # boxes decided per greedy step, measured
-    while len(alive):
-        sub_boxes = boxes[alive]
-        sub_groups = None if groups is None else groups[alive]
-        plan = _sweep_plan(sub_boxes, sub_groups, threshold)
-        n = len(alive)
-        sparse_cost = _SECONDS_PER_PAIR * plan.num_pairs
-        if removal_rate is None:
-            use_sparse = plan.num_pairs <= _DENSE_PAIRS_PER_BOX * n
-        else:
-            use_sparse = sparse_cost <= n / removal_rate * (_SECONDS_PER_STEP + _SECONDS_PER_BOX_STEP * n / 2)
-        if use_sparse:
-            src, dst = _suppression_edges(sub_boxes, sub_groups, threshold, plan)
-            kept.append(alive[_greedy_keep(n, src, dst)])
-            break
-        for _ in range(_GREEDY_STEPS):
-            if not len(alive):
-                break
-            kept.append(alive[:1])
-            suppressed = _pair_iou_one(boxes, alive[0], alive[1:], threshold)
-            if groups is not None:
-                suppressed &= groups[alive[1:]] == groups[alive[0]]
-            alive = alive[1:][~suppressed]
-        removal_rate = max((n - len(alive)) / _GREEDY_STEPS, 1.0)
-    return np.concatenate(kept) if kept else np.zeros(0, np.int64)
+    planned_boxes, planned_pairs = len(boxes), plan.num_pairs
+    while True:
+        kept.append(rounds.step())
+        undecided = rounds.undecided()
+        if not len(undecided):
+            return np.concatenate(kept)
+        # candidate pairs scale about quadratically with the density of boxes left
+        scaled_pairs = planned_pairs * (len(undecided) / planned_boxes) ** 2
+        if _SECONDS_PER_PAIR * scaled_pairs < rounds.seconds_left():
+            sub_boxes = boxes[undecided]
+            sub_groups = None if groups is None else groups[undecided]
+            plan = _sweep_plan(sub_boxes, sub_groups, threshold)
+            planned_boxes, planned_pairs = len(undecided), plan.num_pairs
+            if _SECONDS_PER_PAIR * plan.num_pairs < rounds.seconds_left():
+                kept.append(undecided[_sparse_keep(sub_boxes, sub_groups, threshold, plan)])
+                return np.concatenate(kept)
+
+
+def _sparse_keep(boxes, groups, threshold: float, plan: _SweepPlan):
+    """Kept positions (int64) of score-sorted ``boxes`` ``(N, 4)`` from their suppression graph."""
+    src, dst = _suppression_edges(boxes, groups, threshold, plan)
+    return _greedy_keep(len(boxes), src, dst)
 
 
 def _check_inputs(boxes, scores):
@@ -208,19 +216,6 @@ def _suppression_edges(boxes, groups, threshold: float, plan: _SweepPlan):
     return np.concatenate(src_parts), np.concatenate(dst_parts)
 
 
-def _pair_iou_one(boxes, i: int, others, threshold: float):
-    """Boolean ``(len(others),)``: IoU of box ``i`` with each of ``boxes[others]`` above ``threshold``."""
-    dtype = boxes.dtype.type
-    b, rest = boxes[i], boxes[others]
-    w = np.maximum(np.minimum(b[2], rest[:, 2]) - np.maximum(b[0], rest[:, 0]), dtype(0))
-    h = np.maximum(np.minimum(b[3], rest[:, 3]) - np.maximum(b[1], rest[:, 1]), dtype(0))
-    inter = w * h
-    area_i = (b[2] - b[0]) * (b[3] - b[1])
-    area_rest = (rest[:, 2] - rest[:, 0]) * (rest[:, 3] - rest[:, 1])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return inter / (area_i + area_rest - inter) > dtype(threshold)
-
-
 def _pair_chunks(first, last):
     """Yield ``(rows, cols)`` int arrays enumerating, for every row ``r``, the columns
     ``first[r] .. last[r]-1``, in chunks of about ``_PAIR_CHUNK`` pairs."""
@@ -253,17 +248,152 @@ def _greedy_keep(n: int, src, dst):
     """Positions (int64) kept by greedy suppression of ``n`` score-ordered boxes over edges ``src -> dst``."""
     if len(src) == 0:
         return np.arange(n, dtype=np.int64)
-    order = np.lexsort((dst, src))
-    src, dst = src[order], dst[order]
-    sources, starts = np.unique(src, return_index=True)
-    ends = np.append(starts[1:], len(src))
+    # a stable sort of 16-bit keys is a radix sort
+    order = np.argsort(src.astype(np.uint16) if n <= 1 << 16 else src, kind="stable")
+    targets = dst[order]  # (E,) grouped by source, sources ascending
+    counts = np.bincount(src, minlength=n)  # (n,)
+    sources = np.flatnonzero(counts)
+    ends = np.cumsum(counts)[sources]
+    starts = ends - counts[sources]
     removed = bytearray(n)
-    targets = dst.tolist()
+    removed_view = np.frombuffer(removed, dtype=np.uint8)  # the same memory, for fancy assignment
+    target_list = targets.tolist()
     for s, a, b in zip(sources.tolist(), starts.tolist(), ends.tolist(), strict=True):
         if not removed[s]:
-            for t in targets[a:b]:
-                removed[t] = 1
-    return np.flatnonzero(np.frombuffer(bytes(removed), dtype=np.uint8) == 0).astype(np.int64)
+            if b - a > _LONG_RUN:
+                removed_view[targets[a:b]] = 1
+            else:
+                for t in target_list[a:b]:
+                    removed[t] = 1
+    return np.flatnonzero(removed_view == 0).astype(np.int64)
+
+
+# -- CPU: blocked greedy --------------------------------------------------------------------------------
+class _BlockedGreedy:
+    """Greedy NMS of score-sorted boxes, ``_HEAD_BOXES`` undecided boxes (the *head*) at a time.
+
+    A round resolves the head on its own ``(R, R)`` suppression bitmask (a serial walk over Python integers),
+    then removes every undecided box that a kept head box suppresses. IoU ``> t`` needs the smaller area to
+    exceed ``t`` times the larger, so the undecided boxes (the *columns*) are kept sorted by ``(group,
+    area)`` and each group of kept rows is compared, as one contiguous ``(rows, columns)`` block, only with
+    the columns inside its area window. A box without positive width and height overlaps nothing: it is
+    never a row or a column, and is kept when its head comes.
+    """
+
+    def __init__(self, boxes, groups, threshold: float):
+        n = len(boxes)
+        self.threshold = boxes.dtype.type(threshold)
+        x1, y1, x2, y2 = boxes.T
+        self.coords = np.stack([x1, y1, x2, y2, (x2 - x1) * (y2 - y1)])  # (5, N): coordinates, area
+        self.proper = (x2 > x1) & (y2 > y1)  # (N,)
+        self.area = self.coords[4].astype(np.float64)  # (N,) window key
+        self.groups = np.zeros(n, np.int64) if groups is None else groups
+        low = float(self.threshold) * (1.0 - _RATIO_SLACK)
+        self.ratio = (low, 1.0 / low if low > 0 else np.inf)
+        by_key = np.flatnonzero(self.proper)
+        by_key = by_key[np.lexsort((self.area[by_key], self.groups[by_key]))]  # (M,) in (group, area) order
+        self.columns = _Columns(self.coords[:, by_key], self.groups[by_key], self.area[by_key], by_key)
+        self.is_undecided = np.ones(n, bool)
+        self.decided = 0
+        self.seconds = 0.0
+
+    def undecided(self):
+        """Positions (int64, ascending) of the boxes not yet kept or suppressed."""
+        return np.flatnonzero(self.is_undecided)
+
+    def seconds_left(self) -> float:
+        """Estimated time to finish, at the measured time per decided box."""
+        return np.count_nonzero(self.is_undecided) * self.seconds / max(self.decided, 1)
+
+    def step(self):
+        """Run one round; return the kept positions (int64, ascending) of its head."""
+        start = time.perf_counter()
+        head = np.flatnonzero(self.is_undecided)[:_HEAD_BOXES]  # (R,)
+        rows = self.coords[:, head]  # (5, R)
+        hits = _iou(rows, rows) > self.threshold  # (R, R)
+        hits &= self.groups[head][:, None] == self.groups[head]
+        hits &= self.proper[head][:, None] & self.proper[head]
+        kept = head[_resolve_head(hits)]
+        self.is_undecided[head] = False
+        self.columns = self.columns.select(self.columns.position > head[-1])
+        suppressed = self._suppressed_by(kept[self.proper[kept]])
+        self.is_undecided[self.columns.position[suppressed]] = False
+        self.columns = self.columns.select(~suppressed)
+        self.decided += len(head) + int(np.count_nonzero(suppressed))
+        self.seconds += time.perf_counter() - start
+        return kept
+
+    def _suppressed_by(self, kept):
+        """Boolean ``(M,)`` over the columns: IoU above the threshold with a kept box of the same group."""
+        columns = self.columns
+        suppressed = np.zeros(len(columns.position), bool)
+        if not len(kept):
+            return suppressed
+        kept = kept[np.lexsort((self.area[kept], self.groups[kept]))]
+        group_starts = np.flatnonzero(np.diff(self.groups[kept], prepend=-1) != 0)
+        starts = np.union1d(group_starts, np.arange(0, len(kept), _ROW_GROUP))
+        low, high = self.ratio
+        for first, last in zip(starts.tolist(), [*starts[1:].tolist(), len(kept)], strict=True):
+            rows = kept[first:last]  # one group, ascending area
+            group = self.groups[rows[0]]
+            begin, end = np.searchsorted(columns.group, [group, group + 1])
+            begin += np.searchsorted(columns.area[begin:end], low * self.area[rows[0]], side="left")
+            end = begin + np.searchsorted(columns.area[begin:end], high * self.area[rows[-1]], side="right")
+            if end > begin:
+                best = _iou(self.coords[:, rows], columns.coords[:, begin:end]).max(axis=0)  # (end - begin,)
+                suppressed[begin:end] |= best > self.threshold
+        return suppressed
+
+
+class _Columns(NamedTuple):
+    """The undecided boxes of :class:`_BlockedGreedy` with positive width and height, by ``(group, area)``."""
+
+    coords: np.ndarray  # (5, M) x1, y1, x2, y2, area in the boxes' dtype
+    group: np.ndarray  # (M,) int64
+    area: np.ndarray  # (M,) float64
+    position: np.ndarray  # (M,) int64 score rank
+
+    def select(self, mask):
+        return _Columns(self.coords[:, mask], self.group[mask], self.area[mask], self.position[mask])
+
+
+def _iou(rows, columns):
+    """IoU ``(K, M)`` of each of ``rows`` ``(5, K)`` with each of ``columns`` ``(5, M)`` (x1, y1, x2, y2, area
+    in the boxes' dtype), in the arithmetic of :func:`_pair_iou`, exact where both boxes have positive width
+    and height.
+
+    Only the width is clamped at 0: for such boxes a negative height then gives a negative intersection and
+    IoU, which, like the true IoU 0, is never above a threshold in ``[0, 1]``.
+    """
+    x1, y1, x2, y2, area = (r[:, None] for r in rows)  # each (K, 1)
+    width = np.minimum(x2, columns[2])  # (K, M)
+    width -= np.maximum(x1, columns[0])
+    np.maximum(width, 0, out=width)
+    height = np.minimum(y2, columns[3])
+    height -= np.maximum(y1, columns[1])
+    width *= height  # intersection
+    union = np.add(area, columns[4], out=height)
+    union -= width
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 between two empty boxes
+        width /= union
+    return width
+
+
+def _resolve_head(hits):
+    """Positions (int64) kept by greedy suppression within a head, from its ``(R, R)`` boolean IoU matrix.
+
+    Row ``r`` is ORed into the removed set only after ``r`` is decided, so its bits at and before ``r``
+    (the matrix is symmetric) change nothing."""
+    packed = np.packbits(hits, axis=1, bitorder="little")  # (R, ceil(R / 8)) uint8
+    width = packed.shape[1]
+    raw = packed.tobytes()
+    removed = 0
+    kept = []
+    for r in range(len(hits)):
+        if not removed >> r & 1:
+            kept.append(r)
+            removed |= int.from_bytes(raw[r * width:(r + 1) * width], "little")
+    return np.array(kept, dtype=np.int64)
 
 
 # -- GPU: bitmask kernels --------------------------------------------------------------------------------
