@@ -10,16 +10,28 @@ IoU is computed in the boxes' float dtype (float32 for float32 boxes) as
 return the same indices.
 
 CPU algorithm. Greedy NMS is the lexicographically-first maximal independent set of the *suppression graph*
-(an edge joins two boxes whose IoU exceeds the threshold), ordered by score. Only overlapping boxes can be
-joined, so the graph is sparse and is built without the ``O(N²)`` IoU matrix:
+(an edge joins two boxes whose IoU exceeds the threshold), ordered by score. Two strategies, chosen per input:
 
-1. An IoU above ``t`` needs the overlap in x to exceed ``t·max(w_i, w_j)`` and the centres to be closer than
-   ``(1 - t)·max(h_i, h_j)`` in y. Boxes are bucketed into horizontal bands of height ``(1 - t)·h_max`` by
-   centre and sorted by ``(band, x1)``; a box's candidates are then two contiguous runs of that order (later
-   boxes of its own band, and boxes of the next band) inside an x window, found with ``searchsorted``.
-2. IoU is computed for the candidate pairs only (vectorised, in chunks to bound memory); pairs above the
-   threshold are the edges.
-3. The greedy pass walks boxes in score order over the sparse edges (``O(N + E)``).
+* Sparse graph, when a sort-and-sweep finds few candidate pairs per box (spread-out boxes). Only
+  overlapping boxes can be joined, so the graph is built without the ``O(N²)`` IoU matrix:
+
+  1. An IoU above ``t`` needs the overlap in x to exceed ``t·max(w_i, w_j)`` and the centres to be closer
+     than ``(1 - t)·max(h_i, h_j)`` in y. Boxes are bucketed into horizontal bands of height
+     ``(1 - t)·h_max`` by centre and sorted by ``(band, x1)``; a box's candidates are then two contiguous
+     runs of that order (later boxes of its own band, and boxes of the next band) inside an x window,
+     found with ``searchsorted``. The number of candidate pairs is the statistic that picks the strategy.
+  2. IoU is computed for the candidate pairs only (vectorised, in chunks to bound memory); pairs above the
+     threshold are the edges.
+  3. The greedy pass walks boxes in score order over the sparse edges (``O(N + E)``).
+
+* Blocked greedy rounds, when the graph may be dense (large or clustered boxes). Each round takes the next
+  256 undecided boxes in score order, resolves them on their own suppression bitmask (the only serial
+  part, a walk over Python integers), and removes every later box that a kept one suppresses: IoU ``> t``
+  needs ``t·a_max < a_min`` for the two areas, so later boxes are kept sorted by area and each group of 16
+  kept boxes is compared, as one contiguous block of IoUs, with the boxes in its area window only. Rounds
+  stop when no box is left undecided; when, by the measured time per round, building the sparse graph of
+  the undecided boxes is cheaper, that finishes the job (greedy NMS of the undecided boxes is the greedy
+  result of the rest).
 
 On the GPU a CuPy ``RawKernel`` computes the 64-bit suppression bitmask of every pair of 64-box blocks, and a
 second single-block kernel walks it in score order (the algorithm of torchvision's and ChainerCV's CUDA NMS).
