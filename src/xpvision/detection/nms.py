@@ -25,7 +25,7 @@ CPU algorithm. Greedy NMS is the lexicographically-first maximal independent set
   3. The greedy pass walks boxes in score order over the sparse edges (``O(N + E)``).
 
 * Blocked greedy rounds, when the graph may be dense (large or clustered boxes). Each round takes the next
-  256 undecided boxes in score order, resolves them on their own suppression bitmask (the only serial
+  128 undecided boxes in score order, resolves them on their own suppression bitmask (the only serial
   part, a walk over Python integers), and removes every later box that a kept one suppresses: IoU ``> t``
   needs ``t·a_max < a_min`` for the two areas, so later boxes are kept sorted by area and each group of 16
   kept boxes is compared, as one contiguous block of IoUs, with the boxes in its area window only. Rounds
@@ -60,7 +60,7 @@ _DENSE_PAIRS_PER_BOX = 32
 _SECONDS_PER_PAIR = 4e-8
 # Blocked greedy: boxes decided per round (the serial part, on a bitmask) and kept boxes compared together
 # against one window of candidate columns.
-_HEAD_BOXES = 256
+_HEAD_BOXES = 128
 _ROW_GROUP = 16
 # Area-ratio windows are widened by this relative amount, far above float32 rounding of the IoU.
 _RATIO_SLACK = 1e-5
