@@ -137,6 +137,18 @@ def test_nms_matches_reference_on_many_random_boxes(rng, layout, threshold):
                                   reference_nms(boxes, scores, threshold, groups))
 
 
+def test_batched_nms_keeps_labels_apart_whatever_their_values():
+    """Float labels that truncate to the same integer, and ids near the int64 limit, are distinct groups."""
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10], [1, 0, 11, 10]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+    for labels in ([0.25, 0.75, 0.25, 0.75], [2**63 - 1, -(2**63), 2**63 - 1, 5]):
+        idxs = np.array(labels)
+        dense_labels = np.unique(idxs, return_inverse=True)[1]
+        np.testing.assert_array_equal(batched_nms(boxes, scores, idxs, 0.5),
+                                      reference_nms(boxes, scores, 0.5, dense_labels))
+    np.testing.assert_array_equal(batched_nms(boxes, scores, np.array([0.25, 0.75, 0.25, 0.75]), 0.5), [0, 1])
+
+
 def test_nms_known_case_and_tie_rule():
     boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 5], [20, 20, 30, 30]], np.float32)
     scores = np.array([0.9, 0.9, 0.95, 0.1], np.float32)

@@ -100,13 +100,15 @@ def _nms(boxes, scores, groups, iou_threshold: float):
         groups = xp.asarray(groups)
         if groups.shape != scores.shape:
             raise ShapeError(f"idxs: expected shape {tuple(scores.shape)}, got {tuple(groups.shape)}")
+        # dense int64 labels 0..G-1: any label dtype or range (float, huge ids) keeps its equalities
+        groups = xp.unique(groups, return_inverse=True)[1].reshape(-1).astype(xp.int64)
     order = _descending(xp, scores)
     if len(order) == 0 or threshold >= 1.0:
         return order
     if xp is not np:
         return order[_nms_sorted_gpu(xp, boxes[order], None if groups is None else groups[order], threshold)]
     sorted_boxes = np.ascontiguousarray(boxes[order])
-    sorted_groups = None if groups is None else np.asarray(groups)[order].astype(np.int64)
+    sorted_groups = None if groups is None else groups[order]
     return order[_nms_sorted_cpu(sorted_boxes, sorted_groups, threshold)]
 
 
@@ -348,7 +350,7 @@ class _BlockedGreedy:
         for first, last in zip(starts.tolist(), [*starts[1:].tolist(), len(kept)], strict=True):
             rows = kept[first:last]  # one group, ascending area
             group = self.groups[rows[0]]
-            begin, end = np.searchsorted(columns.group, [group, group + 1])
+            begin, end = np.searchsorted(columns.group, [group, group + 1])  # groups are 0..G-1
             begin += np.searchsorted(columns.area[begin:end], low * self.area[rows[0]], side="left")
             end = begin + np.searchsorted(columns.area[begin:end], high * self.area[rows[-1]], side="right")
             if end > begin:
