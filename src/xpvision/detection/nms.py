@@ -345,16 +345,24 @@ class _BlockedGreedy:
             return suppressed
         kept = kept[np.lexsort((self.area[kept], self.groups[kept]))]
         group_starts = np.flatnonzero(np.diff(self.groups[kept], prepend=-1) != 0)
-        starts = np.union1d(group_starts, np.arange(0, len(kept), _ROW_GROUP))
+        starts = np.union1d(group_starts, np.arange(0, len(kept), _ROW_GROUP))  # (C,) row chunks
+        stops = np.append(starts[1:], len(kept))
+        # each chunk is one group with ascending areas: its column window is [begins, ends)
+        chunk_group = self.groups[kept[starts]]  # (C,) ascending
         low, high = self.ratio
-        for first, last in zip(starts.tolist(), [*starts[1:].tolist(), len(kept)], strict=True):
-            rows = kept[first:last]  # one group, ascending area
-            group = self.groups[rows[0]]
-            begin, end = np.searchsorted(columns.group, [group, group + 1])  # groups are 0..G-1
-            begin += np.searchsorted(columns.area[begin:end], low * self.area[rows[0]], side="left")
-            end = begin + np.searchsorted(columns.area[begin:end], high * self.area[rows[-1]], side="right")
+        lows, highs = low * self.area[kept[starts]], high * self.area[kept[stops - 1]]
+        begins, ends = np.zeros(len(starts), np.int64), np.zeros(len(starts), np.int64)
+        for group in np.unique(chunk_group).tolist():
+            chunks = slice(*np.searchsorted(chunk_group, [group, group + 1]))  # groups are 0..G-1
+            column_begin, column_end = np.searchsorted(columns.group, [group, group + 1])
+            areas = columns.area[column_begin:column_end]  # ascending
+            begins[chunks] = column_begin + np.searchsorted(areas, lows[chunks], side="left")
+            ends[chunks] = column_begin + np.searchsorted(areas, highs[chunks], side="right")
+        for first, stop, begin, end in zip(starts.tolist(), stops.tolist(), begins.tolist(), ends.tolist(),
+                                           strict=True):
             if end > begin:
-                best = _iou(self.coords[:, rows], columns.coords[:, begin:end]).max(axis=0)  # (end - begin,)
+                rows = self.coords[:, kept[first:stop]]
+                best = _iou(rows, columns.coords[:, begin:end]).max(axis=0)  # (end - begin,)
                 suppressed[begin:end] |= best > self.threshold
         return suppressed
 
