@@ -84,8 +84,9 @@ def nms(boxes, scores, iou_threshold: float):
 
 
 def batched_nms(boxes, scores, idxs, iou_threshold: float):
-    """Non-maximum suppression done independently per category ``idxs`` (``(N,)`` integers): boxes of
-    different categories never suppress each other. Returns ``(K,)`` int64 indices in descending score order.
+    """Non-maximum suppression done independently per category ``idxs`` (``(N,)`` labels of any dtype; equal
+    labels make a category): boxes of different categories never suppress each other. Returns ``(K,)`` int64
+    indices in descending score order.
 
     Categories are kept apart by grouping, not by torchvision's coordinate-offset trick, whose large float32
     offsets would round the IoU differently from plain :func:`nms`."""
