@@ -97,9 +97,10 @@ def random_batch(rng, n=3):
     return {"boxes": boxes, "labels": labels, "difficult": [np.zeros(len(b), bool) for b in boxes]}
 
 
-def test_loss_gradient_matches_central_differences(rng):
+@pytest.mark.parametrize("class_settings", [{}, {"class_weight": 2.5}])
+def test_loss_gradient_matches_central_differences(rng, class_settings):
     spec = spec32()
-    loss = YoloLoss(spec, ignore_iou=0.5, noobj_weight=0.7)
+    loss = YoloLoss(spec, ignore_iou=0.5, noobj_weight=0.7, **class_settings)
     batch = random_batch(rng)
     batch["boxes"][0] = np.array([[17.0, 9.0, 29.0, 17.0]])  # at least one positive
     batch["labels"][0] = np.array([1])
@@ -116,6 +117,25 @@ def test_loss_gradient_matches_central_differences(rng):
     numeric = numerical_gradient(lambda: loss.forward(pred, batch), pred, indices)
     picked = np.array([analytic[i] for i in indices])
     np.testing.assert_allclose(picked, numeric, atol=1e-7, rtol=1e-6)
+
+
+def test_class_loss_weight_by_hand():
+    spec = spec32()
+    raw = np.zeros((1, 4, 4, 2, 8))
+    raw[0, 1, 1, 1, 5:] = [2.0, 0.0, -1.0]  # class logits of the positive (anchor 1 of cell (1, 1))
+    batch = {"boxes": [np.array([[8.0, 8.0, 16.0, 16.0]])], "labels": [np.array([0])]}
+    log_p = raw[0, 1, 1, 1, 5:] - np.log(np.exp(raw[0, 1, 1, 1, 5:]).sum())
+    target = np.array([1.0, 0.0, 0.0])  # one-hot of class 0
+    loss = YoloLoss(spec, class_weight=3.0)
+    loss.forward(spec.merge(raw), batch)
+    assert loss.parts["class"] == pytest.approx(-3.0 * log_p[0])
+    grad = spec.split(loss.backward())
+    np.testing.assert_allclose(grad[0, 1, 1, 1, 5:], 3.0 * (np.exp(log_p) - target))
+    plain = YoloLoss(spec)
+    plain.forward(spec.merge(raw), batch)
+    assert plain.parts["class"] == pytest.approx(-log_p[0])
+    with pytest.raises(ConfigError, match="class_weight"):
+        YoloLoss(spec, class_weight=-1.0)
 
 
 def test_ignored_anchors_get_no_objectness_gradient():

@@ -39,7 +39,7 @@ def build_detector(name: str, *, in_channels: int, classes: Sequence[str], input
                    train_set: Any = None, backbone: str = "deep_convnet", num_anchors: int = 3,
                    anchors: Sequence[Sequence[float]] | None = None, backbone_args: dict | None = None,
                    head_channels: int = 128, ignore_iou: float = 0.5, noobj_weight: float = 1.0,
-                   anchor_seed: int = 0) -> tuple[Sequential, dict[str, Any]]:
+                   class_weight: float = 1.0, anchor_seed: int = 0) -> tuple[Sequential, dict[str, Any]]:
     """A YOLO-style detector and the metadata its task and ``predict`` need.
 
     Args:
@@ -51,7 +51,7 @@ def build_detector(name: str, *, in_channels: int, classes: Sequence[str], input
         num_anchors: anchors per cell, by k-means (1 - IoU) on the training boxes (seed ``anchor_seed``).
         anchors: explicit ``(A, 2)`` anchor ``(w, h)`` in pixels instead of k-means.
         head_channels: width of the head's 3x3 conv.
-        ignore_iou, noobj_weight: loss settings (:class:`YoloLoss`).
+        ignore_iou, noobj_weight, class_weight: loss settings (:class:`YoloLoss`).
 
     Returns:
         ``(model, {'detector': {...}})`` — the model in training mode and the metadata block.
@@ -77,7 +77,8 @@ def build_detector(name: str, *, in_channels: int, classes: Sequence[str], input
     _init_prediction_layer(head["pred"], spec)
     model = Sequential(("features", classifier["features"]), ("head", head))
     detector = {"type": name, "backbone": backbone, **spec.to_meta(),
-                "loss": {"ignore_iou": ignore_iou, "noobj_weight": noobj_weight},
+                "loss": {"ignore_iou": ignore_iou, "noobj_weight": noobj_weight,
+                         "class_weight": class_weight},
                 "anchor_mean_iou": anchor_fit}
     YoloLoss(spec, **detector["loss"])  # validates the loss settings now, not at the first step
     return model, {"detector": detector}
@@ -132,7 +133,7 @@ class DetectionTask:
 
         detections: list[Detections] = []
         truth: dict[str, list] = {"boxes": [], "labels": [], "difficult": []}
-        loss_fn = YoloLoss(self.spec, self.loss.ignore_iou, self.loss.noobj_weight)
+        loss_fn = YoloLoss(self.spec, **self.loss.config())
         total, count = 0.0, 0
         with evaluating(model):
             for batch in loader:

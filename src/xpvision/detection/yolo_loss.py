@@ -12,7 +12,7 @@ Loss, summed and divided by the batch size ``N``:
   boxes count more);
 * objectness: ``BCE(to, 1)`` for positives; ``noobj_weight · BCE(to, 0)`` for the other anchors, except those
   whose decoded box already overlaps a ground truth with IoU ``> ignore_iou`` (they are ignored);
-* class: softmax cross-entropy over the ``C`` class logits of positives.
+* class: ``class_weight`` times the softmax cross-entropy over the ``C`` class logits of positives.
 
 ``forward(pred, target)`` returns the loss (a Python float) and keeps the parts in :attr:`YoloLoss.parts`;
 ``backward()`` returns ``dloss / dpred`` in ``pred``'s shape and dtype.
@@ -110,20 +110,25 @@ class YoloLoss:
     """Loss of a YOLO-style head (see the module docstring). ``target`` is a dict with per-image lists
     ``boxes`` ``(R, 4)`` xyxy pixels, ``labels`` ``(R,)`` int and optionally ``difficult`` ``(R,)`` bool."""
 
-    def __init__(self, spec: YoloSpec, ignore_iou: float = 0.5, noobj_weight: float = 1.0) -> None:
+    def __init__(self, spec: YoloSpec, ignore_iou: float = 0.5, noobj_weight: float = 1.0,
+                 class_weight: float = 1.0) -> None:
         if not 0.0 < ignore_iou <= 1.0:
             raise ConfigError(f"detector ignore_iou: expected a value in (0, 1], got {ignore_iou}")
         if noobj_weight < 0:
             raise ConfigError(f"detector noobj_weight: expected >= 0, got {noobj_weight}")
+        if class_weight < 0:
+            raise ConfigError(f"detector class_weight: expected >= 0, got {class_weight}")
         self.spec = spec
         self.ignore_iou = float(ignore_iou)
         self.noobj_weight = float(noobj_weight)
+        self.class_weight = float(class_weight)
         self.parts: dict[str, float] = {}
         self._grad = None
         self._pred_shape: tuple[int, ...] | None = None
 
     def config(self) -> dict[str, Any]:
-        return {"ignore_iou": self.ignore_iou, "noobj_weight": self.noobj_weight}
+        return {"ignore_iou": self.ignore_iou, "noobj_weight": self.noobj_weight,
+                "class_weight": self.class_weight}
 
     def forward(self, pred, target: dict) -> float:
         """``pred``: head output ``(N, A·(5 + C), S_h, S_w)`` float32/float64 (NumPy or CuPy)."""
@@ -157,6 +162,7 @@ class YoloLoss:
         rows = xp.arange(len(t.labels))
         class_grad = xp.exp(log_p)
         class_grad[rows, labels] -= 1
+        class_grad *= dtype.type(self.class_weight)
         grad[(*cell, slice(0, 2))] = box_weight * xy_grad
         grad[(*cell, slice(2, 4))] = box_weight * wh_diff
         grad[(*cell, slice(5, None))] = class_grad
@@ -165,7 +171,7 @@ class YoloLoss:
         self.parts = {
             "box": float((box_weight * (xy_loss + 0.5 * wh_diff * wh_diff)).sum()) * scale,
             "objectness": float((weight * obj_loss).sum()) * scale,
-            "class": float(-log_p[rows, labels].sum()) * scale,
+            "class": self.class_weight * float(-log_p[rows, labels].sum()) * scale,
         }
         self._grad = grad * dtype.type(scale)
         self._pred_shape = tuple(pred.shape)
