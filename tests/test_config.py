@@ -74,6 +74,11 @@ def test_project_params_load_into_frozen_blocks():
                                                    "with 4 <= min <= max, got [30, 20]"),
     ("download.detection.digit_size", [2, 20], "download.detection.digit_size: expected [min, max]"),
     ("download.detection.digit_size", [14, 20.5], "download.detection.digit_size[1]: expected an integer"),
+    ("train.segmentation.class_weights", [1, -1],
+     "train.segmentation.class_weights: expected a list of numbers >= 0, not all 0 or null, got [1, -1]"),
+    ("train.segmentation.class_weights", [0, 0], "train.segmentation.class_weights: expected a list"),
+    ("train.segmentation.class_weights", "auto",
+     "train.segmentation.class_weights: expected a list, got 'auto'"),
     ("download.segmentation.digit_size", [14, 1000],
      "download.segmentation.digit_size: expected a max <= image_size"),
 ])

@@ -47,6 +47,8 @@ POSITIVE: Check = (lambda v: v > 0, "a positive number")
 NON_NEGATIVE: Check = (lambda v: v >= 0, "a number >= 0")
 PROBABILITY: Check = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
 OPEN_UNIT: Check = (lambda v: 0 < v < 1, "a number in (0, 1)")
+WEIGHTS: Check = (lambda v: all(w >= 0 for w in v) and any(w > 0 for w in v),
+                  "a list of numbers >= 0, not all 0")
 DIGIT_SIZE: Check = (lambda v: len(v) == 2 and 4 <= v[0] <= v[1], "[min, max] with 4 <= min <= max")
 
 
@@ -155,6 +157,9 @@ class TrainConfig:
     epochs: int = checked(POSITIVE)
     batch_size: int = checked(POSITIVE)
     grad_clip: float | None = checked(_opt(POSITIVE))
+    class_weights: tuple[float, ...] | None = checked(_opt(WEIGHTS))
+    """Loss weight of each class (segmentation: background first), or null for equal weights; classification
+    and segmentation only."""
     val_fraction: float = checked(OPEN_UNIT)
     seed: int = checked(NON_NEGATIVE)
     device: Literal["cpu", "gpu"]

@@ -51,16 +51,30 @@ def build_network(kind: str, cfg: TrainConfig, input_shape: Sequence[int], class
                           train_set=train_set, **args)
 
 
-def build_task(kind: str, model: Any, meta: dict[str, Any]) -> Any:
-    """The trainer's task object (``forward_loss``, ``evaluate``, ``primary_metric``) for a model."""
+def build_task(kind: str, model: Any, meta: dict[str, Any],
+               class_weights: Sequence[float] | None = None) -> Any:
+    """The trainer's task object (``forward_loss``, ``evaluate``, ``primary_metric``) for a model.
+
+    ``class_weights`` (a train block's, one per entry of ``meta['classes']``) weight the classification and
+    segmentation losses; detection refuses them.
+    """
+    if class_weights is not None:
+        key = f"train.{meta.get('task', kind)}.class_weights"
+        if kind == "detection":
+            raise ConfigError(f"{key}: expected null (the detection loss has no class weights), got "
+                              f"{list(class_weights)}")
+        if len(class_weights) != len(meta["classes"]):
+            raise ConfigError(f"{key}: expected {len(meta['classes'])} weights, one per class "
+                              f"({', '.join(meta['classes'])}), got {len(class_weights)}")
     if kind == "classification":
         from xpvision.train import ClassificationTask
 
-        return ClassificationTask(len(meta["classes"]))
+        return ClassificationTask(len(meta["classes"]), class_weights=class_weights)
     if kind == "segmentation":
         from xpvision.segmentation.task import SegmentationTask
 
-        return SegmentationTask(len(meta["classes"]), class_names=meta["classes"])
+        return SegmentationTask(len(meta["classes"]), class_names=meta["classes"],
+                                class_weights=class_weights)
     from xpvision.detection.yolo import DetectionTask
 
     return DetectionTask(model, meta)

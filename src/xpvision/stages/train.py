@@ -148,7 +148,8 @@ def run(params: Params, task: str) -> None:
         key = fingerprint(cfg, [paths.augmented / "manifest.json",
                                 paths.processed / "train" / "manifest.json", *init_files])
         stage.set_tags({"xpvision.checkpoint": key})
-        trainer = Trainer(model, tasks.build_task(kind, model, meta), optimizer, epochs=cfg.epochs,
+        trainer = Trainer(model, tasks.build_task(kind, model, meta, cfg.class_weights),
+                          optimizer, epochs=cfg.epochs,
                           checkpoint_path=checkpoint_path(paths, key), scheduler=schedule, seed=cfg.seed,
                           grad_clip=cfg.grad_clip, callbacks=[stage])
         history = trainer.fit(

@@ -72,12 +72,13 @@ def _setup(task: str, train_cfg: Any, subset_size: int, seed: int):
         return tasks.build_network(task, train_cfg, (channels, height, width), classes, train_subset)
 
     _, extra_meta = network()
-    meta = {"kind": task, "classes": classes, **extra_meta}
+    meta = {"kind": task, "task": f"{task}_ft", "classes": classes, **extra_meta}
     normalization = Normalization.from_meta(train_set.meta, "dataset")
     train_loader = DataLoader(train_subset, train_cfg.batch_size, shuffle=True, seed=seed,
                               normalization=normalization)
     test_loader = DataLoader(test_subset, train_cfg.batch_size, normalization=normalization)
-    return (lambda: network()[0]), tasks.build_task(task, None, meta), train_loader, test_loader
+    task_object = tasks.build_task(task, None, meta, train_cfg.class_weights)
+    return (lambda: network()[0]), task_object, train_loader, test_loader
 
 
 def plot_comparison(rows: list[dict], path: Path) -> None:
