@@ -30,7 +30,7 @@ Conventions every layer follows -------------------------------
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -223,8 +223,11 @@ def build_layer(spec: dict[str, Any]) -> Layer:
     return cls.from_config(config) if hasattr(cls, "from_config") else cls(**config)
 
 
-def _has_trainable_params(layer: Layer) -> bool:
-    return any(sub.trainable and sub.params for _, sub in layer.named_layers())
+def first_trainable(layers: Sequence[Layer]) -> int:
+    """Index of the first of ``layers`` holding trainable parameters (itself or a sublayer), ``len(layers)``
+    if none: the layers before it need no backward when nobody needs the input gradient."""
+    return next((i for i, layer in enumerate(layers)
+                 if any(sub.trainable and sub.params for _, sub in layer.named_layers())), len(layers))
 
 
 class Sequential(Layer):
@@ -268,9 +271,7 @@ class Sequential(Layer):
         before the first one with trainable parameters are skipped (a frozen backbone costs nothing) and that
         one is told not to compute its input gradient; the result is then ``None``."""
         steps = self._steps if self._steps is not None else list(self.layers.values())
-        first = 0
-        if not self.needs_input_grad:
-            first = next((i for i, layer in enumerate(steps) if _has_trainable_params(layer)), len(steps))
+        first = 0 if self.needs_input_grad else first_trainable(steps)
         for i, layer in enumerate(steps):
             layer.needs_input_grad = i > first or (i == first and self.needs_input_grad)
         for layer in reversed(steps[first:]):

@@ -52,7 +52,7 @@ from xpvision.errors import ConfigError, ShapeError
 from xpvision.nn import functional as F
 from xpvision.nn import init
 from xpvision.nn.activation import ReLU
-from xpvision.nn.base import Layer, Sequential, build_layer
+from xpvision.nn.base import Layer, Sequential, build_layer, first_trainable
 from xpvision.nn.conv import Conv2d, ConvTranspose2d
 from xpvision.nn.linear import Dropout
 from xpvision.nn.pooling import MaxPool2d
@@ -343,11 +343,8 @@ class FCN(Layer):
             dtaps[self.taps[s]] = self.scores[s].backward(F.nchw(dskip))
             dscore = self.upsamplers[s].backward(F.nchw(dup))
         grad = self.scores[self.encoder_stride].backward(dscore)
-        first = 0  # without needs_input_grad, layers before the first trainable one are skipped
-        if not self.needs_input_grad:
-            first = next((i for i, (_, layer) in enumerate(self._encoder)
-                          if any(sub.trainable and sub.params for _, sub in layer.named_layers())),
-                         len(self._encoder))
+        # without needs_input_grad, layers before the first trainable one are skipped
+        first = 0 if self.needs_input_grad else first_trainable([layer for _, layer in self._encoder])
         for i in reversed(range(first, len(self._encoder))):
             if i in dtaps:
                 grad = grad + dtaps[i]
