@@ -5,8 +5,9 @@ batch 1000, on 1x28x28 inputs, with the same architecture and the same initial w
 and in channels_last; the ratio is xpvision over the better of the two. Every repeat times each case once per
 implementation in turn (so drifts of the machine's speed hit all of them alike) and the table shows medians.
 
-python bench/bench_convnet.py              # CPU, torch.set_num_threads(2) python bench/bench_convnet.py
---quick      # smoke run: 2 repeats python bench/bench_convnet.py --device gpu # CuPy vs PyTorch CUDA
+    python bench/bench_convnet.py              # CPU, 2 threads on both sides (--threads)
+    python bench/bench_convnet.py --quick      # smoke run: 2 repeats
+    python bench/bench_convnet.py --device gpu # CuPy vs PyTorch CUDA
 
 Benchmarks are not tests: the numbers depend on the machine and on what else runs on it.
 """
