@@ -131,6 +131,13 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(np.isfinite(v).all() for k, v in state.items() if k.startswith("model."))
 
 
+def test_training_restores_the_models_own_input_gradient_setting(tmp_path):
+    model, trainer = make_trainer(tmp_path / "ckpt.npz", epochs=1)
+    model.needs_input_grad = False
+    trainer.fit(*loaders())
+    assert model.needs_input_grad is False
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_a_damaged_checkpoint_is_an_error_not_a_silent_restart(tmp_path, damage):
     checkpoint = tmp_path / "ckpt.npz"

@@ -205,6 +205,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         self.model.train()
+        needed = self.model.needs_input_grad
         self.model.needs_input_grad = False  # nobody needs d(loss)/d(images): skips the first conv's dX
         try:
             total, count = 0.0, 0
@@ -228,7 +229,7 @@ class Trainer:
                 if show:
                     bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
         finally:
-            self.model.needs_input_grad = True
+            self.model.needs_input_grad = needed
         if count == 0:
             raise ConfigError("the training loader yielded no batches")
         return total / count
