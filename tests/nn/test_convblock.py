@@ -184,3 +184,40 @@ def test_frozen_backbone_is_skipped_in_backward(rng):
     del conv.backward
     model.forward(x)
     np.testing.assert_allclose(model.backward(dout), reference.backward(dout), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, tail", [((2, 2, 8, 8), "relu+pool"), ((2, 3, 7, 9), "pool"),
+                                         ((1, 1, 5, 6), "relu+pool")])
+def test_evaluation_pool_without_index_then_backward(shape, tail, rng):
+    """In evaluation the fused pool skips its index; a backward after it recomputes the index and must give
+    exactly what training mode gives."""
+    def layers():
+        return [Conv2d(shape[1], 4, 3, padding=1)] + ([ReLU()] if "relu" in tail else []) + [MaxPool2d(2)]
+
+    model, _ = _pair(layers)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[0, :, :3, :3] = 0  # ties and dead ReLUs
+    dout = rng.standard_normal(model.forward(x).shape).astype(np.float32)
+    y_train, dx_train, g_train = _run(model, x, dout)
+    model.eval()
+    y_eval, dx_eval, g_eval = _run(model, x, dout)
+    assert model[0]._cache[7] is None  # the forward kept no pool index: the backward recomputed it
+    np.testing.assert_array_equal(y_eval, y_train)
+    np.testing.assert_array_equal(dx_eval, dx_train)
+    for name in g_train:
+        np.testing.assert_array_equal(g_eval[name], g_train[name], err_msg=name)
+
+
+def test_output_buffer_reused_only_when_no_one_holds_it(rng):
+    layer = Conv2d(2, 3, 3, padding=1)
+    x1, x2 = (rng.standard_normal((2, 2, 6, 6)).astype(np.float32) for _ in range(2))
+    held = layer.forward(x1)
+    kept = held.copy()
+    second = layer.forward(x2)
+    np.testing.assert_array_equal(held, kept)  # a held output is never overwritten
+    assert not np.shares_memory(held, second)
+    address = second.__array_interface__["data"][0]
+    del second, held
+    third = layer.forward(x1)  # nobody holds the last output any more: its buffer comes back
+    assert third.__array_interface__["data"][0] == address
+    np.testing.assert_array_equal(third, kept)

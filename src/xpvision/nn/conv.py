@@ -74,6 +74,7 @@ class Conv2d(Layer):
 
     def _forward(self, x, relu: bool, pool: bool):
         """Convolution + bias, then optionally ReLU and a 2x2 max pool -> ``(N, O, OH, OW)``-shaped view."""
+        self._cache = None  # the last output's buffer can be reused unless the caller still holds it
         x4 = image_input(type(self).__name__, x, self.in_ch)  # (N, H, W, I)
         oh, ow = self.output_size(x4.shape[1], x4.shape[2])
         if oh < 1 or ow < 1:
@@ -90,15 +91,20 @@ class Conv2d(Layer):
         geom = ConvGeometry(self.kernel_size, self.stride, self.dilation, self.padding, x4.shape[1:3],
                             (oh, ow))
         w_mat = F.conv_weight_matrix(self.params["W"])  # (kh*kw*I, O)
-        y, pool_index = conv_forward(xpad, w_mat, self.params.get("b"), geom, relu=relu, pool=pool,
-                                     scratch=self._scratch)
-        self._cache = (xpad, w_mat, geom, y if relu and not pool else None, pool_index, y.shape)
+        bias = self.params["b"].copy() if "b" in self.params else None  # (O,), as used here
+        # in evaluation the pool skips its index; a backward (rare there) recomputes it
+        y, pool_index = conv_forward(xpad, w_mat, bias, geom, relu=relu, pool=pool, scratch=self._scratch,
+                                     need_index=self.training)
+        self._cache = (xpad, w_mat, bias, geom, relu, pool, y if relu and not pool else None, pool_index,
+                       y.shape)
         return F.nchw(y)
 
     def backward(self, dout):
         forward_done(type(self).__name__, self._cache)
-        xpad, w_mat, geom, relu_out, pool_index, y_shape = self._cache
+        xpad, w_mat, bias, geom, relu, pool, relu_out, pool_index, y_shape = self._cache
         dy = F.nhwc(grad_like(type(self).__name__, dout, (y_shape[0], y_shape[3], y_shape[1], y_shape[2])))
+        if pool and pool_index is None:
+            _, pool_index = conv_forward(xpad, w_mat, bias, geom, relu=relu, pool=True, scratch=self._scratch)
         dx, dw, db = conv_backward(dy, xpad, w_mat, geom, relu_out=relu_out, pool_index=pool_index,
                                    need_params=self.trainable,
                                    need_bias=self.trainable and "b" in self.params,

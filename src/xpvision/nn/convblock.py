@@ -18,7 +18,10 @@ I)`` directly); other strides use the GEMM + col2im scatter of :mod:`xpvision.nn
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
+
+import numpy as np
 
 from xpvision import backend
 from xpvision.nn import functional as F
@@ -41,6 +44,22 @@ class Scratch:
     def __init__(self) -> None:
         self._buffers: dict[tuple, object] = {}
 
+    def get_free(self, name: str, shape: tuple[int, ...], dtype, xp):
+        """An uninitialised buffer that the caller hands out (a layer's output, its cached pool index).
+
+        On the CPU the buffer of the previous call is reused when no array outside this scratch refers to it
+        any more (NumPy views keep their base alive, so a held view counts), else a fresh one replaces it: a
+        fresh large array costs a page fault per 4 KiB page on first write (glibc maps allocations above 32
+        MiB anew every time), a reused one none. On the GPU CuPy's memory pool recycles: a fresh array.
+        """
+        if xp is not np:
+            return xp.empty(shape, dtype=dtype)
+        key = (-1, name, shape, dtype, xp)
+        if key not in self._buffers or _references(self._buffers, key) > _UNSHARED_REFERENCES:
+            self._buffers.pop(key, None)
+            return self.get(-1, name, shape, dtype, xp)
+        return self._buffers[key]
+
     def get(self, worker: int, name: str, shape: tuple[int, ...], dtype, xp, fill: float | None = None):
         key = (worker, name, shape, dtype, xp)
         buf = self._buffers.get(key)
@@ -50,6 +69,16 @@ class Scratch:
                 del self._buffers[next(iter(self._buffers))]
             self._buffers[key] = buf
         return buf
+
+
+def _references(store: dict, key) -> int:
+    """Reference count of ``store[key]`` as seen from here (compared with :data:`_UNSHARED_REFERENCES`)."""
+    buf = store[key]
+    return sys.getrefcount(buf)
+
+
+_UNSHARED_REFERENCES = _references({0: np.empty(0)}, 0)
+"""What :func:`_references` counts for an array that only its store refers to (measured, not assumed)."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +177,16 @@ def _pool4(taps, out, index, relu: bool) -> None:
         xp.maximum(out, 0, out=out)
 
 
+def _max4(taps, out, relu: bool) -> None:
+    """:func:`_pool4` without the index (inference): four in-place passes over ``out``."""
+    xp = backend.get_array_module(out)
+    xp.maximum(taps[0], taps[1], out=out)
+    xp.maximum(out, taps[2], out=out)
+    xp.maximum(out, taps[3], out=out)
+    if relu:
+        xp.maximum(out, 0, out=out)
+
+
 def _unpool4(dy, index, targets) -> None:
     """Gradient of :func:`_pool4`: ``dy`` goes to ``targets[t]`` where ``index == t``, zero elsewhere."""
     xp = backend.get_array_module(dy)
@@ -178,11 +217,13 @@ def _zero_unpooled_edge(a, ph: int, pw: int) -> None:
         a[:, :, 2 * pw:] = 0
 
 
-def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: bool, scratch: Scratch):
+def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: bool, scratch: Scratch,
+                 need_index: bool = True):
     """Convolution (+ bias) (+ ReLU) (+ 2x2 max pool) of ``xpad`` ``(N, Hp, Wp, I)``.
 
     Returns ``(out, pool_index)``: ``out`` ``(N, OH, OW, O)``, or ``(N, OH // 2, OW // 2, O)`` with ``pool``;
-    and the uint8 pool index of :func:`_pool4` (``None`` without ``pool``).
+    and the uint8 pool index of :func:`_pool4` (``None`` without ``pool`` or without ``need_index``: the
+    index-free pool is cheaper, and the index can be recomputed by a second call, bit for bit).
     """
     xp = backend.get_array_module(xpad)
     n = xpad.shape[0]
@@ -190,11 +231,13 @@ def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: boo
     ph, pw = oh // 2, ow // 2
     dtype = xp.result_type(xpad.dtype, w_mat.dtype)
     block, chunk = F.block_and_chunk(n, geom.rows_per_sample, xp)
+    index = None
     if pool:
-        out = xp.empty((n, ph, pw, o), dtype=dtype)
-        index = xp.empty(out.shape, dtype=xp.uint8)
+        out = scratch.get_free("out", (n, ph, pw, o), dtype, xp)
+        if need_index:
+            index = scratch.get_free("index", out.shape, xp.uint8, xp)
     else:
-        out, index = xp.empty((n, oh, ow, o), dtype=dtype), None
+        out = scratch.get_free("out", (n, oh, ow, o), dtype, xp)
     patches = _patch_sources(xpad, geom, pool_major=pool)
     if bias is not None:
         w_mat = xp.concatenate([w_mat, bias.reshape(1, o).astype(w_mat.dtype)])  # (kh*kw*I + 1, O)
@@ -210,7 +253,10 @@ def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: boo
             xp.matmul(cols, w_mat, out=y[s:e].reshape(-1, o))  # (rows, O), bias included
         if pool:
             taps = [y[:, a, b] for a in (0, 1) for b in (0, 1)]  # 4 x (m, PH, PW, O)
-            _pool4(taps, out[start:stop], index[start:stop], relu)
+            if index is None:
+                _max4(taps, out[start:stop], relu)
+            else:
+                _pool4(taps, out[start:stop], index[start:stop], relu)
         elif relu:
             xp.maximum(y, 0, out=y)
 
@@ -239,7 +285,7 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
     q0, q1 = geom.transposed_padding
     dx = dxpad = w_flip = None
     if need_input and transposed:
-        dx = xp.empty((n, h, w, i_ch), dtype=dtype)
+        dx = scratch.get_free("dx", (n, h, w, i_ch), dtype, xp)
         w_flip = F.flipped_weight_matrix(w_mat, geom.kernel)  # (kh*kw*O, I)
     elif need_input:
         dxpad = xp.zeros((n, xpad.shape[1], xpad.shape[2], i_ch), dtype=dtype)
