@@ -221,3 +221,18 @@ def test_output_buffer_reused_only_when_no_one_holds_it(rng):
     third = layer.forward(x1)  # nobody holds the last output any more: its buffer comes back
     assert third.__array_interface__["data"][0] == address
     np.testing.assert_array_equal(third, kept)
+
+
+def test_gemm_in_small_pieces_equals_one_gemm(rng):
+    from xpvision.nn.convblock import SMALL_GEMM, Scratch, _gemm, _gemm_tn_add
+
+    a = rng.standard_normal((1000, 145)).astype(np.float32)  # pieces of 431 rows: 431, 431, 138
+    b = rng.standard_normal((145, 16)).astype(np.float32)
+    assert 64 <= SMALL_GEMM // (145 * 16) < 1000
+    out = np.full((1000, 16), np.nan, np.float32)
+    _gemm(a, b, out)
+    np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-4)
+    d = rng.standard_normal((1000, 16)).astype(np.float32)
+    acc = np.ones((145, 16), np.float32)
+    _gemm_tn_add(a, d, acc, Scratch(), 0)
+    np.testing.assert_allclose(acc, 1 + a.T @ d, rtol=1e-5, atol=1e-3)

@@ -86,15 +86,16 @@ class Conv2d(Layer):
         n, h, w, c = x4.shape
         padded_shape = (n, h + 2 * self.padding[0], w + 2 * self.padding[1], c)
         xp = backend.get_array_module(x4)
-        pad_buffer = self._scratch.get(0, "xpad", padded_shape, x4.dtype, xp, fill=0)
-        xpad = F.pad_nhwc(x4, self.padding, out=pad_buffer)  # (N, Hp, Wp, I), border zero
+        padded = self.padding != (0, 0)
+        # (N, Hp, Wp, I) with a zero border; conv_forward copies the interior in, block by block
+        xpad = self._scratch.get(0, "xpad", padded_shape, x4.dtype, xp, fill=0) if padded else x4
         geom = ConvGeometry(self.kernel_size, self.stride, self.dilation, self.padding, x4.shape[1:3],
                             (oh, ow))
         w_mat = F.conv_weight_matrix(self.params["W"])  # (kh*kw*I, O)
         bias = self.params["b"].copy() if "b" in self.params else None  # (O,), as used here
         # in evaluation the pool skips its index; a backward (rare there) recomputes it
         y, pool_index = conv_forward(xpad, w_mat, bias, geom, relu=relu, pool=pool, scratch=self._scratch,
-                                     need_index=self.training)
+                                     need_index=self.training, source=x4 if padded else None)
         self._cache = (xpad, w_mat, bias, geom, relu, pool, y if relu and not pool else None, pool_index,
                        y.shape)
         return F.nchw(y)

@@ -18,7 +18,7 @@ import numpy as np
 from xpvision import backend
 from xpvision.nn.parallel import get_num_threads
 
-CHUNK_ROWS = 2048
+CHUNK_ROWS = 1024
 """Output pixels per im2col + GEMM chunk on the CPU (cache blocking)."""
 BLOCK_ROWS = 8192
 """Output pixels per block of element-wise work on the CPU (fewer, larger NumPy calls)."""
