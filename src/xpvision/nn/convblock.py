@@ -184,30 +184,48 @@ def _pool4(taps, out, index, relu: bool) -> None:
         xp.maximum(out, 0, out=out)
 
 
+def _pieces(a, n: int) -> int:
+    """Rows per piece for GEMMs of ``a`` ``(rows, K)`` with ``N = n`` output columns (see
+    :data:`SMALL_GEMM`); 0 for one GEMM (on the GPU, when pieces would be too small or not fewer than the
+    rows, or when ``a``'s rows are not contiguous)."""
+    piece = SMALL_GEMM // (a.shape[1] * n)
+    small = MIN_SMALL_GEMM_ROWS <= piece < a.shape[0] and a.strides[1] == a.itemsize
+    return piece if small and backend.get_array_module(a) is np else 0
+
+
 def _gemm(a, b, out) -> None:
-    """``out = a @ b`` for ``a`` ``(rows, K)``, ``b`` ``(K, N)``, ``out`` ``(rows, N)``: on the CPU in row
-    pieces of at most ``SMALL_GEMM / (K * N)`` rows (each row's result does not depend on the split)."""
+    """``out = a @ b`` for ``a`` ``(rows, K)``, ``b`` ``(K, N)``, ``out`` ``(rows, N)`` C-contiguous; on the
+    CPU as one stacked matmul over row pieces of :func:`_pieces` rows (one call: NumPy runs the stack's
+    GEMMs without the GIL) plus the remainder. A row's result does not depend on the split."""
     xp = backend.get_array_module(a)
-    rows, piece = a.shape[0], SMALL_GEMM // (a.shape[1] * b.shape[1])
-    if xp is not np or piece < MIN_SMALL_GEMM_ROWS or piece >= rows:
+    piece = _pieces(a, b.shape[1]) if out.flags.c_contiguous else 0
+    if not piece:
         xp.matmul(a, b, out=out)
         return
-    for s in range(0, rows, piece):
-        np.matmul(a[s:s + piece], b, out=out[s:s + piece])
+    k, n = a.shape[1], b.shape[1]
+    stack = a.shape[0] // piece
+    main = stack * piece
+    np.matmul(a[:main].reshape(stack, piece, k), b, out=out[:main].reshape(stack, piece, n))
+    if main < a.shape[0]:
+        np.matmul(a[main:], b, out=out[main:])
 
 
 def _gemm_tn_add(a, d, acc, scratch: Scratch, worker: int) -> None:
-    """``acc += a.T @ d`` for ``a`` ``(rows, K)``, ``d`` ``(rows, N)``, ``acc`` ``(K, N)``: on the CPU the
-    reduction over ``rows`` in pieces of at most ``SMALL_GEMM / (K * N)`` rows, as :func:`_gemm`."""
-    xp = backend.get_array_module(a)
-    rows, piece = a.shape[0], SMALL_GEMM // (a.shape[1] * d.shape[1])
-    if xp is not np or piece < MIN_SMALL_GEMM_ROWS or piece >= rows:
+    """``acc += a.T @ d`` for ``a`` ``(rows, K)``, ``d`` ``(rows, N)`` (C-contiguous), ``acc`` ``(K, N)``: on
+    the CPU the reduction over ``rows`` split as in :func:`_gemm` (a stack of partial products, summed)."""
+    piece = _pieces(a, d.shape[1])
+    if not piece:
         acc += a.T @ d
         return
-    part = scratch.get(worker, "gemm_part", acc.shape, acc.dtype, xp)  # (K, N)
-    for s in range(0, rows, piece):
-        np.matmul(a[s:s + piece].T, d[s:s + piece], out=part)
-        acc += part
+    (rows, k), n = a.shape, d.shape[1]
+    stack = rows // piece
+    main = stack * piece
+    parts = scratch.get(worker, "gemm_parts", (stack, k, n), acc.dtype, np)  # (P, K, N)
+    np.matmul(a[:main].reshape(stack, piece, k).transpose(0, 2, 1), d[:main].reshape(stack, piece, n),
+              out=parts)
+    acc += parts.sum(axis=0)
+    if main < rows:
+        acc += a[main:].T @ d[main:]
 
 
 def _max4(taps, out, relu: bool) -> None:
