@@ -285,7 +285,7 @@ def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: boo
     (oh, ow), o = geom.out_hw, w_mat.shape[1]
     ph, pw = oh // 2, ow // 2
     dtype = xp.result_type(xpad.dtype, w_mat.dtype)
-    block, chunk = F.block_and_chunk(n, geom.rows_per_sample, xp)
+    block, chunk = F.block_and_chunk(n, geom.rows_per_sample, xp, w_mat.shape[0])
     index = None
     if pool:
         out = scratch.get_free("out", (n, ph, pw, o), dtype, xp)
@@ -338,7 +338,7 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
     ph, pw = oh // 2, ow // 2
     pooled = pool_index is not None
     dtype = xp.result_type(dout.dtype, w_mat.dtype)
-    block, chunk = F.block_and_chunk(n, geom.rows_per_sample, xp)
+    block, chunk = F.block_and_chunk(n, geom.rows_per_sample, xp, w_mat.shape[0])
     transposed = geom.input_grad_by_transposed_conv
     q0, q1 = geom.transposed_padding
     dx = dxpad = w_flip = None

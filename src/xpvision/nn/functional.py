@@ -20,6 +20,9 @@ from xpvision.nn.parallel import get_num_threads
 
 CHUNK_ROWS = 1024
 """Output pixels per im2col + GEMM chunk on the CPU (cache blocking)."""
+CHUNK_ELEMENTS = 160 * 1024
+"""Floats per im2col chunk at least: narrow matrices (a one-channel input: ``K = kh * kw``) take more rows
+than :data:`CHUNK_ROWS`, so that their copies and GEMMs are not dominated by per-call costs."""
 BLOCK_ROWS = 8192
 """Output pixels per block of element-wise work on the CPU (fewer, larger NumPy calls)."""
 
@@ -44,11 +47,12 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, 
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def block_and_chunk(n: int, rows_per_sample: int, xp) -> tuple[int, int]:
+def block_and_chunk(n: int, rows_per_sample: int, xp, row_elements: int = 1) -> tuple[int, int]:
     """``(block, chunk)`` sample counts: element-wise work runs on blocks of about :data:`BLOCK_ROWS` rows,
-    each split into GEMM chunks of about :data:`CHUNK_ROWS` rows (the block a multiple of the chunk). Both are
-    the whole batch on the GPU."""
-    chunk = chunk_size(n, rows_per_sample, xp)
+    each split into GEMM chunks of about :data:`CHUNK_ROWS` rows, more when the im2col rows are short
+    (``row_elements``, see :data:`CHUNK_ELEMENTS`); the block a multiple of the chunk. Both are the whole
+    batch on the GPU."""
+    chunk = chunk_size(n, rows_per_sample, xp, row_elements)
     block = min(n, chunk * max(1, BLOCK_ROWS // (chunk * max(rows_per_sample, 1))))
     if xp is np:  # a multiple of the thread count of equal blocks, and equal chunks in a block
         threads = get_num_threads()
@@ -58,12 +62,13 @@ def block_and_chunk(n: int, rows_per_sample: int, xp) -> tuple[int, int]:
     return block, min(chunk, block)
 
 
-def chunk_size(n: int, rows_per_sample: int, xp) -> int:
-    """Samples per cache-blocked chunk: about :data:`CHUNK_ROWS` rows on the CPU, the whole batch on the GPU.
-    """
+def chunk_size(n: int, rows_per_sample: int, xp, row_elements: int = 1) -> int:
+    """Samples per cache-blocked chunk: about ``max(CHUNK_ROWS, CHUNK_ELEMENTS / row_elements)`` rows on the
+    CPU, the whole batch on the GPU."""
     if xp is not np:
         return max(n, 1)
-    return max(1, min(n, CHUNK_ROWS // max(rows_per_sample, 1)))
+    rows = max(CHUNK_ROWS, CHUNK_ELEMENTS // max(row_elements, 1))
+    return max(1, min(n, rows // max(rows_per_sample, 1)))
 
 
 # -- padding and windows -------------------------------------------------------------------------------------
