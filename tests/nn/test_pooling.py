@@ -77,3 +77,20 @@ def test_pool_spec_round_trip():
         clone = build_layer(layer.spec())
         assert type(clone) is type(layer) and clone.spec() == layer.spec()
     assert MaxPool2d(2).config() == {"kernel_size": 2, "stride": 2, "padding": 0}
+
+
+@pytest.mark.parametrize("case", POOL_CASES[:3])
+def test_max_pool_evaluation_then_backward_equals_training(case, rng):
+    """In evaluation the 2x2 pool keeps no index (the backward recomputes it): same output and gradient, ties
+    included."""
+    k, s, p, shape = case
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[0, :, :2, :4] = 0  # ties
+    dout = rng.standard_normal(MaxPool2d(k, s, p).forward(x).shape).astype(np.float32)
+    results = []
+    for training in (True, False):
+        layer = MaxPool2d(k, s, p).train(training)
+        results.append((layer.forward(x).copy(), layer.backward(dout)))
+        assert (layer._cache[0] is None) == (not training and layer.is_2x2())
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])

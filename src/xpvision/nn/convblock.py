@@ -247,9 +247,13 @@ def _unpool4(dy, index, targets) -> None:
 
 def max_pool2x2(y, out, index, relu: bool) -> None:
     """2x2 stride-2 max pool of ``y`` ``(n, OH, OW, C)`` (spatial order) into ``out`` ``(n, OH // 2, OW // 2,
-    C)`` with the uint8 ``index`` of :func:`_pool4`."""
+    C)`` with the uint8 ``index`` of :func:`_pool4` (none when ``index`` is ``None``)."""
     ph, pw = out.shape[1:3]
-    _pool4([y[:, a:2 * ph:2, b:2 * pw:2] for a in (0, 1) for b in (0, 1)], out, index, relu)
+    taps = [y[:, a:2 * ph:2, b:2 * pw:2] for a in (0, 1) for b in (0, 1)]
+    if index is None:
+        _max4(taps, out, relu)
+    else:
+        _pool4(taps, out, index, relu)
 
 
 def max_unpool2x2(dy, index, dconv) -> None:

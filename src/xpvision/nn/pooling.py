@@ -68,16 +68,22 @@ class MaxPool2d(_Pool2d):
         if self.is_2x2():
             xp = backend.get_array_module(xpad)
             y = xp.empty((xpad.shape[0], *out_hw, xpad.shape[3]), dtype=xpad.dtype)  # (N, OH, OW, C)
-            argmax = xp.empty(y.shape, dtype=xp.uint8)
+            # in evaluation no index: a backward (rare there) recomputes it from the cached input
+            argmax = xp.empty(y.shape, dtype=xp.uint8) if self.training else None
             max_pool2x2(xpad, y, argmax, relu=False)
+            self._cache = (argmax, xpad.shape[1:3], y.shape, None if self.training else xpad)
         else:
             y, argmax = F.max_pool_nhwc(xpad, self.kernel_size, self.stride, out_hw)  # (N, OH, OW, C) both
-        self._cache = (argmax, xpad.shape[1:3], y.shape)
+            self._cache = (argmax, xpad.shape[1:3], y.shape, None)
         return F.nchw(y)
 
     def backward(self, dout):
-        argmax, padded_hw, y_shape = self._cache or (None, None, None)
+        argmax, padded_hw, y_shape, x_eval = self._cache or (None, None, None, None)
         dy = self._grad_output(dout, y_shape)  # (N, OH, OW, C)
+        if argmax is None:  # an evaluation-mode forward: the index from the cached input
+            xp = backend.get_array_module(dy)
+            argmax = xp.empty(y_shape, dtype=xp.uint8)
+            max_pool2x2(x_eval, xp.empty(y_shape, dtype=dy.dtype), argmax, relu=False)
         if self.is_2x2():
             dx = backend.get_array_module(dy).empty((dy.shape[0], *padded_hw, dy.shape[3]), dtype=dy.dtype)
             max_unpool2x2(dy, argmax, dx)
