@@ -141,7 +141,7 @@ class ConvTranspose2d(Layer):
         self.add_param("W", init.he_normal((self.in_ch, self.out_ch, kh, kw), fan_in=fan_in))
         if bias:
             self.add_param("b", np.zeros(self.out_ch, dtype=np.float32))
-        self._pad_buffer = None
+        self._scratch = Scratch()  # the zero-bordered padded output gradient, as Conv2d's padded input
         self._cache: tuple | None = None
 
     def config(self) -> dict[str, Any]:
@@ -176,9 +176,12 @@ class ConvTranspose2d(Layer):
         forward_done(type(self).__name__, self._cache)
         x4, w_mat, y_shape = self._cache
         dy = F.nhwc(grad_like(type(self).__name__, dout, (y_shape[0], y_shape[3], y_shape[1], y_shape[2])))
-        dypad = F.pad_nhwc(dy, self.padding, out=self._pad_buffer)  # (N, OHp, OWp, O)
-        if dypad is not dy:
-            self._pad_buffer = dypad
+        dypad = dy
+        if self.padding != (0, 0):
+            (p0, p1), (n, h, w, c) = self.padding, dy.shape
+            buffer = self._scratch.get(0, "dypad", (n, h + 2 * p0, w + 2 * p1, c), dy.dtype,
+                                       backend.get_array_module(dy), fill=0)
+            dypad = F.pad_nhwc(dy, self.padding, out=buffer)  # (N, OHp, OWp, O), border zero
         with single_threaded_blas(backend.get_array_module(dy)):
             if self.trainable:
                 dw = F.conv2d_grad_weight(dypad, x4, self.kernel_size, self.stride)  # (kh*kw*O, I)
