@@ -6,13 +6,16 @@ PW)`` for pool tap ``(a, b)``, so the GEMM output is four contiguous blocks per 
 gradient) is element-wise work on contiguous arrays; rows and columns an odd output size leaves out of the
 pool are not computed at all.
 
-Arrays are channels-last: input ``xpad`` ``(N, Hp, Wp, I)`` (already zero-padded), weights as the GEMM matrix
-``w_mat`` ``(kh * kw * I, O)`` (see :func:`xpvision.nn.functional.conv_weight_matrix`), outputs ``(N, OH, OW,
-O)`` or, pooled, ``(N, OH // 2, OW // 2, O)``. Each chunk's im2col matrix, GEMM output and gradient stay in
-per-worker scratch buffers (:class:`Scratch`) that are reused from call to call, and the chunks run on
-:func:`xpvision.nn.parallel.run_chunks` threads. The input gradient of a stride-1 convolution is a transposed
-convolution (``dy`` zero-padded by ``D(K - 1) - P``, convolved with the flipped kernel, giving ``(N, H, W,
-I)`` directly); other strides use the GEMM + col2im scatter of :mod:`xpvision.nn.functional`.
+Arrays are channels-last: input ``xpad`` ``(N, Hp, Wp, I)`` (zero-bordered; :func:`conv_forward` can copy
+its interior in, block by block), weights as the GEMM matrix ``w_mat`` ``(kh * kw * I, O)`` (see
+:func:`xpvision.nn.functional.conv_weight_matrix`), outputs ``(N, OH, OW, O)`` or, pooled, ``(N, OH // 2, OW
+// 2, O)``. Each chunk's im2col matrix, GEMM output and gradient stay in per-worker scratch buffers
+(:class:`Scratch`) that are reused from call to call, as are the outputs when nobody holds them any more, and
+the chunks run on :func:`xpvision.nn.parallel.run_chunks` threads. On the CPU each chunk's GEMM is split into
+row pieces small enough for OpenBLAS's unpacked kernel (:data:`SMALL_GEMM`). The input gradient of a
+stride-1 convolution is a transposed convolution (``dy`` zero-padded by ``D(K - 1) - P``, convolved with the
+flipped kernel, giving ``(N, H, W, I)`` directly); other strides use the GEMM + col2im scatter of
+:mod:`xpvision.nn.functional`.
 """
 
 from __future__ import annotations
