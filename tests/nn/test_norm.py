@@ -86,3 +86,31 @@ def test_batchnorm_state_and_spec_round_trip(rng):
     x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
     np.testing.assert_array_equal(clone.eval().forward(x), layer.eval().forward(x))
     assert clone.momentum == 0.05 and clone.eps == 1e-4
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm2d_fused_relu_equals_separate_layers(training, rng):
+    from xpvision.nn import ReLU, Sequential
+
+    fused = Sequential(_randomised(BatchNorm2d(3), rng), ReLU())
+    plain = Sequential(BatchNorm2d(3), ReLU())
+    plain.load_state_dict(fused.state_dict())
+    plain.fusion = False
+    fused.train(training)
+    plain.train(training)
+    x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    y1, y2 = fused.forward(x), plain.forward(x)
+    assert fused._steps == [fused[0]]  # the ReLU was absorbed
+    np.testing.assert_allclose(y1, y2, atol=1e-6)
+    np.testing.assert_allclose(fused.backward(dout), plain.backward(dout), atol=1e-5)
+    for key in ("gamma", "beta"):
+        np.testing.assert_allclose(fused[0].grads[key], plain[0].grads[key], atol=1e-5)
+    np.testing.assert_array_equal(fused[0].buffers["running_mean"], plain[0].buffers["running_mean"])
+
+
+def test_batchnorm2d_fused_relu_gradients(check_layer_grads, rng):
+    from xpvision.nn import ReLU, Sequential
+
+    model = Sequential(_randomised(BatchNorm2d(3), rng), ReLU())
+    assert {"0.gamma", "0.beta"} <= set(check_layer_grads(model, rng.standard_normal((2, 3, 3, 4))))

@@ -17,6 +17,7 @@ import numpy as np
 from xpvision import backend
 from xpvision.errors import ConfigError, ShapeError
 from xpvision.nn import functional as F
+from xpvision.nn.activation import ReLU
 from xpvision.nn.base import Layer
 from xpvision.nn.parallel import single_threaded_blas
 from xpvision.nn.validate import forward_done, grad_like, image_input, matrix_input, positive_int
@@ -129,10 +130,24 @@ class BatchNorm2d(_BatchNorm):
     """Batch norm over ``(N, C, H, W)``: statistics per channel over ``N * H * W`` values; output an
     NCHW-shaped view of a contiguous NHWC buffer."""
 
+    def fusable(self, following: list[Layer]) -> int:
+        """Absorbs a directly following ``ReLU`` (applied in place on the fresh output)."""
+        return int(bool(following) and type(following[0]) is ReLU)
+
     def forward(self, x):
+        return self._forward(x, relu=False)
+
+    def forward_fused(self, x, absorbed: list[Layer]):
+        return self._forward(x, relu=True)
+
+    def _forward(self, x, relu: bool):
         x4 = image_input(type(self).__name__, x, self.num_features)  # (N, H, W, C)
-        with single_threaded_blas(backend.get_array_module(x4)):  # the channel sums are GEMVs
+        xp = backend.get_array_module(x4)
+        with single_threaded_blas(xp):  # the channel sums are GEMVs
             y2 = self._forward_rows(x4.reshape(-1, self.num_features))  # (N*H*W, C)
+        if relu:
+            xp.maximum(y2, 0, out=y2)
+        self._relu_out = y2 if relu else None  # its positive entries pass the gradient
         self._shape = x4.shape
         return F.nchw(y2.reshape(x4.shape))
 
@@ -140,7 +155,10 @@ class BatchNorm2d(_BatchNorm):
         forward_done(type(self).__name__, self._cache)
         n, h, w, c = self._shape
         dy = F.nhwc(grad_like(type(self).__name__, dout, (n, c, h, w)))  # (N, H, W, C)
-        with single_threaded_blas(backend.get_array_module(dy)):
+        xp = backend.get_array_module(dy)
+        if self._relu_out is not None:
+            dy = xp.multiply(dy, self._relu_out.reshape(dy.shape) > 0, dtype=dy.dtype)  # (N, H, W, C)
+        with single_threaded_blas(xp):
             dx2 = self._backward_rows(dy.reshape(-1, c))  # (N*H*W, C)
         return F.nchw(dx2.reshape(n, h, w, c))
 
