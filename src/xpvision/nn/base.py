@@ -21,9 +21,9 @@ Conventions every layer follows -------------------------------
   ``model.needs_input_grad = False`` saves the first convolution's input gradient, or a frozen backbone's
   whole backward, in training.
 * **Fusion.** ``fusable(following)`` says how many of the layers that follow a layer it can compute itself
-  (``Conv2d`` absorbs a following ``ReLU`` and 2x2 ``MaxPool2d``), and ``forward_fused(x, absorbed)`` runs
-  them; ``Sequential.forward`` uses it (unless ``fusion = False``) and its ``backward`` then skips the
-  absorbed layers. Specs and weights do not change: fusion is an execution detail.
+  (``Conv2d`` absorbs a following ``ReLU`` and 2x2 ``MaxPool2d``, ``BatchNorm2d`` a ``ReLU``), and
+  ``forward_fused(x, absorbed)`` runs them; ``Sequential.forward`` uses it (unless ``fusion = False``) and its
+  ``backward`` then skips the absorbed layers. Specs and weights do not change: fusion is an execution detail.
 * **Spec.** ``config()`` returns the JSON-able constructor arguments; :func:`build_layer` rebuilds a layer
   from ``spec()``, so a model on disk is an ``.npz`` of ``state_dict()`` plus a JSON spec, never a pickle.
 """
