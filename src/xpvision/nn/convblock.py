@@ -175,8 +175,16 @@ def _pool4(taps, out, index, relu: bool) -> None:
     """Max of the four pool taps ``(0, 0), (0, 1), (1, 0), (1, 1)`` (arrays of ``out``'s shape) into ``out``,
     with ``index`` (uint8) the tap ``2a + b`` of the *first* maximum in that order (PyTorch's tie rule): the
     max of each row pair (ties go left), then of the two rows (ties go up). With ``relu`` the result is
-    ReLU-ed (``max(relu(x)) = relu(max(x))``) and ``DEAD`` added to the index where it is not positive."""
+    ReLU-ed (``max(relu(x)) = relu(max(x))``) and ``DEAD`` added to the index where it is not positive.
+    Without ``index`` (``None``: inference) the max alone, in four in-place passes over ``out``."""
     xp = backend.get_array_module(out)
+    if index is None:
+        xp.maximum(taps[0], taps[1], out=out)
+        xp.maximum(out, taps[2], out=out)
+        xp.maximum(out, taps[3], out=out)
+        if relu:
+            xp.maximum(out, 0, out=out)
+        return
     top, bottom = xp.maximum(taps[0], taps[1]), xp.maximum(taps[2], taps[3])
     bottom_wins = top < bottom
     xp.maximum(top, bottom, out=out)
@@ -231,16 +239,6 @@ def _gemm_tn_add(a, d, acc, scratch: Scratch, worker: int) -> None:
         acc += a[main:].T @ d[main:]
 
 
-def _max4(taps, out, relu: bool) -> None:
-    """:func:`_pool4` without the index (inference): four in-place passes over ``out``."""
-    xp = backend.get_array_module(out)
-    xp.maximum(taps[0], taps[1], out=out)
-    xp.maximum(out, taps[2], out=out)
-    xp.maximum(out, taps[3], out=out)
-    if relu:
-        xp.maximum(out, 0, out=out)
-
-
 def _unpool4(dy, index, targets) -> None:
     """Gradient of :func:`_pool4`: ``dy`` goes to ``targets[t]`` where ``index == t``, zero elsewhere."""
     xp = backend.get_array_module(dy)
@@ -252,11 +250,7 @@ def max_pool2x2(y, out, index, relu: bool) -> None:
     """2x2 stride-2 max pool of ``y`` ``(n, OH, OW, C)`` (spatial order) into ``out`` ``(n, OH // 2, OW // 2,
     C)`` with the uint8 ``index`` of :func:`_pool4` (none when ``index`` is ``None``)."""
     ph, pw = out.shape[1:3]
-    taps = [y[:, a:2 * ph:2, b:2 * pw:2] for a in (0, 1) for b in (0, 1)]
-    if index is None:
-        _max4(taps, out, relu)
-    else:
-        _pool4(taps, out, index, relu)
+    _pool4([y[:, a:2 * ph:2, b:2 * pw:2] for a in (0, 1) for b in (0, 1)], out, index, relu)
 
 
 def max_unpool2x2(dy, index, dconv) -> None:
@@ -318,10 +312,7 @@ def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: boo
             _gemm(cols, w_mat, y[s:e].reshape(-1, o))  # (rows, O), bias included
         if pool:
             taps = [y[:, a, b] for a in (0, 1) for b in (0, 1)]  # 4 x (m, PH, PW, O)
-            if index is None:
-                _max4(taps, out[start:stop], relu)
-            else:
-                _pool4(taps, out[start:stop], index[start:stop], relu)
+            _pool4(taps, out[start:stop], None if index is None else index[start:stop], relu)
         elif relu:
             xp.maximum(y, 0, out=y)
 
