@@ -81,6 +81,8 @@ def test_project_params_load_into_frozen_blocks():
      "train.segmentation.class_weights: expected a list, got 'auto'"),
     ("download.segmentation.digit_size", [14, 1000],
      "download.segmentation.digit_size: expected a max <= image_size"),
+    ("download.segmentation.max_occlusion", 1.0,
+     "download.segmentation.max_occlusion: expected a number in [0, 1), got 1.0"),
 ])
 def test_bad_value_names_key_expected_and_actual(raw, key, value, message):
     with pytest.raises(ConfigError) as info:
@@ -117,14 +119,16 @@ def test_file_errors_name_the_file(tmp_path):
         load_params(bad)
 
 
-def test_digit_size_reaches_the_scene_generator(raw):
+def test_digit_size_and_occlusion_reach_the_scene_generator(raw):
     from xpvision.stages.download import prepare_config
 
     changed = with_value(raw, "download.segmentation.digit_size", [21, 48])
     changed["download"]["segmentation"]["image_size"] = 96
+    changed["download"]["segmentation"]["max_occlusion"] = 0.25
     params = parse_params(changed)
     scenes = prepare_config("segmentation", params.download["segmentation"]).scenes
     assert (scenes.image_size, scenes.min_digit_size, scenes.max_digit_size) == (96, 21, 48)
+    assert scenes.max_occlusion == 0.25
     detection = prepare_config("detection", params.download["detection"]).scenes
-    expected = tuple(raw["download"]["detection"]["digit_size"])
-    assert (detection.min_digit_size, detection.max_digit_size) == expected
+    expected = (*raw["download"]["detection"]["digit_size"], raw["download"]["detection"]["max_occlusion"])
+    assert (detection.min_digit_size, detection.max_digit_size, detection.max_occlusion) == expected

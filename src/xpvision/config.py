@@ -47,6 +47,7 @@ POSITIVE: Check = (lambda v: v > 0, "a positive number")
 NON_NEGATIVE: Check = (lambda v: v >= 0, "a number >= 0")
 PROBABILITY: Check = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
 OPEN_UNIT: Check = (lambda v: 0 < v < 1, "a number in (0, 1)")
+FRACTION_BELOW_ONE: Check = (lambda v: 0 <= v < 1, "a number in [0, 1)")
 WEIGHTS: Check = (lambda v: all(w >= 0 for w in v) and any(w > 0 for w in v),
                   "a list of numbers >= 0, not all 0")
 DIGIT_SIZE: Check = (lambda v: len(v) == 2 and 4 <= v[0] <= v[1], "[min, max] with 4 <= min <= max")
@@ -113,6 +114,8 @@ class SceneDownloadConfig:
     num_test: int = checked(POSITIVE)
     digit_size: tuple[int, ...] = checked(DIGIT_SIZE)
     """``digit-scenes`` only: ``[min, max]`` height in pixels of the digits drawn (at most ``image_size``)."""
+    max_occlusion: float = checked(FRACTION_BELOW_ONE)
+    """``digit-scenes`` only: the largest fraction of a digit's ink that later digits may cover."""
     shard_size: int = checked(POSITIVE)
     seed: int = checked(NON_NEGATIVE)
 

@@ -104,6 +104,50 @@ def test_conv_transpose2d_matches_torch(case, torch, rng):
         np.testing.assert_allclose(a, b, atol=TOL, rtol=0, err_msg=name)
 
 
+@pytest.mark.parametrize("factor, shape", [(8, (2, 5, 6, 7)), (2, (1, 3, 5, 4)), (3, (2, 2, 4, 4))])
+def test_frozen_bilinear_upsampling_runs_per_channel_and_matches_torch(factor, shape, torch, rng):
+    """A frozen layer with one separable kernel per channel takes the U_h @ x @ U_w^T path (nothing kept for
+    a weight gradient); output and input gradient equal PyTorch's dense transposed convolution, with a bias
+    and an odd factor (kernel 6, padding 1) too."""
+    from xpvision.nn import init
+
+    channels = shape[1]
+    layer = init.bilinear_upsampling_(ConvTranspose2d(channels, channels, 2 * factor, stride=factor,
+                                                      padding=factor // 2))
+    layer.params["b"][...] = rng.standard_normal(channels)
+    layer.freeze()
+    x = rng.standard_normal(shape).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.conv_transpose2d(xt, torch.tensor(layer.params["W"]), torch.tensor(
+        layer.params["b"]), stride=factor, padding=factor // 2)
+    dout = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    yt.backward(torch.tensor(dout))
+    y = layer.forward(x)
+    assert layer._cache[0] is None  # the separable path ran
+    np.testing.assert_allclose(y, yt.detach().numpy(), atol=TOL, rtol=0)
+    np.testing.assert_allclose(layer.backward(dout), xt.grad.numpy(), atol=TOL, rtol=0)
+
+
+def test_frozen_layers_that_are_not_per_channel_separable_stay_dense(rng):
+    """Cross-channel weights, a non-separable kernel or different kernels per channel: the dense path (equal
+    to the unfrozen layer's output)."""
+    from xpvision.nn import init
+
+    base = init.bilinear_upsampling_(ConvTranspose2d(2, 2, 4, stride=2, padding=1)).params["W"]
+    cross, uneven, lumpy = base.copy(), base.copy(), base.copy()
+    cross[0, 1, 1, 1] = 0.5
+    uneven[1, 1] *= 2
+    lumpy[:, :, 0, 0] += np.eye(2, dtype=np.float32)
+    x = rng.standard_normal((1, 2, 3, 4)).astype(np.float32)
+    for weight in (cross, uneven, lumpy):
+        layer = ConvTranspose2d(2, 2, 4, stride=2, padding=1)
+        layer.params["W"][...] = weight
+        expected = layer.forward(x).copy()
+        layer.freeze()
+        np.testing.assert_array_equal(layer.forward(x), expected)
+        assert layer._cache[0] is not None
+
+
 def test_conv_transpose2d_output_size():
     layer = ConvTranspose2d(4, 2, 4, stride=2, padding=1)
     y = layer.forward(np.zeros((1, 4, 5, 7), np.float32))

@@ -126,6 +126,11 @@ class ConvTranspose2d(Layer):
     Input ``(N, in_ch, H, W)``; output ``(N, out_ch, (H - 1) * S - 2P + K, ...)``, an NCHW-shaped view of a
     contiguous NHWC buffer. Computed as the input gradient of the convolution with the same ``W``, ``stride``
     and ``padding`` (which maps the output back to the input).
+
+    A frozen layer whose ``W`` filters each channel alone with one separable kernel (``W[i, o] = 0`` for
+    ``i != o``, ``W[i, i] = outer(a, b)`` for every ``i``: bilinear upsampling, as FCN's fixed final layer)
+    runs as two small matrix products per channel, ``U_h @ x @ U_w^T``, instead of a dense GEMM over all
+    channel pairs: the same sums (up to float rounding), and no weight gradient to compute.
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int | tuple[int, int], stride: int | tuple = 1,
@@ -159,6 +164,15 @@ class ConvTranspose2d(Layer):
         if oh < 1 or ow < 1:
             raise ShapeError(f"{type(self).__name__} input {tuple(x.shape)} gives an empty output "
                              f"({oh}, {ow})")
+        separable = None if self.trainable else _separable_factors(self.params["W"])
+        if separable is not None:
+            mats = [_upsampling_matrix(f, n, s, p, x4.dtype) for f, n, s, p in zip(
+                separable, x4.shape[1:3], self.stride, self.padding, strict=True)]  # (OH, H), (OW, W)
+            y = _apply_per_channel(x4, *mats)  # (N, OH, OW, C)
+            if "b" in self.params:
+                y += self.params["b"]
+            self._cache = (None, mats, y.shape)
+            return F.nchw(y)
         w_mat = F.conv_weight_matrix(self.params["W"])  # (kh*kw*O, I): the matching convolution maps O -> I
         padded_hw = (oh + 2 * self.padding[0], ow + 2 * self.padding[1])
         with single_threaded_blas(backend.get_array_module(x4)):
@@ -176,6 +190,9 @@ class ConvTranspose2d(Layer):
         forward_done(type(self).__name__, self._cache)
         x4, w_mat, y_shape = self._cache
         dy = F.nhwc(grad_like(type(self).__name__, dout, (y_shape[0], y_shape[3], y_shape[1], y_shape[2])))
+        if x4 is None:  # the separable path of a frozen layer: w_mat holds (U_h, U_w)
+            u_h, u_w = w_mat
+            return F.nchw(_apply_per_channel(dy, u_h.T, u_w.T))  # (N, H, W, C)
         dypad = dy
         if self.padding != (0, 0):
             (p0, p1), (n, h, w, c) = self.padding, dy.shape
@@ -190,3 +207,46 @@ class ConvTranspose2d(Layer):
                     self.grads["b"][...] = dy.reshape(-1, self.out_ch).sum(axis=0)
             dx = F.conv2d_nhwc(dypad, w_mat, self.kernel_size, self.stride)  # (N, H, W, I)
         return F.nchw(dx)
+
+
+def _separable_factors(w):
+    """``(a, b)`` 1-D kernels ``(kh,)``, ``(kw,)`` when ``W`` ``(C, C, kh, kw)`` is ``outer(a, b)`` on the
+    channel diagonal for every channel and zero elsewhere (within float32 rounding); else ``None``."""
+    xp = backend.get_array_module(w)
+    c_in, c_out = w.shape[:2]
+    if c_in != c_out:
+        return None
+    channels = xp.arange(c_in)
+    diagonal = w[channels, channels]  # (C, kh, kw)
+    kernel = diagonal[0]
+    total = float(kernel.sum())
+    off_diagonal = channels[:, None] != channels[None, :]  # (C, C)
+    if total == 0 or bool(xp.any(diagonal != kernel)) or bool(xp.any(w[off_diagonal])):
+        return None
+    a, b = kernel.sum(axis=1), kernel.sum(axis=0) / total  # (kh,), (kw,)
+    scale = float(xp.abs(kernel).max())
+    if not bool(xp.all(xp.abs(xp.outer(a, b) - kernel) <= 1e-6 * scale)):
+        return None
+    return a, b
+
+
+def _upsampling_matrix(kernel, length: int, stride: int, padding: int, dtype):
+    """``U`` ``(out, length)`` with ``U[o, i] = kernel[o + padding - i * stride]`` (0 outside the kernel): the
+    1-D transposed convolution along one axis, cropped by ``padding`` at both ends."""
+    xp = backend.get_array_module(kernel)
+    size = len(kernel)
+    out = (length - 1) * stride - 2 * padding + size
+    tap = xp.arange(out)[:, None] + padding - xp.arange(length)[None, :] * stride  # (out, length)
+    inside = (tap >= 0) & (tap < size)
+    return xp.where(inside, kernel[xp.clip(tap, 0, size - 1)], 0).astype(dtype)
+
+
+def _apply_per_channel(x4, u_h, u_w):
+    """``U_h @ x[n, :, :, c] @ U_w^T`` for every image and channel: ``x4`` ``(N, H, W, C)``, ``u_h``
+    ``(OH, H)``, ``u_w`` ``(OW, W)`` -> contiguous ``(N, OH, OW, C)``."""
+    xp = backend.get_array_module(x4)
+    n, h, w, c = x4.shape
+    rows = u_h @ x4.transpose(1, 0, 2, 3).reshape(h, n * w * c)  # (OH, N*W*C)
+    rows = rows.reshape(u_h.shape[0] * n, w, c)  # (OH*N, W, C)
+    both = xp.matmul(u_w, rows)  # (OH*N, OW, C)
+    return xp.ascontiguousarray(both.reshape(u_h.shape[0], n, u_w.shape[0], c).transpose(1, 0, 2, 3))

@@ -39,7 +39,8 @@ def prepare_config(task: str, cfg: DownloadConfig | SceneDownloadConfig):
         **common, classes=cfg.classes,
         image_size=None if cfg.dataset == "digit-scenes" else (cfg.image_size, cfg.image_size),
         scenes=SceneConfig(n_train=cfg.num_train, n_test=cfg.num_test, image_size=cfg.image_size,
-                           min_digit_size=cfg.digit_size[0], max_digit_size=cfg.digit_size[1], seed=cfg.seed))
+                           min_digit_size=cfg.digit_size[0], max_digit_size=cfg.digit_size[1],
+                           max_occlusion=cfg.max_occlusion, seed=cfg.seed))
 
 
 def run(params: Params, task: str) -> None:
