@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from xpvision.errors import ConfigError, ShapeError
-from xpvision.nn import Conv2d, ConvTranspose2d, build_layer
+from xpvision.nn import Conv2d, ConvTranspose2d, build_layer, init
 
 TOL = 1e-4  # float32 parity with PyTorch
 
@@ -109,8 +109,6 @@ def test_frozen_bilinear_upsampling_runs_per_channel_and_matches_torch(factor, s
     """A frozen layer with one separable kernel per channel takes the U_h @ x @ U_w^T path (nothing kept for
     a weight gradient); output and input gradient equal PyTorch's dense transposed convolution, with a bias
     and an odd factor (kernel 6, padding 1) too."""
-    from xpvision.nn import init
-
     channels = shape[1]
     layer = init.bilinear_upsampling_(ConvTranspose2d(channels, channels, 2 * factor, stride=factor,
                                                       padding=factor // 2))
@@ -131,8 +129,6 @@ def test_frozen_bilinear_upsampling_runs_per_channel_and_matches_torch(factor, s
 def test_frozen_layers_that_are_not_per_channel_separable_stay_dense(rng):
     """Cross-channel weights, a non-separable kernel or different kernels per channel: the dense path (equal
     to the unfrozen layer's output)."""
-    from xpvision.nn import init
-
     base = init.bilinear_upsampling_(ConvTranspose2d(2, 2, 4, stride=2, padding=1)).params["W"]
     cross, uneven, lumpy = base.copy(), base.copy(), base.copy()
     cross[0, 1, 1, 1] = 0.5
