@@ -121,9 +121,27 @@ def test_frozen_bilinear_upsampling_runs_per_channel_and_matches_torch(factor, s
     dout = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
     yt.backward(torch.tensor(dout))
     y = layer.forward(x)
-    assert layer._cache[0] is None  # the separable path ran
+    assert layer._cache[3]  # the separable path ran
     np.testing.assert_allclose(y, yt.detach().numpy(), atol=TOL, rtol=0)
     np.testing.assert_allclose(layer.backward(dout), xt.grad.numpy(), atol=TOL, rtol=0)
+
+
+def test_layer_unfrozen_between_forward_and_backward_gets_its_weight_gradient(torch, rng):
+    """Frozen at the forward (the separable path), trainable at the backward: dW and db as PyTorch's."""
+    layer = init.bilinear_upsampling_(ConvTranspose2d(3, 3, 4, stride=2, padding=1))
+    x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(layer.params["W"], requires_grad=True)
+    bt = torch.tensor(layer.params["b"], requires_grad=True)
+    yt = torch.nn.functional.conv_transpose2d(xt, wt, bt, stride=2, padding=1)
+    dout = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    yt.backward(torch.tensor(dout))
+    layer.freeze()
+    layer.forward(x)
+    assert layer._cache[3]
+    layer.unfreeze()
+    np.testing.assert_allclose(layer.backward(dout), xt.grad.numpy(), atol=TOL, rtol=0)
+    np.testing.assert_allclose(layer.grads["W"], wt.grad.numpy(), atol=TOL, rtol=0)
+    np.testing.assert_allclose(layer.grads["b"], bt.grad.numpy(), atol=TOL, rtol=0)
 
 
 def test_frozen_layers_that_are_not_per_channel_separable_stay_dense(rng):
@@ -141,7 +159,7 @@ def test_frozen_layers_that_are_not_per_channel_separable_stay_dense(rng):
         expected = layer.forward(x).copy()
         layer.freeze()
         np.testing.assert_array_equal(layer.forward(x), expected)
-        assert layer._cache[0] is not None
+        assert not layer._cache[3]
 
 
 def test_conv_transpose2d_output_size():

@@ -171,7 +171,7 @@ class ConvTranspose2d(Layer):
             y = _apply_per_channel(x4, *mats)  # (N, OH, OW, C)
             if "b" in self.params:
                 y += self.params["b"]
-            self._cache = (None, mats, y.shape)
+            self._cache = (x4, mats, y.shape, True)
             return F.nchw(y)
         w_mat = F.conv_weight_matrix(self.params["W"])  # (kh*kw*O, I): the matching convolution maps O -> I
         padded_hw = (oh + 2 * self.padding[0], ow + 2 * self.padding[1])
@@ -183,29 +183,29 @@ class ConvTranspose2d(Layer):
             y = y.copy()  # contiguous (N, OH, OW, O)
         if "b" in self.params:
             y += self.params["b"]
-        self._cache = (x4, w_mat, y.shape)
+        self._cache = (x4, w_mat, y.shape, False)
         return F.nchw(y)
 
     def backward(self, dout):
         forward_done(type(self).__name__, self._cache)
-        x4, w_mat, y_shape = self._cache
+        x4, weights, y_shape, separable = self._cache
         dy = F.nhwc(grad_like(type(self).__name__, dout, (y_shape[0], y_shape[3], y_shape[1], y_shape[2])))
-        if x4 is None:  # the separable path of a frozen layer: w_mat holds (U_h, U_w)
-            u_h, u_w = w_mat
-            return F.nchw(_apply_per_channel(dy, u_h.T, u_w.T))  # (N, H, W, C)
+        xp = backend.get_array_module(dy)
         dypad = dy
-        if self.padding != (0, 0):
+        if self.padding != (0, 0) and (self.trainable or not separable):
             (p0, p1), (n, h, w, c) = self.padding, dy.shape
-            buffer = self._scratch.get(0, "dypad", (n, h + 2 * p0, w + 2 * p1, c), dy.dtype,
-                                       backend.get_array_module(dy), fill=0)
+            buffer = self._scratch.get(0, "dypad", (n, h + 2 * p0, w + 2 * p1, c), dy.dtype, xp, fill=0)
             dypad = F.pad_nhwc(dy, self.padding, out=buffer)  # (N, OHp, OWp, O), border zero
-        with single_threaded_blas(backend.get_array_module(dy)):
-            if self.trainable:
+        with single_threaded_blas(xp):
+            if self.trainable:  # (a layer frozen at the forward and unfrozen since gets its gradient too)
                 dw = F.conv2d_grad_weight(dypad, x4, self.kernel_size, self.stride)  # (kh*kw*O, I)
                 self.grads["W"][...] = F.conv_weight_from_matrix(dw, self.kernel_size)
                 if "b" in self.params:
                     self.grads["b"][...] = dy.reshape(-1, self.out_ch).sum(axis=0)
-            dx = F.conv2d_nhwc(dypad, w_mat, self.kernel_size, self.stride)  # (N, H, W, I)
+            if separable:  # weights holds (U_h, U_w)
+                u_h, u_w = weights
+                return F.nchw(_apply_per_channel(dy, u_h.T, u_w.T))  # (N, H, W, C)
+            dx = F.conv2d_nhwc(dypad, weights, self.kernel_size, self.stride)  # (N, H, W, I)
         return F.nchw(dx)
 
 
