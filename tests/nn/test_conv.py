@@ -106,9 +106,9 @@ def test_conv_transpose2d_matches_torch(case, torch, rng):
 
 @pytest.mark.parametrize("factor, shape", [(8, (2, 5, 6, 7)), (2, (1, 3, 5, 4)), (3, (2, 2, 4, 4))])
 def test_frozen_bilinear_upsampling_runs_per_channel_and_matches_torch(factor, shape, torch, rng):
-    """A frozen layer with one separable kernel per channel takes the U_h @ x @ U_w^T path (nothing kept for
-    a weight gradient); output and input gradient equal PyTorch's dense transposed convolution, with a bias
-    and an odd factor (kernel 6, padding 1) too."""
+    """A frozen layer with one separable kernel per channel takes the U_h @ x @ U_w^T path; output and input
+    gradient equal PyTorch's dense transposed convolution, with a bias and an odd factor (kernel 6, padding 1)
+    too."""
     channels = shape[1]
     layer = init.bilinear_upsampling_(ConvTranspose2d(channels, channels, 2 * factor, stride=factor,
                                                       padding=factor // 2))
