@@ -6,7 +6,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 export PATH := $(BIN):$(PATH)
 
-.PHONY: pipeline test lint bench clean-venv
+.PHONY: pipeline test lint bench clean-venv gpu-check
 
 $(VENV)/.pipeline: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,7 @@ bench: $(VENV)/.test
 
 clean-venv:
 	rm -rf $(VENV)
+
+## On a machine with a CUDA GPU (no network needed): GPU tests, short GPU trainings, GPU benchmark, sanitizer.
+gpu-check:
+	PYTHONPATH=src $(PYTHON) tools/gpu_check.py $(if $(REPORT),--report $(REPORT))

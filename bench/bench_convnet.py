@@ -152,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--device gpu needs CuPy with a CUDA device (available: {backend.gpu_available()}) and a "
                   f"CUDA build of PyTorch (available: {torch.cuda.is_available()})", file=sys.stderr)
             return 2
+        # full float32 on both sides (CuPy uses TF32 only when CUPY_TF32=1); cuDNN picks its fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+        os.environ.pop("CUPY_TF32", None)
         xp = backend.xp_for("gpu")
         impls = {"xpvision (CuPy)": xpvision_runners(xp, xp.cuda.runtime.deviceSynchronize),
                  "torch CUDA NCHW": torch_runners(torch, "cuda", False),
