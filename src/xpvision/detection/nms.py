@@ -420,16 +420,19 @@ def _resolve_head(hits):
 
 
 # -- GPU: bitmask kernels --------------------------------------------------------------------------------
+# ``real`` is float or double: the kernels are compiled once per box dtype, so float64 boxes are compared in
+# float64 as on the CPU. Rows are processed in chunks of ``rows`` boxes starting at ``row_start`` so that the
+# mask of one chunk, ``rows × ceil(n / 64)`` 64-bit words, stays under ``_MASK_BYTES``.
 _NMS_KERNELS = r"""
 typedef unsigned long long u64;
-extern "C" __global__ void nms_mask(const int n, const float threshold, const float* boxes,
-                                    const float* areas, const long long* groups, u64* mask,
+extern "C" __global__ void nms_mask(const int n, const int row_start, const real threshold, const real* boxes,
+                                    const real* areas, const long long* groups, u64* mask,
                                     const int col_blocks) {
-    const int row_block = blockIdx.y, col_block = blockIdx.x;
+    const int row_block = row_start / 64 + blockIdx.y, col_block = blockIdx.x;
     if (row_block > col_block) return;
     const int rows = min(n - row_block * 64, 64), cols = min(n - col_block * 64, 64);
-    __shared__ float cb[64 * 4];
-    __shared__ float ca[64];
+    __shared__ real cb[64 * 4];
+    __shared__ real ca[64];
     __shared__ long long cg[64];
     const int t = threadIdx.x;
     if (t < cols) {
@@ -441,56 +444,66 @@ extern "C" __global__ void nms_mask(const int n, const float threshold, const fl
     __syncthreads();
     if (t >= rows) return;
     const int i = row_block * 64 + t;
-    const float* b = boxes + i * 4;
+    const real* b = boxes + i * 4;
     u64 bits = 0;
     for (int k = (row_block == col_block) ? t + 1 : 0; k < cols; k++) {
         if (groups[i] != cg[k]) continue;
-        const float w = fmaxf(fminf(b[2], cb[k * 4 + 2]) - fmaxf(b[0], cb[k * 4 + 0]), 0.0f);
-        const float h = fmaxf(fminf(b[3], cb[k * 4 + 3]) - fmaxf(b[1], cb[k * 4 + 1]), 0.0f);
-        const float inter = w * h;
+        const real w = fmax(fmin(b[2], cb[k * 4 + 2]) - fmax(b[0], cb[k * 4 + 0]), (real)0);
+        const real h = fmax(fmin(b[3], cb[k * 4 + 3]) - fmax(b[1], cb[k * 4 + 1]), (real)0);
+        const real inter = w * h;
         if (inter / (areas[i] + ca[k] - inter) > threshold) bits |= 1ULL << k;
     }
-    mask[(long long)i * col_blocks + col_block] = bits;
+    mask[(long long)(i - row_start) * col_blocks + col_block] = bits;
 }
 
-extern "C" __global__ void nms_gather(const int n, const int col_blocks, const u64* mask, u64* removed,
-                                      bool* keep) {
-    for (int i = 0; i < n; i++) {
+extern "C" __global__ void nms_gather(const int row_start, const int row_end, const int col_blocks,
+                                      const u64* mask, u64* removed, bool* keep) {
+    for (int i = row_start; i < row_end; i++) {
         const int block = i / 64;
         const bool kept = !(removed[block] & (1ULL << (i % 64)));
         __syncthreads();
         if (kept) {
             if (threadIdx.x == 0) keep[i] = true;
-            const u64* row = mask + (long long)i * col_blocks;
+            const u64* row = mask + (long long)(i - row_start) * col_blocks;
             for (int j = block + threadIdx.x; j < col_blocks; j += blockDim.x) removed[j] |= row[j];
         }
         __syncthreads();
     }
 }
 """
+# The suppression bitmask of one chunk of rows is at most this large (64 MiB: 5,000 boxes need 3.2 MB in one
+# chunk; 100,000 boxes take 20 chunks of 5,376 rows).
+_MASK_BYTES = 64 << 20
 
 
 @functools.cache
-def _gpu_kernels(cp):
-    # --fmad=false: no fused multiply-adds, so the float32 IoU is rounded exactly as NumPy rounds it.
-    module = cp.RawModule(code=_NMS_KERNELS, options=("--fmad=false",))
+def _gpu_kernels(cp, real: str):
+    # --fmad=false: no fused multiply-adds, so the IoU is rounded exactly as NumPy rounds it.
+    module = cp.RawModule(code=_NMS_KERNELS.replace("real", real), options=("--fmad=false",))
     return module.get_function("nms_mask"), module.get_function("nms_gather")
 
 
 def _nms_sorted_gpu(cp, boxes, groups, threshold: float):
-    """Kept positions (int64) of score-sorted CuPy ``boxes`` ``(N, 4)`` (optional ``groups`` ``(N,)``)."""
-    mask_kernel, gather_kernel = _gpu_kernels(cp)
+    """Kept positions (int64) of score-sorted CuPy ``boxes`` ``(N, 4)`` float32 or float64 (optional
+    ``groups`` ``(N,)``), compared in the boxes' dtype."""
+    real = "double" if boxes.dtype == cp.float64 else "float"
+    mask_kernel, gather_kernel = _gpu_kernels(cp, real)
     n = int(boxes.shape[0])
-    boxes = cp.ascontiguousarray(boxes, dtype=cp.float32)
+    boxes = cp.ascontiguousarray(boxes)
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     groups = cp.zeros(n, dtype=cp.int64) if groups is None else cp.ascontiguousarray(groups, dtype=cp.int64)
     col_blocks = (n + 63) // 64
-    mask = cp.zeros((n, col_blocks), dtype=cp.uint64)
-    mask_kernel((col_blocks, col_blocks), (64,),
-                (np.int32(n), np.float32(threshold), boxes, areas, groups, mask, np.int32(col_blocks)))
+    chunk = max(64, _MASK_BYTES // (8 * col_blocks) // 64 * 64)  # rows per chunk, a multiple of 64
+    mask = cp.zeros((min(chunk, n), col_blocks), dtype=cp.uint64)
     removed = cp.zeros(col_blocks, dtype=cp.uint64)
     keep = cp.zeros(n, dtype=cp.bool_)
-    gather_kernel((1,), (256,), (np.int32(n), np.int32(col_blocks), mask, removed, keep))
+    scalar = np.float64 if real == "double" else np.float32
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        mask_kernel((col_blocks, (stop - start + 63) // 64), (64,),
+                    (np.int32(n), np.int32(start), scalar(threshold), boxes, areas, groups, mask,
+                     np.int32(col_blocks)))
+        gather_kernel((1,), (256,), (np.int32(start), np.int32(stop), np.int32(col_blocks), mask, removed, keep))
     return cp.nonzero(keep)[0].astype(cp.int64)
 
 
