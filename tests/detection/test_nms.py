@@ -109,7 +109,7 @@ def test_blocked_rounds_chain_into_the_sparse_graph(rng):
     scores = rng.random(300).astype(np.float32)
     groups = rng.integers(0, 2, 300)
     with mock.patch.object(nms_module, "_DENSE_PAIRS_PER_BOX", 0), \
-            mock.patch.object(nms_module, "_SECONDS_PER_PAIR", 0.0), \
+            mock.patch.object(nms_module, "_PAIR_COST", 0.0), \
             mock.patch.object(nms_module, "_HEAD_BOXES", 64), \
             mock.patch.object(nms_module, "_sparse_keep", wraps=nms_module._sparse_keep) as sparse:
         keep = batched_nms(boxes, scores, groups, 0.5)
@@ -166,21 +166,112 @@ def test_nms_empty_and_errors(xp):
         nms(xp.zeros((1, 4), xp.float32), xp.zeros(1, xp.float32), 1.5)
 
 
+def make_layout(rng, layout: str, n: int, dtype=np.float32):
+    if layout == "clustered":
+        xy = rng.uniform(0, 300, (12, 2))[rng.integers(0, 12, n)] + rng.normal(0, 4, (n, 2))
+        wh = 30 + rng.normal(0, 3, (n, 2))
+    else:
+        xy = rng.uniform(0, 1000 if layout == "sparse" else 500, (n, 2))
+        wh = rng.uniform(10, 120 if layout == "sparse" else 400, (n, 2))
+    return np.concatenate([xy, xy + wh], axis=1).astype(dtype)
+
+
 @pytest.mark.gpu
-def test_gpu_nms_equals_cpu(rng):
-    if not backend.gpu_available():
-        pytest.skip("CuPy with a CUDA device is not available")
-    cp = backend.xp_for("gpu")
-    xy = rng.uniform(0, 1000, (3000, 2))
-    boxes = np.concatenate([xy, xy + rng.uniform(10, 120, (3000, 2))], axis=1).astype(np.float32)
-    scores = rng.random(3000).astype(np.float32)
-    groups = rng.integers(0, 4, 3000)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["sparse", "clustered", "large"])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_gpu_nms_equals_cpu(gpu, rng, dtype, layout, grouped):
+    """The same indices on both devices, whatever the float dtype (float64 is compared in float64 by both)."""
+    boxes = make_layout(rng, layout, 700, dtype)
+    scores = rng.random(700).astype(np.float32)
+    groups = rng.integers(0, 4, 700)
     for threshold in (0.0, 0.5, 0.7):
-        np.testing.assert_array_equal(nms(cp.asarray(boxes), cp.asarray(scores), threshold).get(),
-                                      nms(boxes, scores, threshold))
-        np.testing.assert_array_equal(
-            batched_nms(cp.asarray(boxes), cp.asarray(scores), cp.asarray(groups), threshold).get(),
-            batched_nms(boxes, scores, groups, threshold))
+        if grouped:
+            on_gpu = batched_nms(gpu.asarray(boxes), gpu.asarray(scores), gpu.asarray(groups), threshold)
+            on_cpu = batched_nms(boxes, scores, groups, threshold)
+        else:
+            on_gpu = nms(gpu.asarray(boxes), gpu.asarray(scores), threshold)
+            on_cpu = nms(boxes, scores, threshold)
+        assert backend.is_gpu_array(on_gpu) and on_gpu.dtype == np.int64
+        np.testing.assert_array_equal(backend.to_numpy(on_gpu), on_cpu)
+
+
+@pytest.mark.gpu
+def test_float64_nms_is_decided_in_float64_on_both_devices(gpu):
+    boxes = np.array([[0.0, 0.0, 3.0, 1.0], [1.0 - 1e-9, 0.0, 4.0, 1.0]])  # IoU 0.5 + 2.5e-10 in float64
+    scores = np.array([0.9, 0.8])
+    assert nms(boxes, scores, 0.5).tolist() == [0]  # float64: suppressed
+    assert nms(boxes.astype(np.float32), scores, 0.5).tolist() == [0, 1]  # float32 rounds the IoU to 0.5
+    assert backend.to_numpy(nms(gpu.asarray(boxes), gpu.asarray(scores), 0.5)).tolist() == [0]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("host", ["boxes", "scores"])
+def test_nms_with_one_input_on_the_host_runs_on_the_gpu(gpu, rng, host):
+    boxes = make_layout(rng, "sparse", 300)
+    scores = rng.random(300).astype(np.float32)
+    args = (boxes, gpu.asarray(scores)) if host == "boxes" else (gpu.asarray(boxes), scores)
+    keep = nms(*args, 0.5)
+    assert backend.is_gpu_array(keep)
+    np.testing.assert_array_equal(backend.to_numpy(keep), nms(boxes, scores, 0.5))
+    keep, new_scores = soft_nms(*args, 0.3)
+    ref_keep, ref_scores = soft_nms(boxes, scores, 0.3)
+    np.testing.assert_array_equal(backend.to_numpy(keep), ref_keep)
+    np.testing.assert_array_equal(backend.to_numpy(new_scores), ref_scores)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [65, 200, 1000])
+def test_gpu_nms_mask_in_row_chunks_gives_the_same_boxes(gpu, rng, n):
+    """With the mask budget at one 64-row block, every chunk of rows is masked and walked on its own."""
+    boxes = make_layout(rng, "large", n)
+    scores = rng.random(n).astype(np.float32)
+    col_blocks = (n + 63) // 64
+    with mock.patch.object(nms_module, "_MASK_BYTES", 8 * col_blocks * 64):
+        keep = nms(gpu.asarray(boxes), gpu.asarray(scores), 0.5)
+    np.testing.assert_array_equal(backend.to_numpy(keep), reference_nms(boxes, scores, 0.5))
+
+
+def test_nms_mask_memory_is_bounded():
+    """100,000 boxes: a chunk of the mask stays under the budget (the whole mask would be 1.25 GB)."""
+    n = 100_000
+    col_blocks = (n + 63) // 64
+    chunk = max(64, nms_module._MASK_BYTES // (8 * col_blocks) // 64 * 64)
+    assert chunk * col_blocks * 8 <= nms_module._MASK_BYTES < n * col_blocks * 8
+
+
+@settings(max_examples=200, deadline=None)
+@given(boxes_strategy(max_n=30), st.sampled_from([0.0, 0.3, 0.5, 0.7]))
+def test_plain_greedy_reference_matches_the_definition(data, threshold):
+    boxes, scores, _ = data
+    order = np.argsort(-scores, kind="stable")
+    keep = order[nms_module.nms_reference_sorted(boxes[order], threshold)] if len(order) else order
+    np.testing.assert_array_equal(keep, reference_nms(boxes, scores, threshold))
+
+
+@pytest.mark.parametrize("layout", ["sparse", "clustered", "large"])
+def test_tuned_path_equals_the_plain_reference(rng, layout):
+    boxes = make_layout(rng, layout, 2000)
+    scores = rng.random(2000).astype(np.float32)
+    order = np.argsort(-scores, kind="stable")
+    for threshold in (0.3, 0.5, 0.7):
+        np.testing.assert_array_equal(nms(boxes, scores, threshold),
+                                      order[nms_module.nms_reference_sorted(boxes[order], threshold)])
+
+
+def test_path_choice_depends_on_the_input_only(rng):
+    """Two runs take the same path: the choice reads no clock."""
+    import time as time_module
+
+    boxes = make_layout(rng, "large", 3000)
+    scores = rng.random(3000).astype(np.float32)
+    with mock.patch.object(time_module, "perf_counter", side_effect=AssertionError("timing used")), \
+            mock.patch.object(nms_module, "_sparse_keep", wraps=nms_module._sparse_keep) as sparse:
+        first = nms(boxes, scores, 0.7)
+        calls = [len(c.args[0]) for c in sparse.call_args_list]
+        second = nms(boxes, scores, 0.7)
+    assert [len(c.args[0]) for c in sparse.call_args_list[len(calls):]] == calls
+    np.testing.assert_array_equal(first, second)
 
 
 def reference_soft_nms(boxes, scores, threshold, sigma, method, score_threshold):

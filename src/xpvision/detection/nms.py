@@ -5,9 +5,14 @@ Suppression rule (torchvision's): a box is suppressed when its IoU with a kept, 
 equal scores are visited in index order (a stable sort), so the result is deterministic.
 ``iou_threshold = 1`` keeps every box; ``0`` suppresses every box that overlaps a kept one with positive area.
 
-IoU is computed in the boxes' float dtype (float32 for float32 boxes) as
-``inter / (area_i + area_j - inter)``, the same arithmetic on the CPU and in the CUDA kernel, so both paths
-return the same indices.
+IoU is computed in the boxes' float dtype (float32 or float64; other dtypes are compared in float32) as
+``inter / (area_i + area_j - inter)``, the same arithmetic on the CPU and in the CUDA kernel (compiled for
+float and for double), so both devices return the same indices. Boxes and scores on different devices are
+computed on the GPU.
+
+:func:`nms_reference_sorted` is the textbook greedy loop (keep the best box, drop its overlaps, repeat); it
+serves small inputs (up to ``_REFERENCE_BOXES`` boxes) and is the reference the tuned paths are tested equal
+to. Which path runs depends on the input only (its size and the density of its overlaps), never on timing.
 
 CPU algorithm. Greedy NMS is the lexicographically-first maximal independent set of the *suppression graph*
 (an edge joins two boxes whose IoU exceeds the threshold), ordered by score. Two strategies, chosen per input:
@@ -40,7 +45,6 @@ second single-block kernel walks it in score order (the algorithm of torchvision
 from __future__ import annotations
 
 import functools
-import time
 from typing import NamedTuple
 
 import numpy as np
@@ -53,17 +57,23 @@ from xpvision.errors import ConfigError, ShapeError
 _PAIR_CHUNK = 1 << 20
 # Search windows are widened by this fraction of the largest box side, so float rounding never loses a pair.
 _WINDOW_SLACK = 1e-3
-# Above this many candidate pairs per box the graph may be dense and blocked greedy rounds start. Their
-# measured speed, against a rough cost of the sparse graph per candidate pair on this machine, decides when
-# building the graph of the boxes still undecided becomes cheaper.
+# Above this many candidate pairs per box the graph may be dense and blocked greedy rounds start. Their work
+# so far (IoU entries computed per decided box), against the work of building the sparse graph of the boxes
+# still undecided, decides when to switch. Work is counted in IoU entries of a dense block: a candidate pair of
+# the sparse graph (gather, IoU, edge list, greedy walk) costs about _PAIR_COST of them, and a round has a
+# fixed cost of about _ROUND_COST (its head's bitmask walk and NumPy call overheads). Both are ratios of NumPy
+# operation costs, so the choice depends on the input alone, never on timing.
 _DENSE_PAIRS_PER_BOX = 32
-_SECONDS_PER_PAIR = 4e-8
+_PAIR_COST = 8.0
+_ROUND_COST = 40_000.0
 # Blocked greedy: boxes decided per round (the serial part, on a bitmask) and kept boxes compared together
 # against one window of candidate columns.
 _HEAD_BOXES = 128
 _ROW_GROUP = 16
 # Area-ratio windows are widened by this relative amount, far above float32 rounding of the IoU.
 _RATIO_SLACK = 1e-5
+# Up to this many boxes the plain greedy loop is as fast as any tuned path (a few vectorised passes).
+_REFERENCE_BOXES = 64
 # Greedy over sparse edges: a kept box with more targets than this removes them with one NumPy assignment.
 _LONG_RUN = 16
 
@@ -108,6 +118,8 @@ def _nms(boxes, scores, groups, iou_threshold: float):
         return order
     if xp is not np:
         return order[_nms_sorted_gpu(xp, boxes[order], None if groups is None else groups[order], threshold)]
+    if len(order) <= _REFERENCE_BOXES and groups is None:
+        return order[nms_reference_sorted(boxes[order], threshold)]
     sorted_boxes = np.ascontiguousarray(boxes[order])
     sorted_groups = None if groups is None else groups[order]
     return order[_nms_sorted_cpu(sorted_boxes, sorted_groups, threshold)]
@@ -134,14 +146,33 @@ def _nms_sorted_cpu(boxes, groups, threshold: float):
             return np.concatenate(kept)
         # candidate pairs scale about quadratically with the density of boxes left
         scaled_pairs = planned_pairs * (len(undecided) / planned_boxes) ** 2
-        if _SECONDS_PER_PAIR * scaled_pairs < rounds.seconds_left():
+        if _PAIR_COST * scaled_pairs < rounds.work_left():
             sub_boxes = boxes[undecided]
             sub_groups = None if groups is None else groups[undecided]
             plan = _sweep_plan(sub_boxes, sub_groups, threshold)
             planned_boxes, planned_pairs = len(undecided), plan.num_pairs
-            if _SECONDS_PER_PAIR * plan.num_pairs < rounds.seconds_left():
+            if _PAIR_COST * plan.num_pairs < rounds.work_left():
                 kept.append(undecided[_sparse_keep(sub_boxes, sub_groups, threshold, plan)])
                 return np.concatenate(kept)
+
+
+def nms_reference_sorted(boxes, threshold: float):
+    """Kept positions (int64) of score-sorted NumPy ``boxes`` ``(N, 4)``: the textbook greedy loop, in the
+    boxes' dtype (the arithmetic of every other path)."""
+    dtype = boxes.dtype.type
+    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, k]) for k in range(4))
+    area = (x2 - x1) * (y2 - y1)
+    rest = np.arange(len(boxes))
+    keep = []
+    while rest.size:
+        i, rest = rest[0], rest[1:]
+        keep.append(i)
+        w = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), dtype(0))
+        h = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), dtype(0))
+        inter = w * h
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rest = rest[~(inter / (area[i] + area[rest] - inter) > dtype(threshold))]
+    return np.array(keep, dtype=np.int64)
 
 
 def _sparse_keep(boxes, groups, threshold: float, plan: _SweepPlan):
@@ -151,8 +182,12 @@ def _sparse_keep(boxes, groups, threshold: float, plan: _SweepPlan):
 
 
 def _check_inputs(boxes, scores):
-    boxes = check_boxes(boxes)
+    """Boxes ``(N, 4)`` float32 or float64 (other dtypes become float32) and scores ``(N,)``, both on the GPU
+    when either is there (a host array is copied to the device)."""
     xp = backend.get_array_module(boxes, scores)
+    boxes = check_boxes(xp.asarray(boxes))
+    if boxes.dtype not in (xp.float32, xp.float64):
+        boxes = boxes.astype(xp.float32)
     scores = xp.asarray(scores)
     if scores.ndim != 1 or scores.shape[0] != boxes.shape[0]:
         raise ShapeError(f"scores: expected shape ({boxes.shape[0]},) to match boxes, "
@@ -310,19 +345,18 @@ class _BlockedGreedy:
         self.columns = _Columns(self.coords[:, by_key], self.groups[by_key], self.area[by_key], by_key)
         self.is_undecided = np.ones(n, bool)
         self.decided = 0
-        self.seconds = 0.0
+        self.work = 0.0
 
     def undecided(self):
         """Positions (int64, ascending) of the boxes not yet kept or suppressed."""
         return np.flatnonzero(self.is_undecided)
 
-    def seconds_left(self) -> float:
-        """Estimated time to finish, at the measured time per decided box."""
-        return np.count_nonzero(self.is_undecided) * self.seconds / max(self.decided, 1)
+    def work_left(self) -> float:
+        """Estimated work to finish (IoU entries), at the work per decided box so far."""
+        return np.count_nonzero(self.is_undecided) * self.work / max(self.decided, 1)
 
     def step(self):
         """Run one round; return the kept positions (int64, ascending) of its head."""
-        start = time.perf_counter()
         head = np.flatnonzero(self.is_undecided)[:_HEAD_BOXES]  # (R,)
         rows = self.coords[:, head]  # (5, R)
         hits = _iou(rows, rows) > self.threshold  # (R, R)
@@ -335,7 +369,7 @@ class _BlockedGreedy:
         self.is_undecided[self.columns.position[suppressed]] = False
         self.columns = self.columns.select(~suppressed)
         self.decided += len(head) + int(np.count_nonzero(suppressed))
-        self.seconds += time.perf_counter() - start
+        self.work += _ROUND_COST + len(head) ** 2
         return kept
 
     def _suppressed_by(self, kept):
@@ -364,6 +398,7 @@ class _BlockedGreedy:
             if end > begin:
                 rows = self.coords[:, kept[first:stop]]
                 best = _iou(rows, columns.coords[:, begin:end]).max(axis=0)  # (end - begin,)
+                self.work += (stop - first) * (end - begin)
                 suppressed[begin:end] |= best > self.threshold
         return suppressed
 
@@ -520,6 +555,8 @@ def soft_nms(boxes, scores, iou_threshold: float = 0.3, sigma: float = 0.5, meth
     Args:
         boxes: ``(N, 4)`` float ``xyxy`` boxes; scores: ``(N,)`` float.
 
+    GPU inputs are copied to the host and the results back (the loop is serial by nature).
+
     Returns:
         ``(keep, new_scores)``: ``(K,)`` int64 indices in selection order (non-increasing decayed score) and
         ``(K,)`` their decayed scores, in the scores' float dtype.
@@ -531,6 +568,10 @@ def soft_nms(boxes, scores, iou_threshold: float = 0.3, sigma: float = 0.5, meth
     boxes, scores = _check_inputs(boxes, scores)
     threshold = _check_threshold(iou_threshold, "iou_threshold")
     xp = backend.get_array_module(boxes, scores)
+    if xp is not np:  # a serial loop: on the host, one copy each way instead of a synchronisation per box
+        keep, kept = soft_nms(backend.to_numpy(boxes), backend.to_numpy(scores), threshold, sigma, method,
+                              score_threshold)
+        return xp.asarray(keep), xp.asarray(kept)
     dtype = scores.dtype if scores.dtype.kind == "f" else xp.float32
     current = scores.astype(dtype, copy=True)
     remaining = xp.nonzero(current >= score_threshold)[0]

@@ -1,7 +1,8 @@
 """Element-wise layers: :class:`ReLU`, :class:`LeakyReLU`, :class:`Sigmoid`, :class:`Identity`.
 
-They accept arrays of any shape and keep the memory layout of their input (NumPy's ``order='K'``), so a
-channels-last activation stays channels-last.
+They accept arrays of any shape and keep the memory layout of their input, so a channels-last activation
+stays channels-last: results are written into ``xp.empty_like(x)`` (CuPy allocates a plain ufunc result
+C-contiguous, NumPy keeps the input's layout).
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ class ReLU(Layer):
         check_float(type(self).__name__, x)
         xp = backend.get_array_module(x)
         self._mask = x > 0
-        return xp.multiply(x, self._mask, dtype=x.dtype)
+        return xp.multiply(x, self._mask, out=xp.empty_like(x))
 
     def backward(self, dout):
         forward_done(type(self).__name__, self._mask)
         grad_like(type(self).__name__, dout, self._mask.shape)
-        return backend.get_array_module(dout).multiply(dout, self._mask, dtype=dout.dtype)
+        xp = backend.get_array_module(dout)
+        return xp.multiply(dout, self._mask, out=xp.empty_like(dout))
 
 
 class LeakyReLU(Layer):
@@ -50,13 +52,13 @@ class LeakyReLU(Layer):
         check_float(type(self).__name__, x)
         xp = backend.get_array_module(x)
         self._positive = x > 0
-        return xp.where(self._positive, x, x * x.dtype.type(self.negative_slope))
+        return _leaky(xp, x, self._positive, self.negative_slope)
 
     def backward(self, dout):
         forward_done(type(self).__name__, self._positive)
         grad_like(type(self).__name__, dout, self._positive.shape)
         xp = backend.get_array_module(dout)
-        return xp.where(self._positive, dout, dout * dout.dtype.type(self.negative_slope))
+        return _leaky(xp, dout, self._positive, self.negative_slope)
 
 
 class Sigmoid(Layer):
@@ -74,7 +76,8 @@ class Sigmoid(Layer):
     def backward(self, dout):
         forward_done(type(self).__name__, self._y)
         grad_like(type(self).__name__, dout, self._y.shape)
-        return dout * self._y * (1 - self._y)
+        xp = backend.get_array_module(dout)
+        return xp.multiply(dout, self._y * (1 - self._y), out=xp.empty_like(dout))
 
 
 class Identity(Layer):
@@ -91,4 +94,13 @@ def sigmoid(x):
     """Numerically stable logistic function; same shape and dtype as ``x``."""
     xp = backend.get_array_module(x)
     e = xp.exp(-xp.abs(x))  # in (0, 1]: never overflows
-    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+    out = xp.empty_like(x)
+    out[...] = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    return out
+
+
+def _leaky(xp, a, positive, slope: float):
+    """``a`` where ``positive`` else ``slope · a``, in the layout of ``a``."""
+    out = xp.multiply(a, a.dtype.type(slope), out=xp.empty_like(a))
+    xp.copyto(out, a, where=positive)
+    return out

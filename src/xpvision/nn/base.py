@@ -24,12 +24,17 @@ Conventions every layer follows -------------------------------
   (``Conv2d`` absorbs a following ``ReLU`` and 2x2 ``MaxPool2d``, ``BatchNorm2d`` a ``ReLU``), and
   ``forward_fused(x, absorbed)`` runs them; ``Sequential.forward`` uses it (unless ``fusion = False``) and its
   ``backward`` then skips the absorbed layers. Specs and weights do not change: fusion is an execution detail.
+* **Device.** A layer holding parameters checks that its input is on the same device as they are (NumPy for
+  ``'cpu'``, CuPy for ``'gpu'``) before its ``forward``/``forward_fused`` runs, and raises
+  :class:`InputDeviceError` naming the layer (its path inside a ``Sequential``), the expected and the actual
+  device; the check is one type test per call.
 * **Spec.** ``config()`` returns the JSON-able constructor arguments; :func:`build_layer` rebuilds a layer
   from ``spec()``, so a model on disk is an ``.npz`` of ``state_dict()`` plus a JSON spec, never a pickle.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -41,6 +46,43 @@ from xpvision.errors import WeightsError
 LAYERS: dict[str, type[Layer]] = {}
 
 
+class InputDeviceError(backend.DeviceError):
+    """A layer got an input on another device than its parameters."""
+
+    def __init__(self, layer: Layer, expected: str, actual: str, kind: str, path: str = "") -> None:
+        self.layer, self.expected, self.actual, self.kind, self.path = layer, expected, actual, kind, path
+        where = f"layer {path!r} ({type(layer).__name__})" if path else f"layer {type(layer).__name__}"
+        super().__init__(f"{where} holds its parameters on the {expected} but got an input on the {actual} "
+                         f"({kind}); move the input with xpvision.backend.to_device(x, {expected!r}) or the "
+                         f"model with .to({actual!r})")
+
+    def within(self, name: str) -> InputDeviceError:
+        """The same error, its layer path prefixed by the name of the container holding it."""
+        return InputDeviceError(self.layer, self.expected, self.actual, self.kind,
+                                f"{name}.{self.path}" if self.path else name)
+
+
+def check_input_device(layer: Layer, x) -> None:
+    """Raise :class:`InputDeviceError` when ``x`` (a NumPy or CuPy array) is not on the device of the
+    parameters of ``layer``; other inputs, and layers without parameters, pass."""
+    weights = next(iter(layer.params.values()))
+    on_gpu = backend.is_gpu_array(x)
+    if on_gpu != backend.is_gpu_array(weights) and (on_gpu or isinstance(x, np.ndarray)):
+        expected, actual = ("cpu", "gpu") if on_gpu else ("gpu", "cpu")
+        raise InputDeviceError(layer, expected, actual, f"{type(x).__module__}.{type(x).__name__}")
+
+
+def _device_checked(method):
+    """Wrap a layer's ``forward``/``forward_fused`` with :func:`check_input_device`."""
+    @functools.wraps(method)
+    def checked(self, x, *args, **kwargs):
+        if self.params:
+            check_input_device(self, x)
+        return method(self, x, *args, **kwargs)
+    checked.device_checked = True
+    return checked
+
+
 class Layer:
     """Base class: ``forward(x)``, ``backward(dout)``, ``params``/``grads``/``buffers``, ``training``."""
 
@@ -50,6 +92,10 @@ class Layer:
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("registered", True):
             LAYERS[cls.__name__] = cls
+        for name in ("forward", "forward_fused"):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "device_checked", False):
+                setattr(cls, name, _device_checked(method))
 
     def __init__(self) -> None:
         self.params: dict[str, Any] = {}
@@ -260,7 +306,10 @@ class Sequential(Layer):
         while i < len(layers):
             layer = layers[i]
             absorbed = layers[i + 1:i + 1 + layer.fusable(layers[i + 1:])] if self.fusion else []
-            x = layer.forward_fused(x, absorbed) if absorbed else layer.forward(x)
+            try:
+                x = layer.forward_fused(x, absorbed) if absorbed else layer.forward(x)
+            except InputDeviceError as e:
+                raise e.within(list(self.layers)[i]) from None
             steps.append(layer)
             i += 1 + len(absorbed)
         self._steps = steps

@@ -102,10 +102,11 @@ class Dropout(Layer):
         else:
             keep = rng.uniform(x.shape, xp, x.dtype) >= self.p
             self._scale = keep * x.dtype.type(1.0 / (1.0 - self.p))  # (same shape as x), 0 or 1/(1-p)
-        return x * self._scale
+        return xp.multiply(x, self._scale, out=xp.empty_like(x))  # in the layout of x (channels-last)
 
     def backward(self, dout):
         if self._scale is None:
             return dout
         grad_like(type(self).__name__, dout, self._scale.shape)
-        return dout * self._scale
+        xp = backend.get_array_module(dout)
+        return xp.multiply(dout, self._scale, out=xp.empty_like(dout))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from xpvision import backend
 from xpvision.nn.activation import Identity, ReLU
 from xpvision.nn.base import Layer, Sequential
 from xpvision.nn.conv import Conv2d
@@ -49,10 +50,13 @@ class ResidualBlock(Layer):
     def forward(self, x):
         main = self.relu1.forward(self.bn1.forward(self.conv1.forward(x)))
         main = self.bn2.forward(self.conv2.forward(main))
-        return self.relu2.forward(main + self.shortcut.forward(x))
+        xp = backend.get_array_module(main)
+        # into a buffer of the layout of ``main`` (channels-last): CuPy's ``+`` would return C-ordered NCHW
+        return self.relu2.forward(xp.add(main, self.shortcut.forward(x), out=xp.empty_like(main)))
 
     def backward(self, dout):
         d = self.relu2.backward(dout)
         d_main = self.conv1.backward(self.bn1.backward(self.relu1.backward(self.conv2.backward(
             self.bn2.backward(d)))))
-        return d_main + self.shortcut.backward(d)
+        xp = backend.get_array_module(d_main)
+        return xp.add(d_main, self.shortcut.backward(d), out=xp.empty_like(d_main))
