@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default=None, help="folder for the drawn detections / overlays")
     predict.add_argument("--score-threshold", type=float, default=0.3,
                          help="detection only: minimum score of a drawn detection (default: 0.3)")
+    predict.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                         help="run the model on this device (default: cpu; gpu needs CuPy and CUDA)")
     return parser
 
 
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from xpvision.stages import predict
 
             predict.run(args.images, args.model, as_json=args.json, out_dir=args.out,
-                        score_threshold=args.score_threshold)
+                        score_threshold=args.score_threshold, device=args.device)
         elif args.command == "transfer-report":
             from xpvision.stages import transfer_report
 

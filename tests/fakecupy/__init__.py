@@ -4,7 +4,8 @@ It behaves like CuPy where device bugs hide, so that every ``gpu`` test runs on 
 
 * arrays have their own type, :class:`ndarray`, holding a NumPy buffer that only this package touches;
 * implicit conversion to NumPy raises ``TypeError`` (``np.asarray(x)``, ``np.testing``, ``host[...] = x``), as
-  does mixing a NumPy array into a device operation (``x + host``, ``x[...] = host``, ``cupy.maximum(x, host)``);
+  does mixing a NumPy array into a device operation (``x + host``, ``x[...] = host``,
+  ``cupy.maximum(x, host)``);
 * only names that the real ``cupy`` package has exist, with its signatures (``cupy_names.json``, a snapshot of
   the installed package written by ``snapshot_names.py``); a name CuPy has but the stand-in does not emulate
   raises ``NotImplementedError`` naming it;
@@ -68,4 +69,5 @@ def __getattr__(name: str):
 
 
 _names.check_defined("cupy", {k for k in globals() if not k.startswith("_")}
-                     - {"annotations", "count_syncs", "sync_count", "array_function", "make_module_function", "kernels"})
+                     - {"annotations", "count_syncs", "sync_count", "array_function", "make_module_function",
+                        "kernels"})

@@ -123,7 +123,7 @@ class _Flags:
                 "OWNDATA": self.owndata}[key]
 
 
-class ndarray:  # noqa: N801 - CuPy's name
+class ndarray:
     """A device array: a NumPy buffer that host code cannot reach without an explicit, counted copy."""
 
     __slots__ = ("_a",)
@@ -304,7 +304,8 @@ def _method(name: str):
     def method(self, *args, **kwargs):
         _names.check_call("cupy.ndarray", name, (self, *args), kwargs)
         out = kwargs.get("out")
-        result = getattr(self._a, name)(*unwrap(args, name), **{k: unwrap(v, name) for k, v in kwargs.items()})
+        result = getattr(self._a, name)(*unwrap(args, name),
+                                        **{k: unwrap(v, name) for k, v in kwargs.items()})
         return out if out is not None else wrap(result)
     method.__name__ = name
     return method
@@ -355,8 +356,8 @@ for _short, _ufunc in _BINARY.items():
     setattr(ndarray, f"__{_short}__", _binary(_ufunc, f"__{_short}__"))
     setattr(ndarray, f"__r{_short}__", _binary(_ufunc, f"__r{_short}__", reflected=True))
     setattr(ndarray, f"__i{_short}__", _inplace(_ufunc, f"__i{_short}__"))
-setattr(ndarray, "__matmul__", _binary("matmul", "__matmul__"))
-setattr(ndarray, "__rmatmul__", _binary("matmul", "__rmatmul__", reflected=True))
+ndarray.__matmul__ = _binary("matmul", "__matmul__")
+ndarray.__rmatmul__ = _binary("matmul", "__rmatmul__", reflected=True)
 for _short, _ufunc in {"eq": "equal", "ne": "not_equal", "lt": "less", "le": "less_equal", "gt": "greater",
                        "ge": "greater_equal"}.items():
     setattr(ndarray, f"__{_short}__", _binary(_ufunc, f"__{_short}__"))

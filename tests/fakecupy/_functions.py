@@ -17,7 +17,7 @@ _PLAIN_RESULTS = {"ndim", "size", "shape", "isscalar", "result_type", "can_cast"
                   "shares_memory", "iscomplexobj", "isrealobj"}
 
 
-class ufunc:  # noqa: N801 - CuPy's name
+class ufunc:
     """An element-wise function: device arrays and scalars only, C-contiguous output unless ``out`` is
     given (keyword arguments as CuPy's: ``out``, ``dtype``, ``casting``)."""
 

@@ -23,7 +23,8 @@ import numpy as np
 from fakecupy import _names
 from fakecupy._array import ndarray
 
-_SCALARS = {"int": np.int32, "unsigned int": np.uint32, "long long": np.int64, "unsigned long long": np.uint64,
+_SCALARS = {"int": np.int32, "unsigned int": np.uint32, "long long": np.int64,
+            "unsigned long long": np.uint64,
             "float": np.float32, "double": np.float64, "bool": np.bool_, "size_t": np.uint64}
 _MAX_GRID = (2**31 - 1, 65535, 65535)
 _MAX_BLOCK = (1024, 1024, 64)

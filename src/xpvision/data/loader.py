@@ -107,7 +107,10 @@ class DataLoader:
 
     The shuffle order of epoch ``e`` is a permutation drawn from ``default_rng([seed, e])``: call
     :meth:`set_epoch` before iterating so a resumed run sees the same batches. ``device='gpu'`` moves each
-    batch's arrays to CuPy (images as uint8, converted there).
+    batch's arrays to CuPy (images as uint8, converted there; ``masks`` and classification ``labels``), except
+    the per-image lists of a detection batch (``boxes``, ``labels``, ``difficult``): detection targets are
+    assigned on the host, so they stay there (moving them would cost a copy back every step), and so does
+    ``indices``.
     """
 
     def __init__(self, dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
@@ -148,8 +151,9 @@ class DataLoader:
     def _batch(self, indices: np.ndarray) -> dict:
         samples = [self.dataset[int(i)] for i in indices]
         batch = collate(samples)
-        batch["indices"] = indices
+        host = {k: batch.pop(k) for k in ("boxes", "labels", "difficult") if isinstance(batch.get(k), list)}
         batch = backend.to_device(batch, self.device)
+        batch.update(host, indices=indices)
         images = self.normalization.apply(batch.pop("image_array"))  # (N, H, W, C)
         batch["images"] = images.transpose(0, 3, 1, 2)  # (N, C, H, W) view
         return batch

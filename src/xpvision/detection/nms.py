@@ -59,7 +59,8 @@ _PAIR_CHUNK = 1 << 20
 _WINDOW_SLACK = 1e-3
 # Above this many candidate pairs per box the graph may be dense and blocked greedy rounds start. Their work
 # so far (IoU entries computed per decided box), against the work of building the sparse graph of the boxes
-# still undecided, decides when to switch. Work is counted in IoU entries of a dense block: a candidate pair of
+# still undecided, decides when to switch. Work is counted in IoU entries of a dense block: a candidate pair
+# of
 # the sparse graph (gather, IoU, edge list, greedy walk) costs about _PAIR_COST of them, and a round has a
 # fixed cost of about _ROUND_COST (its head's bitmask walk and NumPy call overheads). Both are ratios of NumPy
 # operation costs, so the choice depends on the input alone, never on timing.
@@ -538,7 +539,8 @@ def _nms_sorted_gpu(cp, boxes, groups, threshold: float):
         mask_kernel((col_blocks, (stop - start + 63) // 64), (64,),
                     (np.int32(n), np.int32(start), scalar(threshold), boxes, areas, groups, mask,
                      np.int32(col_blocks)))
-        gather_kernel((1,), (256,), (np.int32(start), np.int32(stop), np.int32(col_blocks), mask, removed, keep))
+        gather_kernel((1,), (256,),
+                      (np.int32(start), np.int32(stop), np.int32(col_blocks), mask, removed, keep))
     return cp.nonzero(keep)[0].astype(cp.int64)
 
 

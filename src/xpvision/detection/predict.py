@@ -31,7 +31,9 @@ def postprocess(pred, spec: YoloSpec, score_threshold: float = 0.01, nms_iou: fl
 
     Every (anchor, class) pair scoring ``σ(objectness)·softmax(class)`` above ``score_threshold`` is a
     candidate (so one box may be reported for two classes); boxes are clipped to the image, suppressed per
-    class by :func:`batched_nms` (IoU ``> nms_iou``), and the best ``max_detections`` kept.
+    image and class by :func:`batched_nms` (IoU ``> nms_iou``), and each image's best ``max_detections`` kept.
+    The whole batch is decoded and suppressed at once, so on the GPU the number of synchronisations does not
+    grow with the number of images or boxes.
     """
     xp = backend.get_array_module(pred)
     raw = spec.split(pred)  # (N, S_h, S_w, A, 5 + C)
@@ -39,15 +41,37 @@ def postprocess(pred, spec: YoloSpec, score_threshold: float = 0.01, nms_iou: fl
     boxes = spec.decode_boxes(raw).reshape(n, -1, 4).astype(xp.float32)  # (N, M, 4)
     scores = (sigmoid(raw[..., 4:5]) * softmax(raw[..., 5:], axis=-1)).reshape(n, -1, spec.num_classes)
     scores = scores.astype(xp.float32)  # (N, M, C)
+    image, anchor_idx, label = xp.nonzero(scores > score_threshold)  # (K,) each, image-major
+    candidate_boxes = clip_boxes_to_image(boxes[image, anchor_idx], spec.input_size)  # (K, 4)
+    candidate_scores = scores[image, anchor_idx, label]  # (K,)
+    keep = batched_nms(candidate_boxes, candidate_scores, image * spec.num_classes + label, nms_iou)
+    # by image, each image's boxes still by descending score (a stable sort)
+    keep = keep[_stable_argsort(xp, image[keep])]
+    counts = np.asarray(backend.to_numpy(xp.bincount(image[keep], minlength=n)))  # (N,) on the host
+    starts = np.cumsum(counts) - counts
     results = []
     for k in range(n):
-        anchor_idx, label = xp.nonzero(scores[k] > score_threshold)
-        candidate_boxes = clip_boxes_to_image(boxes[k][anchor_idx], spec.input_size)
-        candidate_scores = scores[k][anchor_idx, label]
-        keep = batched_nms(candidate_boxes, candidate_scores, label, nms_iou)[:max_detections]
-        labels = label[keep].astype(xp.int64)
-        results.append(Detections(candidate_boxes[keep], labels, candidate_scores[keep]))
+        chosen = keep[int(starts[k]):int(starts[k]) + min(int(counts[k]), max_detections)]
+        results.append(Detections(candidate_boxes[chosen], label[chosen].astype(xp.int64),
+                                  candidate_scores[chosen]))
     return results
+
+
+def detections_to_numpy(detections: Sequence[Detections]) -> list[Detections]:
+    """Per-image detections as NumPy arrays, copied from the GPU in three transfers whatever their number."""
+    if not detections or not backend.is_gpu_array(detections[0].boxes):
+        return [Detections(*(np.asarray(a) for a in d)) for d in detections]
+    xp = backend.get_array_module(detections[0].boxes)
+    sizes = np.cumsum([len(d.boxes) for d in detections])[:-1]
+    parts = [np.split(backend.to_numpy(xp.concatenate([d[f] for d in detections])), sizes) for f in range(3)]
+    return [Detections(*fields) for fields in zip(*parts, strict=True)]
+
+
+def _stable_argsort(xp, keys):
+    """int64 indices sorting ``keys`` ascending, equal keys in index order."""
+    if xp is np:
+        return np.argsort(keys, kind="stable")
+    return xp.argsort(keys)  # CuPy's sorts are stable
 
 
 def detect(model: Layer, images, meta: dict, score_threshold: float = 0.01, nms_iou: float = 0.45,
@@ -69,8 +93,7 @@ def detect(model: Layer, images, meta: dict, score_threshold: float = 0.01, nms_
     spec = YoloSpec.from_meta(meta)
     with evaluating(model):
         pred = model.forward(backend.to_device(images, model.device))
-    return [Detections(*(backend.to_numpy(a) for a in d))
-            for d in postprocess(pred, spec, score_threshold, nms_iou, max_detections)]
+    return detections_to_numpy(postprocess(pred, spec, score_threshold, nms_iou, max_detections))
 
 
 def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray,

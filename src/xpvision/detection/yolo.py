@@ -20,7 +20,7 @@ from xpvision import backend
 from xpvision.detection.anchors import kmeans_anchors, mean_best_iou
 from xpvision.detection.metrics.coco import eval_detection_coco
 from xpvision.detection.metrics.voc import eval_detection_voc
-from xpvision.detection.predict import Detections, postprocess
+from xpvision.detection.predict import Detections, detections_to_numpy, postprocess
 from xpvision.detection.yolo_loss import YoloLoss
 from xpvision.detection.yolo_spec import YoloSpec
 from xpvision.errors import ConfigError, DataError
@@ -142,7 +142,7 @@ class DetectionTask:
                 total += loss_fn.forward(pred, batch) * n
                 count += n
                 found = postprocess(pred, self.spec, self.score_threshold, self.nms_iou, self.max_detections)
-                detections.extend(Detections(*(backend.to_numpy(a) for a in d)) for d in found)
+                detections.extend(detections_to_numpy(found))
                 for key in truth:
                     truth[key].extend(backend.to_numpy(a) for a in batch[key])
         if count == 0:

@@ -168,11 +168,11 @@ class YoloLoss:
         grad[(*cell, slice(5, None))] = class_grad
 
         scale = 1.0 / max(n, 1)
-        self.parts = {
-            "box": float((box_weight * (xy_loss + 0.5 * wh_diff * wh_diff)).sum()) * scale,
-            "objectness": float((weight * obj_loss).sum()) * scale,
-            "class": self.class_weight * float(-log_p[rows, labels].sum()) * scale,
-        }
+        sums = xp.stack([(box_weight * (xy_loss + 0.5 * wh_diff * wh_diff)).sum(), (weight * obj_loss).sum(),
+                         -log_p[rows, labels].sum()])  # (3,): one copy to the host for the three parts
+        box, objectness, class_ = backend.to_numpy(sums).tolist()
+        self.parts = {"box": box * scale, "objectness": objectness * scale,
+                      "class": self.class_weight * class_ * scale}
         self._grad = grad * dtype.type(scale)
         self._pred_shape = tuple(pred.shape)
         return sum(self.parts.values())

@@ -84,7 +84,8 @@ def predict(model: Any, meta: dict, pixels: np.ndarray, score_threshold: float =
     if meta["kind"] == "classification":
         from xpvision.nn.functional import softmax
 
-        probabilities = np.asarray(backend.to_numpy(softmax(model.forward(x), axis=1)))  # (N, K)
+        logits = model.forward(backend.to_device(x, model.device))  # on the model's device
+        probabilities = np.asarray(backend.to_numpy(softmax(logits, axis=1)))  # (N, K)
         ids = probabilities.argmax(axis=1)
         return [{"label": classes[k], "class_id": int(k), "score": float(p[k]),
                  "probabilities": p.tolist()} for k, p in zip(ids, probabilities, strict=True)]

@@ -116,6 +116,10 @@ class Layer:
         """How many of the ``following`` layers this layer can compute inside its own forward (default 0)."""
         return 0
 
+    def weights_loaded(self) -> None:
+        """Called after :meth:`load_state_dict` wrote into this layer's arrays in place: a layer caching
+        something derived from its weights drops it here (default: nothing)."""
+
     def forward_fused(self, x, absorbed: list[Layer]):
         """Forward through this layer and the ``absorbed`` layers that follow it (see :meth:`fusable`);
         ``backward`` then returns the gradient w.r.t. ``x`` from the gradient of the last absorbed output."""
@@ -211,7 +215,8 @@ class Layer:
         return state
 
     def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> dict[str, list[str]]:
-        """Copy arrays from ``state`` into the parameters and buffers of matching names.
+        """Copy arrays from ``state`` (NumPy or CuPy, on either device) into the parameters and buffers of
+        matching names, on the device of each parameter.
 
         Returns a report ``{'loaded': [...], 'missing': [...], 'unexpected': [...], 'mismatched': [...]}``,
         where ``mismatched`` entries read ``'name: file (shape) vs model (shape)'``. With ``strict`` any
@@ -229,7 +234,7 @@ class Layer:
             if name not in state:
                 report["missing"].append(name)
                 continue
-            value = np.asarray(state[name])
+            value = state[name] if backend.is_gpu_array(state[name]) else np.asarray(state[name])
             if value.shape != tuple(store[key].shape):
                 report["mismatched"].append(
                     f"{name}: file {tuple(value.shape)} vs model {tuple(store[key].shape)}")
@@ -239,10 +244,12 @@ class Layer:
         if strict and (report["missing"] or report["unexpected"] or report["mismatched"]):
             problems = {k: v for k, v in report.items() if k != "loaded" and v}
             raise WeightsError(f"weights do not match the model: {problems}")
-        for name, store, key, value in updates:
-            xp = backend.get_array_module(store[key])
-            store[key][...] = xp.asarray(value.astype(store[key].dtype, copy=False))
+        for name, store, key, value in updates:  # NumPy or CuPy values, copied to the parameter's device
+            store[key][...] = backend.to_device(value.astype(store[key].dtype, copy=False),
+                                                backend.device_of(store[key]))
             report["loaded"].append(name)
+        for _, layer in self.named_layers():
+            layer.weights_loaded()
         return report
 
     # -- spec ------------------------------------------------------------------------------------------------

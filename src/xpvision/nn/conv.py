@@ -148,6 +148,7 @@ class ConvTranspose2d(Layer):
             self.add_param("b", np.zeros(self.out_ch, dtype=np.float32))
         self._scratch = Scratch()  # the zero-bordered padded output gradient, as Conv2d's padded input
         self._cache: tuple | None = None
+        self._frozen: tuple | None = None  # (W, separable factors or None, {(H, W, dtype): (U_h, U_w)})
 
     def config(self) -> dict[str, Any]:
         return {"in_ch": self.in_ch, "out_ch": self.out_ch, "kernel_size": unpair(self.kernel_size),
@@ -164,10 +165,8 @@ class ConvTranspose2d(Layer):
         if oh < 1 or ow < 1:
             raise ShapeError(f"{type(self).__name__} input {tuple(x.shape)} gives an empty output "
                              f"({oh}, {ow})")
-        separable = None if self.trainable else _separable_factors(self.params["W"])
-        if separable is not None:
-            mats = [_upsampling_matrix(f, n, s, p, x4.dtype) for f, n, s, p in zip(
-                separable, x4.shape[1:3], self.stride, self.padding, strict=True)]  # (OH, H), (OW, W)
+        mats = None if self.trainable else self._frozen_matrices(x4.shape[1:3], x4.dtype)
+        if mats is not None:
             y = _apply_per_channel(x4, *mats)  # (N, OH, OW, C)
             if "b" in self.params:
                 y += self.params["b"]
@@ -185,6 +184,25 @@ class ConvTranspose2d(Layer):
             y += self.params["b"]
         self._cache = (x4, w_mat, y.shape, False)
         return F.nchw(y)
+
+    def _frozen_matrices(self, hw: tuple[int, int], dtype):
+        """``(U_h, U_w)`` of a frozen separable ``W`` for an input of ``hw``, or ``None``. Cached while ``W``
+        is the same array (``to``/``astype`` replace it; ``load_state_dict`` calls :meth:`weights_loaded`),
+        so the factors, whose test reads the weights back to the host, are found once, not every forward."""
+        w = self.params["W"]
+        if self._frozen is None or self._frozen[0] is not w:
+            self._frozen = (w, _separable_factors(w), {})
+        _, separable, mats = self._frozen
+        if separable is None:
+            return None
+        key = (*hw, str(dtype))
+        if key not in mats:
+            mats[key] = [_upsampling_matrix(f, n, s, p, dtype) for f, n, s, p in zip(
+                separable, hw, self.stride, self.padding, strict=True)]  # (OH, H), (OW, W)
+        return mats[key]
+
+    def weights_loaded(self) -> None:
+        self._frozen = None
 
     def backward(self, dout):
         forward_done(type(self).__name__, self._cache)

@@ -28,6 +28,7 @@ def run(params: Params, task: str) -> None:
                             data_paths=(str(paths.processed),)) as stage:
         stage.log_params(block_dict(cfg))
         model, meta = load_trained_model(paths.model_dir)
+        model.to(params.train[task].device)  # evaluated where it was trained
         test_set = ShardDataset(paths.processed / "test")
         normalization = Normalization.from_meta(meta["normalization"], meta["normalization"]["mode"])
         loader = DataLoader(test_set, cfg.batch_size, normalization=normalization)

@@ -21,10 +21,11 @@ DEFAULT_OUT = "predictions"
 
 
 def run(images: Sequence[str], model_dir: str, *, as_json: bool = False, out_dir: str | None = None,
-        score_threshold: float = 0.3) -> list[dict[str, Any]]:
+        score_threshold: float = 0.3, device: str = "cpu") -> list[dict[str, Any]]:
     from xpvision.export.inference import load_trained_model, predict, read_images
 
     model, meta = load_trained_model(model_dir)
+    model.to(device)
     pixels, originals = read_images(images, meta)
     results = predict(model, meta, pixels, score_threshold=score_threshold)
     out = Path(out_dir or DEFAULT_OUT)
