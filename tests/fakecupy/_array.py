@@ -33,7 +33,7 @@ _total = [0]
 def _caller() -> str:
     """``file:line`` of the first frame outside the stand-in."""
     frame = sys._getframe(2)
-    while frame is not None and "fakecupy" in frame.f_code.co_filename:
+    while frame is not None and "/fakecupy/" in frame.f_code.co_filename:
         frame = frame.f_back
     if frame is None:
         return "?"

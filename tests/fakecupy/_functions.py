@@ -135,7 +135,11 @@ def get_array_module(*args):
 def _sorting(name: str):
     np_func = getattr(np, name)
 
-    def sort(a, axis=-1, kind=None):
+    def sort(*args, **kwargs):
+        _names.check_call("cupy", name, args, kwargs)
+        return _sorted(*args, **kwargs)
+
+    def _sorted(a, axis=-1, kind=None):
         _check_kind(kind)
         return wrap(np_func(unwrap(a, f"cupy.{name}"), axis=axis, kind="stable"))
     sort.__name__ = name

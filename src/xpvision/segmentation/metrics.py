@@ -46,7 +46,11 @@ class ConfusionMatrix:
 
     def update(self, pred_labels: Any, gt_labels: Any) -> ConfusionMatrix:
         """Add label maps: ``(N, H, W)`` / ``(H, W)`` arrays or sequences of ``(H, W)`` arrays."""
-        for pred, gt in _pairs(pred_labels, gt_labels):
+        pairs = _pairs(pred_labels, gt_labels)
+        if pairs:  # every pixel of the batch counted at once: two copies to the host, whatever N
+            xp = backend.get_array_module(*pairs[0])
+            pred = xp.concatenate([xp.asarray(p).ravel() for p, _ in pairs])
+            gt = xp.concatenate([xp.asarray(g).ravel() for _, g in pairs])
             self.matrix += _confusion_one(pred, gt, self.n_class, self.ignore_index)
         return self
 
@@ -136,23 +140,33 @@ def _as_array(a: Any):
 
 
 def _confusion_one(pred, gt, n_class: int, ignore_index: int | None) -> np.ndarray:
-    """``(n_class, n_class)`` int64 NumPy confusion of one ``(H, W)`` pair, counted on the arrays' device."""
+    """``(n_class, n_class)`` int64 NumPy confusion of label arrays ``pred``, ``gt`` of one shape, counted
+    on the arrays' device with two copies to the host (the label range, then the counts).
+
+    Ignored pixels are counted in an extra bin that is dropped (no boolean selection, whose size a GPU would
+    have to report to the host)."""
     xp = backend.get_array_module(pred, gt)
-    pred = xp.asarray(pred).ravel().astype(xp.int64)  # (H*W,)
-    gt = xp.asarray(gt).ravel().astype(xp.int64)  # (H*W,)
+    pred = xp.asarray(pred).ravel().astype(xp.int64)  # (P,)
+    gt = xp.asarray(gt).ravel().astype(xp.int64)  # (P,)
+    if pred.size == 0:
+        return np.zeros((n_class, n_class), dtype=np.int64)
     valid = gt != ignore_index if ignore_index is not None else xp.ones(gt.shape, dtype=bool)
-    gt, pred = gt[valid], pred[valid]
-    _check_range(gt, n_class, "ground-truth", ignore_index)
-    _check_range(pred, n_class, "predicted", None)
-    counts = xp.bincount(n_class * gt + pred, minlength=n_class * n_class)
-    return np.asarray(backend.to_numpy(counts), dtype=np.int64).reshape(n_class, n_class)  # (gt, pred)
+    gt_valid = xp.where(valid, gt, 0)
+    limits = xp.stack([xp.where(valid, gt, n_class).min(), xp.where(valid, gt, -1).max(), pred.min(),
+                       pred.max()])
+    _check_range(backend.to_numpy(limits).tolist(), n_class, ignore_index)
+    codes = xp.where(valid, n_class * gt_valid + pred, n_class * n_class)  # (P,), ignored -> extra bin
+    counts = backend.to_numpy(xp.bincount(codes, minlength=n_class * n_class + 1))[:n_class * n_class]
+    return np.asarray(counts, dtype=np.int64).reshape(n_class, n_class)  # (gt, pred)
 
 
-def _check_range(labels, n_class: int, what: str, ignore_index: int | None) -> None:
-    if labels.size == 0:
-        return
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= n_class:
-        bad = low if low < 0 else high
-        extra = f" or ignore_index {ignore_index}" if ignore_index is not None else ""
-        raise DataError(f"{what} label {bad} is outside the valid range [0, {n_class}){extra}")
+def _check_range(limits: list[int], n_class: int, ignore_index: int | None) -> None:
+    """``limits``: lowest and highest valid ground-truth label (``n_class``/``-1`` when there is none), lowest
+    and highest prediction."""
+    gt_low, gt_high, pred_low, pred_high = limits
+    extra = f" or ignore_index {ignore_index}" if ignore_index is not None else ""
+    for what, low, high, tail in (("ground-truth", gt_low, gt_high, extra),
+                                  ("predicted", pred_low, pred_high, "")):
+        if low < 0 or high >= n_class:
+            bad = low if low < 0 else high
+            raise DataError(f"{what} label {bad} is outside the valid range [0, {n_class}){tail}")
