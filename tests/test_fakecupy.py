@@ -31,7 +31,7 @@ def test_numpy_input_to_a_layer_with_device_weights_raises_the_device_error(gpu)
 @pytest.mark.gpu
 def test_device_input_to_a_cpu_layer_raises_the_device_error(gpu):
     layer = Conv2d(1, 2, 3)
-    with pytest.raises(InputDeviceError, match=r"holds its parameters on the cpu but got an input on the gpu"):
+    with pytest.raises(InputDeviceError, match=r"parameters on the cpu but got an input on the gpu"):
         layer.forward(gpu.asarray(np.zeros((1, 1, 5, 5), np.float32)))
 
 
@@ -83,7 +83,8 @@ def test_elementwise_results_are_c_ordered_and_sorts_stable():
 
 KERNEL = r'''
 extern "C" __global__ void nms_gather(const int row_start, const int row_end, const int col_blocks,
-                                      const unsigned long long* mask, unsigned long long* removed, bool* keep) {}
+                                      const unsigned long long* mask, unsigned long long* removed,
+                                      bool* keep) {}
 '''
 
 

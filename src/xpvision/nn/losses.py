@@ -79,10 +79,8 @@ class SoftmaxCrossEntropy(Loss):
         labels = target.reshape(-1).astype(xp.int64)  # (M,)
         valid = labels != self.ignore_index
         bad = valid & ((labels < 0) | (labels >= c))
-        if bool(bad.any()):
-            raise DataError(f"SoftmaxCrossEntropy targets must be in [0, {c}) or ignore_index "
-                            f"{self.ignore_index}, got {int(labels[bad][0])}")
-        safe = xp.where(valid, labels, 0)  # (M,) ignored rows point at class 0, then get weight 0
+        # (M,) ignored rows point at class 0, then get weight 0 (out-of-range ones too: an error below)
+        safe = xp.where(valid & ~bad, labels, 0)
         if self.class_weights is None:
             weights = valid.astype(pred.dtype)  # (M,)
         else:
@@ -90,9 +88,16 @@ class SoftmaxCrossEntropy(Loss):
         total = weights.sum()
         logp = log_softmax(logits, axis=1)  # (M, C)
         nll = -xp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]  # (M,)
-        norm = total if float(total) > 0 else pred.dtype.type(1.0)  # all ignored: loss 0, gradient 0
+        # all ignored: total 0, then loss 0 and gradient 0 (0 / tiny); otherwise norm is total itself
+        norm = xp.maximum(total, xp.finfo(pred.dtype).tiny)
+        # the bad-label flag and the loss in one copy to the host
+        any_bad, loss = backend.to_numpy(xp.stack([bad.any().astype(pred.dtype),
+                                                   (weights * nll).sum() / norm]))
+        if any_bad:
+            raise DataError(f"SoftmaxCrossEntropy targets must be in [0, {c}) or ignore_index "
+                            f"{self.ignore_index}, got {int(labels[bad][0])}")
         self._cache = (logp, safe, weights / norm, pred.shape)
-        return float((weights * nll).sum() / norm)
+        return float(loss)
 
     def backward(self):
         forward_done(type(self).__name__, self._cache)
