@@ -1,14 +1,12 @@
 """Training on the GPU: checkpoint resume with the optimizer state on the device gives the weights of an
 uninterrupted GPU run, bit for bit, for every optimizer (``pytest --fake-gpu`` runs it on the stand-in)."""
 
-import numpy as np
 import pytest
 
+from test_train import NUM_CLASSES, loaders, tiny_model
 from xpvision import backend, optim
 from xpvision.nn import rng
 from xpvision.train import ClassificationTask, Trainer
-
-from test_train import NUM_CLASSES, loaders, tiny_model
 
 pytestmark = pytest.mark.gpu
 OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
@@ -30,7 +28,7 @@ def test_resume_on_the_gpu_is_bit_identical_to_an_uninterrupted_run(tmp_path, gp
     straight = trainer.fit(*loaders())
     expected = model.state_dict()
 
-    first, trainer = gpu_trainer(tmp_path / "resumed.npz", name, epochs=1)
+    _, trainer = gpu_trainer(tmp_path / "resumed.npz", name, epochs=1)
     trainer.fit(*loaders())
     resumed_model, trainer = gpu_trainer(tmp_path / "resumed.npz", name, epochs=3)  # a new process, say
     resumed = trainer.fit(*loaders())

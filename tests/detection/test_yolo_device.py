@@ -3,6 +3,7 @@ step and evaluation, post-processing (``pytest --fake-gpu`` runs these on the Cu
 
 import numpy as np
 import pytest
+from test_yolo import random_batch, small_detector
 
 from xpvision import backend
 from xpvision.data.loader import DataLoader, ListDataset
@@ -11,8 +12,6 @@ from xpvision.detection.yolo import DetectionTask
 from xpvision.detection.yolo_loss import YoloLoss
 from xpvision.detection.yolo_spec import YoloSpec
 from xpvision.nn import rng as rng_module
-
-from test_yolo import random_batch, small_detector
 
 pytestmark = pytest.mark.gpu
 
