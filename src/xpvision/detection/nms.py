@@ -456,19 +456,19 @@ def _resolve_head(hits):
 
 
 # -- GPU: bitmask kernels --------------------------------------------------------------------------------
-# ``real`` is float or double: the kernels are compiled once per box dtype, so float64 boxes are compared in
-# float64 as on the CPU. Rows are processed in chunks of ``rows`` boxes starting at ``row_start`` so that the
+# ``REAL`` is float or double (``FMAX``/``FMIN`` its fmaxf/fminf or fmax/fmin): the kernels are compiled once
+# per box dtype, so float64 boxes are compared in float64 as on the CPU. Rows are processed in chunks of ``rows`` boxes starting at ``row_start`` so that the
 # mask of one chunk, ``rows × ceil(n / 64)`` 64-bit words, stays under ``_MASK_BYTES``.
 _NMS_KERNELS = r"""
 typedef unsigned long long u64;
-extern "C" __global__ void nms_mask(const int n, const int row_start, const real threshold, const real* boxes,
-                                    const real* areas, const long long* groups, u64* mask,
+extern "C" __global__ void nms_mask(const int n, const int row_start, const REAL threshold, const REAL* boxes,
+                                    const REAL* areas, const long long* groups, u64* mask,
                                     const int col_blocks) {
     const int row_block = row_start / 64 + blockIdx.y, col_block = blockIdx.x;
     if (row_block > col_block) return;
     const int rows = min(n - row_block * 64, 64), cols = min(n - col_block * 64, 64);
-    __shared__ real cb[64 * 4];
-    __shared__ real ca[64];
+    __shared__ REAL cb[64 * 4];
+    __shared__ REAL ca[64];
     __shared__ long long cg[64];
     const int t = threadIdx.x;
     if (t < cols) {
@@ -480,13 +480,13 @@ extern "C" __global__ void nms_mask(const int n, const int row_start, const real
     __syncthreads();
     if (t >= rows) return;
     const int i = row_block * 64 + t;
-    const real* b = boxes + i * 4;
+    const REAL* b = boxes + i * 4;
     u64 bits = 0;
     for (int k = (row_block == col_block) ? t + 1 : 0; k < cols; k++) {
         if (groups[i] != cg[k]) continue;
-        const real w = fmax(fmin(b[2], cb[k * 4 + 2]) - fmax(b[0], cb[k * 4 + 0]), (real)0);
-        const real h = fmax(fmin(b[3], cb[k * 4 + 3]) - fmax(b[1], cb[k * 4 + 1]), (real)0);
-        const real inter = w * h;
+        const REAL w = FMAX(FMIN(b[2], cb[k * 4 + 2]) - FMAX(b[0], cb[k * 4 + 0]), (REAL)0);
+        const REAL h = FMAX(FMIN(b[3], cb[k * 4 + 3]) - FMAX(b[1], cb[k * 4 + 1]), (REAL)0);
+        const REAL inter = w * h;
         if (inter / (areas[i] + ca[k] - inter) > threshold) bits |= 1ULL << k;
     }
     mask[(long long)(i - row_start) * col_blocks + col_block] = bits;
@@ -515,7 +515,9 @@ _MASK_BYTES = 64 << 20
 @functools.cache
 def _gpu_kernels(cp, real: str):
     # --fmad=false: no fused multiply-adds, so the IoU is rounded exactly as NumPy rounds it.
-    module = cp.RawModule(code=_NMS_KERNELS.replace("real", real), options=("--fmad=false",))
+    suffix = "f" if real == "float" else ""
+    code = _NMS_KERNELS.replace("REAL", real).replace("FMAX", "fmax" + suffix).replace("FMIN", "fmin" + suffix)
+    module = cp.RawModule(code=code, options=("--fmad=false",))
     return module.get_function("nms_mask"), module.get_function("nms_gather")
 
 
