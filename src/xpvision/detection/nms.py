@@ -457,8 +457,9 @@ def _resolve_head(hits):
 
 # -- GPU: bitmask kernels --------------------------------------------------------------------------------
 # ``REAL`` is float or double (``FMAX``/``FMIN`` its fmaxf/fminf or fmax/fmin): the kernels are compiled once
-# per box dtype, so float64 boxes are compared in float64 as on the CPU. Rows are processed in chunks of ``rows`` boxes starting at ``row_start`` so that the
-# mask of one chunk, ``rows × ceil(n / 64)`` 64-bit words, stays under ``_MASK_BYTES``.
+# per box dtype, so float64 boxes are compared in float64 as on the CPU. Rows are processed in chunks starting
+# at ``row_start`` so that the mask of one chunk, ``rows × ceil(n / 64)`` 64-bit words, stays under
+# ``_MASK_BYTES``.
 _NMS_KERNELS = r"""
 typedef unsigned long long u64;
 extern "C" __global__ void nms_mask(const int n, const int row_start, const REAL threshold, const REAL* boxes,
@@ -516,7 +517,8 @@ _MASK_BYTES = 64 << 20
 def _gpu_kernels(cp, real: str):
     # --fmad=false: no fused multiply-adds, so the IoU is rounded exactly as NumPy rounds it.
     suffix = "f" if real == "float" else ""
-    code = _NMS_KERNELS.replace("REAL", real).replace("FMAX", "fmax" + suffix).replace("FMIN", "fmin" + suffix)
+    code = (_NMS_KERNELS.replace("REAL", real).replace("FMAX", "fmax" + suffix)
+            .replace("FMIN", "fmin" + suffix))
     module = cp.RawModule(code=code, options=("--fmad=false",))
     return module.get_function("nms_mask"), module.get_function("nms_gather")
 
