@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from xpvision.config import load_params
+from xpvision.data.subset import split_indices
 from xpvision.errors import DataError
 from xpvision.stages import TaskPaths
 from xpvision.stages.start_run import task_params
-from xpvision.stages.train import checkpoint_path, fingerprint, split_indices
+from xpvision.stages.train import checkpoint_path, fingerprint
 
 PARAMS = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
 
@@ -76,9 +77,10 @@ def test_parent_run_params_are_the_blocks_the_task_reads():
 
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 def test_same_train_block_gives_the_same_initial_network_whatever_the_rng_state(task):
+    from xpvision.config import data_task as kind_of
     from xpvision.nn import rng
-    from xpvision.stages.tasks import kind_of, output_classes
     from xpvision.stages.train import build_seeded_network
+    from xpvision.tasks import output_classes
 
     kind, cfg = kind_of(task), PARAMS.train[task]
     shape = (1, 28, 28) if kind == "classification" else (3, 32, 32)

@@ -94,7 +94,7 @@ def predict(model: Any, meta: dict, pixels: np.ndarray, score_threshold: float =
         return [{"boxes": np.asarray(d.boxes, np.float32), "labels": [classes[k] for k in d.labels],
                  "scores": np.asarray(d.scores, np.float32)}
                 for d in detect(model, x, meta, score_threshold=score_threshold)]
-    from xpvision.segmentation.task import predict_segmentation
+    from xpvision.segmentation.predict import predict_segmentation
 
     masks = predict_segmentation(model, x)  # (N, H, W)
     return [{"mask": np.asarray(m, np.int64), "classes": [classes[k] for k in np.unique(m)]} for m in masks]

@@ -78,7 +78,7 @@ def _draw_detections(out: Path, path: Path, original: Any, record: dict, meta: d
 def _write_overlay(out: Path, path: Path, original: Any, mask: np.ndarray) -> Path:
     from PIL import Image
 
-    from xpvision.segmentation.task import write_prediction_images
+    from xpvision.segmentation.predict import write_prediction_images
 
     # the mask is at the model's input size: draw it on the image at that size, nearest-neighbour for labels
     resized = np.asarray(original.convert("RGB").resize(mask.shape[::-1], Image.BILINEAR))  # (H, W, 3)

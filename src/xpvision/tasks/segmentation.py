@@ -1,4 +1,4 @@
-"""The segmentation task for the trainer, prediction, and the overlay images of ``xpvision predict``.
+"""Semantic segmentation: per-pixel softmax cross-entropy, mIoU from a confusion matrix, overlay figures.
 
 Batches (from :class:`xpvision.data.loader.DataLoader`): ``images`` ``(N, C, H, W)`` float32 (normalised as
 the model was trained), ``masks`` ``(N, H, W)`` int64 with 255 = ignore. The model maps images to logits
@@ -10,18 +10,17 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from xpvision import backend
-from xpvision.errors import ConfigError, ShapeError
+from xpvision.errors import ConfigError
 from xpvision.nn.base import Layer
 from xpvision.nn.losses import SoftmaxCrossEntropy
+from xpvision.segmentation.fcn import VARIANTS, build_fcn
 from xpvision.segmentation.metrics import IGNORE_INDEX, ConfusionMatrix
-from xpvision.segmentation.visualize import save_comparison, save_label_png
-from xpvision.train import evaluating
+from xpvision.tasks.base import PerClass, checked_class_weights, evaluation_pass
 
 
 class SegmentationTask:
@@ -32,6 +31,7 @@ class SegmentationTask:
     ``'1'``, ... ``class_weights``: optional ``(num_classes,)`` loss weights.
     """
 
+    kind = "segmentation"
     primary_metric = "miou"
 
     def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX,
@@ -48,20 +48,42 @@ class SegmentationTask:
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
         self.loss = SoftmaxCrossEntropy(ignore_index=self.ignore_index, class_weights=self.class_weights)
 
+    # -- what the stages look up -----------------------------------------------------------------------------
+    @staticmethod
+    def output_classes(classes: Sequence[str]) -> list[str]:
+        """The network's classes: ``background`` (mask value 0) in front of the dataset's."""
+        return ["background", *classes]
+
+    @staticmethod
+    def model_names() -> list[str]:
+        return ["fcn" + variant for variant in VARIANTS]
+
+    @staticmethod
+    def build_network(name: str, args: dict, input_shape: Sequence[int], classes: Sequence[str],
+                      train_set: Any = None) -> tuple[Layer, dict[str, Any]]:
+        """:func:`~xpvision.segmentation.fcn.build_fcn` of variant ``name`` (``fcn8s``, ...); it adds nothing
+        to the metadata."""
+        variant = name.removeprefix("fcn")
+        if variant not in VARIANTS:
+            names = ", ".join("fcn" + v for v in VARIANTS)
+            raise ConfigError(f"train.segmentation.model: expected one of {names}, got {name!r}")
+        return build_fcn(variant, in_channels=input_shape[0], num_classes=len(classes), **args), {}
+
+    @classmethod
+    def for_model(cls, model: Layer | None, meta: dict, class_weights: Sequence[float] | None = None):
+        weights = checked_class_weights(class_weights, meta, cls.kind)
+        return cls(len(meta["classes"]), class_names=meta["classes"], class_weights=weights)
+
+    # -- training and evaluation -----------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         return {"type": type(self).__name__, "num_classes": self.num_classes,
                 "ignore_index": self.ignore_index, "class_names": self.class_names,
                 "class_weights": self.class_weights}
 
-    def _inputs(self, model: Layer, batch: dict):
-        device = model.device
-        return backend.to_device(batch["images"], device), backend.to_device(batch["masks"], device)
-
     def forward_loss(self, model: Layer, batch: dict) -> tuple[float, Any]:
         """Loss of one training batch and its gradient w.r.t. the logits ``(N, K, H, W)``."""
-        images, masks = self._inputs(model, batch)
-        logits = model.forward(images)  # (N, K, H, W)
-        loss = self.loss.forward(logits, masks)
+        logits = model.forward(backend.to_device(batch["images"], model.device))  # (N, K, H, W)
+        loss = self.loss.forward(logits, backend.to_device(batch["masks"], model.device))
         return loss, self.loss.backward()
 
     def evaluate_full(self, model: Layer, loader: Iterable[dict]) -> dict[str, Any]:
@@ -70,18 +92,15 @@ class SegmentationTask:
         pixels."""
         confusion = ConfusionMatrix(self.num_classes, self.ignore_index)
         loss_fn = SoftmaxCrossEntropy(ignore_index=self.ignore_index, class_weights=self.class_weights)
-        total_loss, total_pixels = 0.0, 0
-        with evaluating(model):
-            for batch in loader:
-                images, masks = self._inputs(model, batch)
-                logits = model.forward(images)  # (N, K, H, W)
-                valid = int((masks != self.ignore_index).sum())
-                total_loss += loss_fn.forward(logits, masks) * valid
-                total_pixels += valid
-                confusion.update(logits.argmax(axis=1), masks)  # (N, H, W) both
-        if total_pixels == 0:
-            raise ConfigError("cannot evaluate segmentation on a loader without labelled pixels")
-        return {**confusion.compute(), "loss": total_loss / total_pixels}
+
+        def step(batch: dict, logits: Any) -> tuple[float, int]:  # logits (N, K, H, W)
+            masks = backend.to_device(batch["masks"], model.device)  # (N, H, W)
+            confusion.update(logits.argmax(axis=1), masks)
+            return loss_fn.forward(logits, masks), int((masks != self.ignore_index).sum())
+
+        loss = evaluation_pass(model, loader, step,
+                               "cannot evaluate segmentation on a loader without labelled pixels")
+        return {**confusion.compute(), "loss": loss}
 
     def evaluate(self, model: Layer, loader: Iterable[dict]) -> dict[str, float]:
         """``{'miou', 'pixel_accuracy', 'mean_class_accuracy', 'loss'}`` as Python floats."""
@@ -99,51 +118,24 @@ class SegmentationTask:
                 "iou": per_class(full["iou"]), "class_accuracy": per_class(full["class_accuracy"]),
                 "classes": list(self.class_names), "confusion": full["confusion"].tolist()}
 
+    def test_report(self, model: Layer, loader: Iterable[dict], test_set: Any,
+                    figures_dir: str | os.PathLike, *,
+                    sample_images: int = 8) -> tuple[dict[str, float], PerClass]:
+        """Test metrics (``miou``, ``pixel_accuracy``, ``mean_class_accuracy``, ``loss``); image, ground
+        truth and prediction overlays ``overlay_<i>.png`` of the first ``sample_images`` test images in
+        ``figures_dir`` (normalised as ``loader`` normalises them); the per-class scores ``(classes, 'iou',
+        values)`` (NaN for a class absent from the test set)."""
+        from xpvision.segmentation.predict import predict_segmentation, write_prediction_images
 
-def predict_segmentation(model: Layer, images: Any, batch_size: int = 32) -> np.ndarray:
-    """Label maps for a batch of images: ``(N, C, H, W)`` float32 (normalised as in training) -> ``(N, H, W)``
-    int64 NumPy array (argmax of the logits). Runs in eval mode on the model's device, ``batch_size``
-    images at a time.
-    """
-    if not hasattr(images, "ndim") or images.ndim != 4:
-        raise ShapeError(f"predict_segmentation expected images (N, C, H, W), got "
-                         f"{getattr(images, 'shape', type(images).__name__)}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    device = model.device
-    labels = []
-    with evaluating(model):
-        for start in range(0, images.shape[0], batch_size):
-            chunk = backend.to_device(images[start:start + batch_size], device)
-            logits = model.forward(chunk)  # (n, K, H, W)
-            labels.append(backend.to_numpy(logits.argmax(axis=1)).astype(np.int64))  # (n, H, W)
-    if not labels:
-        return np.zeros((0, *images.shape[2:]), dtype=np.int64)
-    return np.concatenate(labels)
-
-
-def write_prediction_images(out_dir: str | os.PathLike, images: Sequence[np.ndarray] | np.ndarray,
-                            predictions: Sequence[np.ndarray] | np.ndarray, names: Sequence[str],
-                            ground_truth: Sequence[np.ndarray] | np.ndarray | None = None, alpha: float = 0.5,
-                            scale: int = 2) -> list[Path]:
-    """For each image write ``<name>.png`` (image | ground truth | prediction, overlaid in the VOC palette;
-    the ground-truth panel only when ``ground_truth`` is given) and ``<name>_mask.png`` (the predicted labels
-    as a palette PNG), atomically. Returns the written paths.
-
-    ``images``: ``(H, W, C)`` uint8 images as stored (C = 1 or 3); ``predictions`` / ``ground_truth``:
-    ``(H, W)`` integer label maps; ``names``: file stems (no folders).
-    """
-    if not len(images) == len(predictions) == len(names):
-        raise ShapeError(f"got {len(images)} images, {len(predictions)} predictions and {len(names)} names")
-    if ground_truth is not None and len(ground_truth) != len(images):
-        raise ShapeError(f"got {len(ground_truth)} ground-truth masks for {len(images)} images")
-    out_dir = Path(out_dir)
-    written = []
-    for i, name in enumerate(names):
-        if Path(name).name != name or name in ("", ".", ".."):
-            raise ConfigError(f"output name {name!r} must be a plain file stem without folders")
-        gt = None if ground_truth is None else ground_truth[i]
-        save_comparison(out_dir / f"{name}.png", images[i], gt, predictions[i], alpha=alpha, scale=scale)
-        save_label_png(out_dir / f"{name}_mask.png", predictions[i])
-        written += [out_dir / f"{name}.png", out_dir / f"{name}_mask.png"]
-    return written
+        full = self.evaluate_full(model, loader)
+        shown = range(min(sample_images, len(test_set)))
+        if len(shown):
+            samples = [test_set[i] for i in shown]
+            images = np.stack([s["image"] for s in samples])  # (n, H, W, C) uint8
+            inputs = loader.normalization.apply(images).transpose(0, 3, 1, 2)  # (n, C, H, W)
+            inputs = np.ascontiguousarray(inputs)
+            write_prediction_images(figures_dir, images, predict_segmentation(model, inputs),
+                                    [f"overlay_{i:03d}" for i in shown],
+                                    ground_truth=[s["mask"] for s in samples])
+        metrics = {k: float(full[k]) for k in ("miou", "pixel_accuracy", "mean_class_accuracy", "loss")}
+        return metrics, (self.class_names, "iou", [float(v) for v in full["iou"]])
