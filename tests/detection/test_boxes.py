@@ -105,6 +105,7 @@ def test_elementwise_box_iou_is_the_diagonal_of_box_iou(xp, rng):
     pairwise = backend.to_numpy(box_iou(a, b))
     np.testing.assert_array_equal(backend.to_numpy(elementwise_box_iou(a, b)), np.diag(pairwise))
     np.testing.assert_array_equal(backend.to_numpy(elementwise_box_iou(a[2], b)), pairwise[2])
+    assert float(elementwise_box_iou(a[2], b[3])) == pairwise[2, 3]
     batched = elementwise_box_iou(xp.stack([a, b])[:, :, None, :], xp.stack([b, a])[:, None, :, :])
     assert batched.shape == (2, 9, 9)
     np.testing.assert_array_equal(backend.to_numpy(batched[0]), pairwise)

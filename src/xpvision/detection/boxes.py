@@ -13,6 +13,8 @@ paths (an in-place block form and the CUDA kernel), tested equal to :func:`box_i
 
 from __future__ import annotations
 
+import numpy as np
+
 from xpvision import backend
 from xpvision.errors import ShapeError
 
@@ -85,13 +87,18 @@ def _intersection_union(boxes1, boxes2, offset):
     """The IoU core: intersection, union and area of ``boxes1``, each ``(...)``, of broadcasting ``(..., 4)``
     xyxy boxes; ``offset`` (0, or 1 for VOC pixels) is added to every width and height."""
     xp = backend.get_array_module(boxes1, boxes2)
-    width = xp.minimum(boxes1[..., 2], boxes2[..., 2]) - xp.maximum(boxes1[..., 0], boxes2[..., 0])
-    height = xp.minimum(boxes1[..., 3], boxes2[..., 3]) - xp.maximum(boxes1[..., 1], boxes2[..., 1])
+    width = xp.asarray(xp.minimum(boxes1[..., 2], boxes2[..., 2]))  # an array even for two single boxes
+    width -= xp.maximum(boxes1[..., 0], boxes2[..., 0])
+    height = xp.asarray(xp.minimum(boxes1[..., 3], boxes2[..., 3]))
+    height -= xp.maximum(boxes1[..., 1], boxes2[..., 1])
     if offset:
-        width, height = width + offset, height + offset
-    inter = xp.clip(width, 0, None) * xp.clip(height, 0, None)
+        width += offset
+        height += offset
+    inter = xp.maximum(width, 0, out=width)
+    inter *= xp.maximum(height, 0, out=height)
     area1 = _area(boxes1, offset)
-    union = area1 + _area(boxes2, offset) - inter
+    union = area1 + _area(boxes2, offset)
+    union -= inter
     return inter, union, area1
 
 
@@ -101,8 +108,9 @@ def _iou(boxes1, boxes2, offset, crowd=None):
     inter, union, area1 = _intersection_union(boxes1, boxes2, offset)
     if crowd is not None:
         union = xp.where(xp.asarray(crowd), area1, union)
-    positive = union > 0
-    return xp.where(positive, inter / xp.where(positive, union, 1), 0).astype(inter.dtype, copy=False)
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 and x / negative are replaced below
+        iou = inter / union
+    return xp.where(union > 0, iou, 0).astype(inter.dtype, copy=False)
 
 
 def box_convert(boxes, in_fmt: str, out_fmt: str):

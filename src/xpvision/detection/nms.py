@@ -218,17 +218,27 @@ def _suppression_edges(boxes, groups, threshold: float, plan: _SweepPlan):
     """Edges ``(src, dst)`` (int64, ``src < dst``) between boxes of ``boxes`` ``(N, 4)`` — sorted by
     descending score — whose IoU is above ``threshold`` (and, with ``groups`` ``(N,)``, share a group)."""
     dtype = boxes.dtype.type
+    columns = np.ascontiguousarray(boxes.T)  # (4, N): gathers below read contiguous coordinates
     src_parts, dst_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for first, last in plan.runs:
         for rows, cols in _pair_chunks(first, last):
             i, j = plan.sweep[rows], plan.sweep[cols]  # score ranks
-            keep = elementwise_box_iou(boxes[i], boxes[j]) > dtype(threshold)
+            keep = elementwise_box_iou(_gather(columns, i), _gather(columns, j)) > dtype(threshold)
             if groups is not None:
                 keep &= groups[i] == groups[j]
             i, j = i[keep], j[keep]
             src_parts.append(np.minimum(i, j))
             dst_parts.append(np.maximum(i, j))
     return np.concatenate(src_parts), np.concatenate(dst_parts)
+
+
+def _gather(columns, index):
+    """Boxes ``(K, 4)`` at ``index`` from coordinate rows ``(4, N)``, as a view of a ``(4, K)`` array (column
+    by column: several times faster than gathering rows and reading them with a stride)."""
+    out = np.empty((4, len(index)), columns.dtype)
+    for k in range(4):
+        np.take(columns[k], index, out=out[k])
+    return out.T
 
 
 def _pair_chunks(first, last):
