@@ -32,6 +32,8 @@ class ClassificationTask:
 
     kind = "classification"
     primary_metric = "accuracy"
+    onnx_probabilities = True
+    """The ONNX graph also outputs softmax ``probabilities``."""
 
     def __init__(self, num_classes: int, class_weights: Sequence[float] | None = None,
                  class_names: Sequence[str] | None = None) -> None:
@@ -122,3 +124,42 @@ class ClassificationTask:
         metrics = {"accuracy": float(np.mean(y_true == y_pred)), "loss": float(loss),
                    "error_rate": float(np.mean(y_true != y_pred))}
         return metrics, (classes, "recall", recall)
+
+    # -- prediction on images (xpvision predict, the MLflow model, the export checks) ----------------------
+    @staticmethod
+    def predict_images(model: Layer, meta: dict, x: Any, score_threshold: float = 0.3) -> list[dict]:
+        """``{'label', 'class_id', 'score', 'probabilities'}`` per image of the network input ``x``
+        ``(N, C, H, W)`` (``score_threshold`` unused)."""
+        from xpvision.nn.functional import softmax
+
+        probabilities = np.asarray(backend.to_numpy(softmax(model.forward(x), axis=1)))  # (N, K)
+        ids = probabilities.argmax(axis=1)
+        return [{"label": meta["classes"][k], "class_id": int(k), "score": float(p[k]),
+                 "probabilities": p.tolist()} for k, p in zip(ids, probabilities, strict=True)]
+
+    @staticmethod
+    def prediction_record(meta: dict, result: dict, original_size: tuple[int, int]) -> dict[str, Any]:
+        """A result of :meth:`predict_images` as plain JSON-able Python."""
+        return {"label": result["label"], "score": result["score"],
+                "probabilities": dict(zip(meta["classes"], result["probabilities"], strict=True))}
+
+    @staticmethod
+    def write_prediction(out: Path, path: Path, original: Any, record: dict, result: dict,
+                         meta: dict) -> Path | None:
+        """Nothing to draw for a class label."""
+        return None
+
+    @staticmethod
+    def describe(record: dict) -> str:
+        return f"{record['image']}: {record['label']} ({record['score']:.3f})"
+
+    @staticmethod
+    def pyfunc_output(results: list[dict]) -> Any:
+        """The MLflow model's output: a DataFrame, one row (``label``, ``class_id``, ``score``) per image."""
+        import pandas as pd
+
+        return pd.DataFrame([{k: r[k] for k in ("label", "class_id", "score")} for r in results])
+
+    @staticmethod
+    def pyfunc_agrees(served: Any, results: list[dict]) -> bool:
+        return list(served["label"]) == [r["label"] for r in results]

@@ -31,6 +31,7 @@ class DetectionTask:
 
     kind = "detection"
     primary_metric = "map_50"
+    onnx_probabilities = False
 
     def __init__(self, model: Layer | None, meta: dict, score_threshold: float = 0.01, nms_iou: float = 0.45,
                  max_detections: int = 100) -> None:
@@ -100,6 +101,67 @@ class DetectionTask:
                                     figures_dir=figures_dir)
         per_class = {k.removeprefix("ap50_"): metrics.pop(k) for k in list(metrics) if k.startswith("ap50_")}
         return metrics, (list(per_class), "ap50", list(per_class.values()))
+
+
+    # -- prediction on images (xpvision predict, the MLflow model, the export checks) ----------------------
+    @staticmethod
+    def predict_images(model: Layer, meta: dict, x: Any, score_threshold: float = 0.3) -> list[dict]:
+        """``{'boxes': (R, 4) xyxy pixels at the model's input size, 'labels': [names], 'scores': (R,)}`` per
+        image of the network input ``x`` ``(N, C, H, W)``, detections scoring above ``score_threshold``."""
+        from xpvision.detection.predict import detect
+
+        return [{"boxes": np.asarray(d.boxes, np.float32), "labels": [meta["classes"][k] for k in d.labels],
+                 "scores": np.asarray(d.scores, np.float32)}
+                for d in detect(model, x, meta, score_threshold=score_threshold)]
+
+    @staticmethod
+    def prediction_record(meta: dict, result: dict, original_size: tuple[int, int]) -> dict[str, Any]:
+        """Plain-Python detections, boxes rescaled from the model's input to the original image."""
+        _, height, width = meta["input_shape"]
+        scale = np.array([original_size[0] / width, original_size[1] / height] * 2, dtype=np.float32)
+        return {"detections": [{"label": label, "score": float(score), "box": (box * scale).round(1).tolist()}
+                               for box, label, score in zip(result["boxes"], result["labels"],
+                                                            result["scores"], strict=True)]}
+
+    @staticmethod
+    def write_prediction(out: Path, path: Path, original: Any, record: dict, result: dict,
+                         meta: dict) -> Path | None:
+        """``<out>/<stem>_detections.png``: the detections drawn on the original image."""
+        from xpvision.detection.predict import draw_detections
+
+        detections = record["detections"]
+        boxes = np.array([d["box"] for d in detections], dtype=np.float32).reshape(-1, 4)  # (R, 4)
+        labels = np.array([meta["classes"].index(d["label"]) for d in detections], dtype=np.int64)
+        scores = np.array([d["score"] for d in detections], dtype=np.float32)
+        drawn = draw_detections(np.asarray(original.convert("RGB")), boxes, labels, scores, meta["classes"])
+        target = out / f"{path.stem}_detections.png"
+        with atomic.atomic_path(target) as tmp:
+            drawn.save(tmp, format="PNG")
+        return target
+
+    @staticmethod
+    def describe(record: dict) -> str:
+        found = ", ".join(f"{d['label']} {d['score']:.2f}" for d in record["detections"]) or "nothing"
+        return f"{record['image']}: {found} -> {record['output']}"
+
+    @staticmethod
+    def pyfunc_output(results: list[dict]) -> Any:
+        """The MLflow model's output: a DataFrame, one row (``image``, ``label``, ``score``, ``x1``, ``y1``,
+        ``x2``, ``y2``) per detection."""
+        import pandas as pd
+
+        corners = ("x1", "y1", "x2", "y2")
+        rows = [{"image": i, "label": label, "score": float(score),
+                 **dict(zip(corners, map(float, box), strict=True))}
+                for i, r in enumerate(results)
+                for box, label, score in zip(r["boxes"], r["labels"], r["scores"], strict=True)]
+        return pd.DataFrame(rows, columns=["image", "label", "score", *corners])
+
+    @staticmethod
+    def pyfunc_agrees(served: Any, results: list[dict]) -> bool:
+        import pandas as pd
+
+        return isinstance(served, pd.DataFrame) and len(served) == sum(len(r["labels"]) for r in results)
 
 
 def detection_metrics(detections: Sequence[Detections], truth: dict, num_classes: int,

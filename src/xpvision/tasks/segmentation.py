@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ class SegmentationTask:
 
     kind = "segmentation"
     primary_metric = "miou"
+    onnx_probabilities = False
 
     def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX,
                  class_names: Sequence[str] | None = None,
@@ -139,3 +141,47 @@ class SegmentationTask:
                                     ground_truth=[s["mask"] for s in samples])
         metrics = {k: float(full[k]) for k in ("miou", "pixel_accuracy", "mean_class_accuracy", "loss")}
         return metrics, (self.class_names, "iou", [float(v) for v in full["iou"]])
+
+    # -- prediction on images (xpvision predict, the MLflow model, the export checks) ----------------------
+    @staticmethod
+    def predict_images(model: Layer, meta: dict, x: Any, score_threshold: float = 0.3) -> list[dict]:
+        """``{'mask': (H, W) int64 class ids, 'classes': names present}`` per image of the network input
+        ``x`` ``(N, C, H, W)`` (``score_threshold`` unused)."""
+        from xpvision.segmentation.predict import predict_segmentation
+
+        masks = predict_segmentation(model, x)  # (N, H, W)
+        return [{"mask": np.asarray(m, np.int64), "classes": [meta["classes"][k] for k in np.unique(m)]}
+                for m in masks]
+
+    @staticmethod
+    def prediction_record(meta: dict, result: dict, original_size: tuple[int, int]) -> dict[str, Any]:
+        """The number of pixels of each class present."""
+        counts = np.bincount(result["mask"].ravel(), minlength=len(meta["classes"]))
+        return {"pixels_per_class": {meta["classes"][k]: int(c) for k, c in enumerate(counts) if c}}
+
+    @staticmethod
+    def write_prediction(out: Path, path: Path, original: Any, record: dict, result: dict,
+                         meta: dict) -> Path | None:
+        """``<out>/<stem>_overlay.png`` (and the label PNG ``<stem>_mask.png``), at the model's input size."""
+        from PIL import Image
+
+        from xpvision.segmentation.predict import write_prediction_images
+
+        mask = result["mask"]
+        resized = np.asarray(original.convert("RGB").resize(mask.shape[::-1], Image.BILINEAR))  # (H, W, 3)
+        write_prediction_images(out, [resized], [mask], [f"{path.stem}_overlay"])
+        return out / f"{path.stem}_overlay.png"
+
+    @staticmethod
+    def describe(record: dict) -> str:
+        classes = ", ".join(name for name in record["pixels_per_class"] if name != "background")
+        return f"{record['image']}: {classes or 'background'} -> {record['output']}"
+
+    @staticmethod
+    def pyfunc_output(results: list[dict]) -> Any:
+        """The MLflow model's output: the ``(N, H, W)`` int64 class maps."""
+        return np.stack([r["mask"] for r in results])
+
+    @staticmethod
+    def pyfunc_agrees(served: Any, results: list[dict]) -> bool:
+        return bool(np.array_equal(served, np.stack([r["mask"] for r in results])))
