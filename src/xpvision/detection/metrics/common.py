@@ -13,7 +13,6 @@ from typing import NamedTuple
 import numpy as np
 
 from xpvision import backend
-from xpvision.detection.boxes import elementwise_box_iou
 from xpvision.errors import ShapeError
 
 
@@ -146,9 +145,3 @@ def pairs_by_group(dets: Detections, gts: GroundTruth, keep=None) -> Pairs:
     det = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
     gt = first[det] + np.arange(int(det_start[-1]), dtype=np.int64) - det_start[det]
     return Pairs(det, gt, det_start)
-
-
-def pair_iou(det_boxes: np.ndarray, gt_boxes: np.ndarray, crowd=None, plus_one: float = 0.0) -> np.ndarray:
-    """IoU of row-aligned box pairs ``(P, 4)`` xyxy in float64; ``crowd`` ``(P,)`` pairs use the detection's
-    area as the denominator (COCO). ``plus_one = 1`` applies the VOC devkit's inclusive-pixel ``+1``."""
-    return elementwise_box_iou(det_boxes, gt_boxes, plus_one=bool(plus_one), crowd=crowd)
