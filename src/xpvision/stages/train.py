@@ -1,41 +1,21 @@
 """Stage ``train``: train a task's network on its augmented training set, resuming from a checkpoint.
 
 Validation holds out original images with all their augmented variants (:mod:`xpvision.data.subset`). The
-checkpoint (``checkpoints/<task>/``, DVC ``persist``) is named by a :func:`fingerprint`, so none of another
-configuration is resumed. Writes ``models/<task>/model.{npz,json}`` and ``reports/<task>/train.json``,
-``history.csv``, ``training_curves.png``.
+checkpoint (``checkpoints/<task>/``, DVC ``persist``) is named by a fingerprint of the configuration
+(:mod:`xpvision.stages.checkpoints`), so none of another configuration is resumed. Writes
+``models/<task>/model.{npz,json}`` and ``reports/<task>/train.json``, ``history.csv``,
+``training_curves.png``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
 from typing import Any
 
 from xpvision import atomic, tasks, tracking
 from xpvision.config import Params, TrainConfig, block_dict, data_task
 from xpvision.nn import rng
 from xpvision.stages import TaskPaths
-
-
-def fingerprint(cfg: TrainConfig, files: list[Path]) -> str:
-    """SHA-256 (16 hex digits) of the train block, the given files and the xpvision source code."""
-    digest = hashlib.sha256(json.dumps(block_dict(cfg), sort_keys=True).encode())
-    package = Path(__file__).resolve().parents[1]
-    for path in [*files, *sorted(package.rglob("*.py"))]:
-        digest.update(str(path.relative_to(package) if path.is_relative_to(package) else path).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def checkpoint_path(paths: TaskPaths, key: str) -> Path:
-    """``checkpoints/<task>/<key>.npz``, after deleting checkpoints of other configurations."""
-    paths.checkpoints.mkdir(parents=True, exist_ok=True)
-    for stale in paths.checkpoints.glob("*.npz"):
-        if stale.stem != key:
-            stale.unlink()
-    return paths.checkpoints / f"{key}.npz"
+from xpvision.stages.checkpoints import checkpoint_path, fingerprint
 
 
 def build_seeded_network(kind: str, cfg: TrainConfig, input_shape: tuple[int, int, int], classes: list[str],
@@ -46,8 +26,19 @@ def build_seeded_network(kind: str, cfg: TrainConfig, input_shape: tuple[int, in
                                                 train_set)
 
 
-def run(params: Params, task: str) -> None:
+def build_optimizer(cfg: TrainConfig, model: Any, report: Any | None):
+    """The optimizer (pretrained layers at ``pretrained_lr_scale`` times the lr) and its schedule."""
     from xpvision import optim, schedules, transfer
+
+    groups = (model if report is None
+              else transfer.param_groups(model, cfg.lr, cfg.pretrained_lr_scale, report))
+    optimizer = optim.build_optimizer(cfg.optimizer, groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return optimizer, schedules.build_schedule(cfg.schedule, optimizer, epochs=cfg.epochs,
+                                               warmup_epochs=cfg.warmup_epochs)
+
+
+def run(params: Params, task: str) -> None:
+    from xpvision import transfer
     from xpvision.data.loader import DataLoader, Normalization
     from xpvision.data.shards import ShardDataset
     from xpvision.data.subset import Subset, split_indices
@@ -75,11 +66,7 @@ def run(params: Params, task: str) -> None:
             atomic.write_text(paths.reports / "transfer_init.md", report.to_markdown())
             stage.log_artifact(paths.reports / "transfer_init.md")
         model.to(cfg.device)  # before the optimizer, which keeps views of the parameters
-        groups = model if report is None else transfer.param_groups(model, cfg.lr, cfg.pretrained_lr_scale,
-                                                                     report)
-        optimizer = optim.build_optimizer(cfg.optimizer, groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        schedule = schedules.build_schedule(cfg.schedule, optimizer, epochs=cfg.epochs,
-                                            warmup_epochs=cfg.warmup_epochs)
+        optimizer, schedule = build_optimizer(cfg, model, report)
         key = fingerprint(cfg, [paths.augmented / "manifest.json",
                                 paths.processed / "train" / "manifest.json", *init_files])
         stage.set_tags({"xpvision.checkpoint": key})
