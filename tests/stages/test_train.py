@@ -8,8 +8,8 @@ import pytest
 
 from xpvision.config import load_params
 from xpvision.stages import TaskPaths
-from xpvision.stages.start_run import task_params
 from xpvision.stages.checkpoints import checkpoint_path, fingerprint
+from xpvision.stages.start_run import task_params
 
 PARAMS = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
 
