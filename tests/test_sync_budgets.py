@@ -10,13 +10,13 @@ from xpvision import backend, optim
 from xpvision.data.loader import DataLoader, ListDataset
 from xpvision.detection.nms import soft_nms
 from xpvision.detection.predict import detections_to_numpy, postprocess
-from xpvision.detection.yolo import DetectionTask, build_detector
+from xpvision.detection.yolo import build_detector
 from xpvision.detection.yolo_spec import YoloSpec
 from xpvision.models import build_model
 from xpvision.segmentation.fcn import build_fcn
 from xpvision.segmentation.metrics import ConfusionMatrix
-from xpvision.segmentation.task import SegmentationTask
-from xpvision.train import ClassificationTask, Trainer
+from xpvision.tasks import ClassificationTask, DetectionTask, SegmentationTask
+from xpvision.train import Trainer
 
 pytestmark = pytest.mark.gpu
 

@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xpvision import io, optim
+from xpvision import io, optim, schedules
 from xpvision.data.loader import DataLoader, ListDataset
 from xpvision.errors import ConfigError, TrainingError, WeightsError
 from xpvision.nn import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential, rng
-from xpvision.train import ClassificationTask, Trainer, confusion_matrix, epoch_seed, evaluating
+from xpvision.nn.base import evaluating
+from xpvision.tasks import ClassificationTask, confusion_matrix
+from xpvision.train import Trainer, epoch_seed
 
 NUM_CLASSES = 3
 
@@ -52,7 +54,7 @@ def make_trainer(checkpoint, epochs=4, callbacks=(), lr=0.01):
     rng.manual_seed(0)
     model = tiny_model()
     opt = optim.Adam(model, lr=lr)
-    schedule = optim.build_schedule("cosine", opt, epochs=epochs, warmup_epochs=1 if epochs > 1 else 0)
+    schedule = schedules.build_schedule("cosine", opt, epochs=epochs, warmup_epochs=1 if epochs > 1 else 0)
     trainer = Trainer(model, ClassificationTask(NUM_CLASSES), opt, epochs=epochs, checkpoint_path=checkpoint,
                       scheduler=schedule, seed=7, grad_clip=5.0, callbacks=callbacks, progress=False)
     return model, trainer

@@ -4,9 +4,10 @@ uninterrupted GPU run, bit for bit, for every optimizer (``pytest --fake-gpu`` r
 import pytest
 
 from test_train import NUM_CLASSES, loaders, tiny_model
-from xpvision import backend, optim
+from xpvision import backend, optim, schedules
 from xpvision.nn import rng
-from xpvision.train import ClassificationTask, Trainer
+from xpvision.tasks import ClassificationTask
+from xpvision.train import Trainer
 
 pytestmark = pytest.mark.gpu
 OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
@@ -16,7 +17,7 @@ def gpu_trainer(checkpoint, name: str, epochs: int):
     rng.manual_seed(0)
     model = tiny_model().to("gpu")
     opt = optim.build_optimizer(name, model, lr=0.01)
-    schedule = optim.build_schedule("cosine", opt, epochs=4, warmup_epochs=1)
+    schedule = schedules.build_schedule("cosine", opt, epochs=4, warmup_epochs=1)
     return model, Trainer(model, ClassificationTask(NUM_CLASSES), opt, epochs=epochs,
                           checkpoint_path=checkpoint, scheduler=schedule, seed=7, grad_clip=5.0,
                           progress=False)

@@ -14,8 +14,8 @@ from xpvision.models import deep_convnet
 from xpvision.nn import rng
 from xpvision.optim import Adam
 from xpvision.segmentation.fcn import FCN
-from xpvision.segmentation.task import SegmentationTask
-from xpvision.train import ClassificationTask, Trainer
+from xpvision.tasks import ClassificationTask, SegmentationTask
+from xpvision.train import Trainer
 from xpvision.transfer import (
     adapt_conv_input_channels,
     compare_transfer,

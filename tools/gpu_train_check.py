@@ -17,13 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-from xpvision import backend
+from xpvision import backend, tasks
 from xpvision.config import load_params
 from xpvision.data.loader import DataLoader, Normalization
 from xpvision.data.prepare import prepare
 from xpvision.data.shards import ShardDataset
 from xpvision.stages import download as download_stage
-from xpvision.stages import tasks
 from xpvision.stages import train as train_stage
 from xpvision.train import Trainer
 

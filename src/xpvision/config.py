@@ -1,5 +1,12 @@
 """``params.yaml`` blocks -> frozen, validated dataclasses.
 
+Names are checked against the library's own registries, never against a copy of them: datasets
+(:data:`xpvision.data.prepare.TASK_SOURCES`), models (each task's ``model_names()`` in :mod:`xpvision.tasks`),
+optimizers (:data:`xpvision.optim.OPTIMIZERS`), schedules (:data:`xpvision.schedules.SCHEDULES`) and transfer
+modes (:data:`xpvision.transfer.MODES`). Augmentation transforms are albumentations classes, checked by
+:func:`xpvision.data.augment.parse_transforms` when the augment stage builds them (importing albumentations
+takes seconds, too long for every stage).
+
 Every key of ``params.yaml`` is required and every unknown key is refused: DVC tracks parameters by the keys
 it finds in the file, so a default hidden in code would change results without DVC noticing. A bad value stops
 the stage with :class:`~xpvision.errors.ConfigError` naming the key, e.g.
@@ -22,18 +29,17 @@ from typing import Any, Literal
 import yaml
 
 from xpvision.errors import ConfigError
+from xpvision.optim import OPTIMIZERS
+from xpvision.schedules import SCHEDULES
+from xpvision.transfer import MODES
 
 BASE_TASKS = ("classification", "detection", "segmentation")
 """Tasks with their own data (``download`` and ``augment`` blocks)."""
 FINETUNED_TASKS = ("detection_ft", "segmentation_ft")
 """Detector and FCN initialised from the digits classifier; they train on their base task's data."""
 TASKS = BASE_TASKS + FINETUNED_TASKS
+BASE_OF_FINETUNED = tuple(task.removesuffix("_ft") for task in FINETUNED_TASKS)
 
-DATASETS = {
-    "classification": ("digits", "mnist", "fashion-mnist"),
-    "detection": ("digit-scenes", "voc2007", "voc2012", "coco2017"),
-    "segmentation": ("digit-scenes", "voc2012", "coco2017"),
-}
 
 
 def data_task(task: str) -> str:
@@ -57,6 +63,11 @@ def _opt(check: Check) -> Check:
     """The same check, letting ``null`` through."""
     predicate, text = check
     return (lambda v: v is None or predicate(v)), f"{text} or null"
+
+
+def names(registry: Any) -> Any:
+    """The type of a field that must be one of a registry's names (its keys, in order)."""
+    return Literal[tuple(registry)]
 
 
 def checked(check: Check) -> Any:
@@ -85,7 +96,8 @@ class TrackingConfig:
 class DownloadConfig:
     """Which digits dataset the classifier reads and how much of it."""
 
-    dataset: Literal["digits", "mnist", "fashion-mnist"]
+    dataset: str
+    """One of :data:`xpvision.data.prepare.TASK_SOURCES` for the task (checked in :func:`parse_params`)."""
     mirrors: tuple[str, ...]
     """Mirrors tried before the official URLs: http(s) URLs, ``file://`` URLs or directories."""
     use_official: bool
@@ -101,7 +113,7 @@ class DownloadConfig:
 class SceneDownloadConfig:
     """Which scene dataset (boxes and masks) a detection or segmentation task reads."""
 
-    dataset: Literal["digit-scenes", "voc2007", "voc2012", "coco2017"]
+    dataset: str
     mirrors: tuple[str, ...]
     use_official: bool
     classes: tuple[str, ...] | None
@@ -143,19 +155,20 @@ class TrainConfig:
     """Model, optimiser and schedule of one training run."""
 
     model: str
+    """One of the task's ``model_names()`` (:mod:`xpvision.tasks`; checked in :func:`parse_params`)."""
     model_args: Mapping[str, Any]
     init_from: str | None
     """Task whose trained model initialises this one's backbone (``features.*`` weights, loaded by name)."""
-    transfer_mode: Literal["full", "head", "partial"]
+    transfer_mode: names(MODES)
     """With ``init_from``: ``full`` trains everything, ``head`` only the layers that are new, ``partial``
     all but the first ``freeze_layers`` pretrained layers (see :mod:`xpvision.transfer`)."""
     freeze_layers: int = checked(NON_NEGATIVE)
     pretrained_lr_scale: float = checked(POSITIVE)
     """Learning-rate factor of the pretrained layers (``init_from`` only)."""
-    optimizer: Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+    optimizer: names(OPTIMIZERS)
     lr: float = checked(POSITIVE)
     weight_decay: float = checked(NON_NEGATIVE)
-    schedule: Literal["constant", "step", "cosine"]
+    schedule: names(SCHEDULES)
     warmup_epochs: int = checked(NON_NEGATIVE)
     epochs: int = checked(POSITIVE)
     batch_size: int = checked(POSITIVE)
@@ -204,8 +217,8 @@ class ExportConfig:
 class TransferConfig:
     """The transfer-learning comparison: fine-tuned vs from scratch, for each mode, on a small subset."""
 
-    tasks: tuple[Literal["detection", "segmentation"], ...]
-    modes: tuple[Literal["head", "partial", "full"], ...]
+    tasks: tuple[names(BASE_OF_FINETUNED), ...]
+    modes: tuple[names(MODES), ...]
     subset_size: int = checked(POSITIVE)
     epochs: int = checked(POSITIVE)
     seed: int = checked(NON_NEGATIVE)
@@ -259,13 +272,20 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         _check_keys(blocks, set(classes), source, name)
         sections[name] = types.MappingProxyType(
             {task: build_block(cls, blocks[task], source, f"{name}.{task}") for task, cls in classes.items()})
+    from xpvision.data.prepare import TASK_SOURCES
+    from xpvision.tasks import task_class
+
     for task, block in sections["download"].items():
-        if block.dataset not in DATASETS[task]:
-            _fail(source, f"download.{task}.dataset", f"one of {', '.join(DATASETS[task])}", block.dataset)
+        if block.dataset not in TASK_SOURCES[task]:
+            _fail(source, f"download.{task}.dataset", f"one of {', '.join(TASK_SOURCES[task])}",
+                  block.dataset)
         if isinstance(block, SceneDownloadConfig) and block.digit_size[1] > block.image_size:
             _fail(source, f"download.{task}.digit_size", f"a max <= image_size {block.image_size}",
                   list(block.digit_size))
     for task, block in sections["train"].items():
+        models = task_class(data_task(task)).model_names()
+        if block.model not in models:
+            _fail(source, f"train.{task}.model", f"one of {', '.join(models)}", block.model)
         if block.init_from is not None and block.init_from not in TASKS:
             _fail(source, f"train.{task}.init_from", f"null or one of {', '.join(TASKS)}", block.init_from)
         if block.init_from is None and block.transfer_mode != "full":

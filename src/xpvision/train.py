@@ -1,8 +1,8 @@
-"""The trainer shared by every task, and the classification task.
+"""The trainer shared by every task.
 
-A *task* adapts the trainer to a problem (see docs/architecture.md): ``task.forward_loss(model, batch) ->
-(loss, dout)`` and ``task.evaluate(model, loader) -> {metric: float}`` with ``task.primary_metric`` among the
-keys. :class:`ClassificationTask` is the one for class labels; detection and segmentation define their own.
+A *task* adapts the trainer to a problem (:class:`Task`; the tasks live in :mod:`xpvision.tasks`):
+``task.forward_loss(model, batch) -> (loss, dout)`` and ``task.evaluate(model, loader) -> {metric: float}``
+with ``task.primary_metric`` among the keys.
 
 Reproducibility and resuming
 ----------------------------
@@ -18,26 +18,25 @@ an error (never a silent restart from scratch).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from xpvision import atomic, backend
+from xpvision import atomic
 from xpvision.errors import ConfigError, TrainingError, WeightsError
 from xpvision.io import read_npz
 from xpvision.nn import rng
 from xpvision.nn.base import Layer
-from xpvision.nn.losses import SoftmaxCrossEntropy
-from xpvision.optim import LRSchedule, Optimizer, clip_grad_norm
+from xpvision.optim import Optimizer, clip_grad_norm
+from xpvision.schedules import LRSchedule
 
 log = logging.getLogger(__name__)
 
@@ -55,85 +54,9 @@ class Task(Protocol):
     def evaluate(self, model: Layer, loader: Iterable[dict]) -> dict[str, float]: ...
 
 
-@contextlib.contextmanager
-def evaluating(model: Layer) -> Iterator[Layer]:
-    """Put every layer of ``model`` in eval mode for the block, then restore each layer's previous mode."""
-    modes = [(layer, layer.training) for _, layer in model.named_layers()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for layer, mode in modes:
-            layer.training = mode
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of ``xpvision.nn.rng`` for epoch ``epoch`` (0-based) of a run seeded ``seed``."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """``(K, K)`` int64 counts, rows = true class, columns = predicted class, from ``(N,)`` int labels."""
-    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes * num_classes).reshape(
-        num_classes, num_classes)  # (K, K)
-
-
-class ClassificationTask:
-    """Softmax cross-entropy on ``(N, num_classes)`` logits; metrics ``accuracy`` (primary) and ``loss``.
-
-    ``batch['images']`` ``(N, C, H, W)`` float32 and ``batch['labels']`` ``(N,)`` int64 are moved to the
-    model's device when they are not there yet. ``class_weights``: optional ``(num_classes,)`` loss weights.
-    """
-
-    primary_metric = "accuracy"
-
-    def __init__(self, num_classes: int, class_weights: Sequence[float] | None = None) -> None:
-        if not (isinstance(num_classes, int) and num_classes >= 2):
-            raise ConfigError(f"num_classes must be an int >= 2, got {num_classes!r}")
-        self.num_classes = num_classes
-        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
-        self.loss = SoftmaxCrossEntropy(class_weights=self.class_weights)
-
-    def config(self) -> dict[str, Any]:
-        return {"type": type(self).__name__, "num_classes": self.num_classes,
-                "class_weights": self.class_weights}
-
-    def _inputs(self, model: Layer, batch: dict):
-        device = model.device
-        return backend.to_device(batch["images"], device), backend.to_device(batch["labels"], device)
-
-    def forward_loss(self, model: Layer, batch: dict) -> tuple[float, Any]:
-        images, labels = self._inputs(model, batch)
-        logits = model.forward(images)  # (N, K)
-        loss = self.loss.forward(logits, labels)
-        return loss, self.loss.backward()
-
-    def predict(self, model: Layer, loader: Iterable[dict]) -> tuple[float, np.ndarray, np.ndarray]:
-        """Eval-mode pass over ``loader``: ``(mean loss, y_true (N,) int64, y_pred (N,) int64)``."""
-        loss_fn = SoftmaxCrossEntropy(class_weights=self.class_weights)
-        total_loss, count, truths, predictions = 0.0, 0, [], []
-        with evaluating(model):
-            for batch in loader:
-                images, labels = self._inputs(model, batch)
-                logits = model.forward(images)  # (N, K)
-                n = int(labels.shape[0])
-                total_loss += loss_fn.forward(logits, labels) * n
-                count += n
-                truths.append(backend.to_numpy(labels).astype(np.int64))
-                predictions.append(backend.to_numpy(logits.argmax(axis=1)).astype(np.int64))
-        if count == 0:
-            raise ConfigError("cannot evaluate on an empty loader")
-        return total_loss / count, np.concatenate(truths), np.concatenate(predictions)
-
-    def evaluate_with_confusion(self, model: Layer, loader: Iterable[dict]) -> tuple[dict[str, float],
-                                                                                     np.ndarray]:
-        """``({'accuracy', 'loss'}, confusion (K, K) int64)`` in one pass."""
-        loss, y_true, y_pred = self.predict(model, loader)
-        metrics = {"accuracy": float((y_true == y_pred).mean()), "loss": float(loss)}
-        return metrics, confusion_matrix(y_true, y_pred, self.num_classes)
-
-    def evaluate(self, model: Layer, loader: Iterable[dict]) -> dict[str, float]:
-        return self.evaluate_with_confusion(model, loader)[0]
 
 
 class Trainer:

@@ -284,6 +284,18 @@ def param_groups(model: Layer, lr: float, pretrained_lr_scale: float,
     return [g for g in groups if g["params"]]
 
 
+def initialise_from(model: Layer, source: Source, mode: str = "full",
+                    freeze_layers: int = 0) -> TransferReport:
+    """Start ``model`` from the model saved in ``source``: its ``features.*`` weights by name, and, for an FCN
+    whose ``fc6`` sits on the backbone (``head_on_backbone``), its classifier head as convolutions; then
+    apply the transfer ``mode`` (:func:`set_transfer_mode`). Returns the report of what was loaded."""
+    report = transfer_weights(model, source, include=("features.",))
+    if getattr(model, "head_on_backbone", False):
+        convolutionalize_head(model, source, report)
+    set_transfer_mode(model, mode, report, freeze_layers)
+    return report
+
+
 def _renamed(state: dict[str, np.ndarray], rename: Mapping[str, str]) -> dict[str, np.ndarray]:
     out = {}
     for name, value in state.items():
@@ -347,7 +359,8 @@ def compare_transfer(build_network: Callable[[], Layer], source: Source,
     import time
 
     from xpvision.nn import rng
-    from xpvision.optim import build_optimizer, build_schedule
+    from xpvision.optim import build_optimizer
+    from xpvision.schedules import build_schedule
     from xpvision.train import Trainer
 
     rows = []

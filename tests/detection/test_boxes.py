@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from xpvision import backend
-from xpvision.detection.boxes import box_area, box_convert, box_iou, clip_boxes_to_image, remove_small_boxes
+from xpvision.detection.boxes import (
+    box_area,
+    box_convert,
+    box_iou,
+    clip_boxes_to_image,
+    elementwise_box_iou,
+    remove_small_boxes,
+)
 from xpvision.errors import ShapeError
 
 
@@ -91,3 +98,35 @@ def test_clip_boxes_to_image(xp):
 def test_remove_small_boxes(xp):
     boxes = xp.asarray([[0, 0, 1, 5], [0, 0, 5, 5], [0, 0, 5, 0.5]], xp.float32)
     np.testing.assert_array_equal(backend.to_numpy(remove_small_boxes(boxes, 1.0)), [0, 1])
+
+
+def test_elementwise_box_iou_is_the_diagonal_of_box_iou(xp, rng):
+    a, b = xp.asarray(random_boxes(rng, 9)), xp.asarray(random_boxes(rng, 9))
+    pairwise = backend.to_numpy(box_iou(a, b))
+    np.testing.assert_array_equal(backend.to_numpy(elementwise_box_iou(a, b)), np.diag(pairwise))
+    np.testing.assert_array_equal(backend.to_numpy(elementwise_box_iou(a[2], b)), pairwise[2])
+    assert float(elementwise_box_iou(a[2], b[3])) == pairwise[2, 3]
+    batched = elementwise_box_iou(xp.stack([a, b])[:, :, None, :], xp.stack([b, a])[:, None, :, :])
+    assert batched.shape == (2, 9, 9)
+    np.testing.assert_array_equal(backend.to_numpy(batched[0]), pairwise)
+    np.testing.assert_array_equal(backend.to_numpy(batched[1]), pairwise.T)
+
+
+def test_plus_one_is_the_voc_inclusive_pixel_rule(xp):
+    a = xp.asarray([[0, 0, 9, 9]], xp.float64)  # 10 x 10 pixels, VOC style
+    b = xp.asarray([[5, 0, 14, 9], [10, 10, 19, 19]], xp.float64)
+    np.testing.assert_allclose(backend.to_numpy(box_iou(a, b, plus_one=True))[0], [50 / 150, 0.0])
+    np.testing.assert_allclose(backend.to_numpy(box_area(a, plus_one=True)), [100.0])
+    np.testing.assert_allclose(backend.to_numpy(elementwise_box_iou(a, b[:1], plus_one=True)), [50 / 150])
+
+
+def test_crowd_pairs_divide_by_the_first_box_area(xp):
+    det = xp.asarray([[0, 0, 10, 10], [0, 0, 10, 10]], xp.float64)
+    crowd_box = xp.asarray([[5, 0, 30, 10], [5, 0, 30, 10]], xp.float64)
+    iou = elementwise_box_iou(det, crowd_box, crowd=xp.asarray([False, True]))
+    np.testing.assert_allclose(backend.to_numpy(iou), [50 / 300, 50 / 100])
+
+
+def test_elementwise_box_iou_rejects_bad_shapes():
+    with pytest.raises(ShapeError, match="boxes2"):
+        elementwise_box_iou(np.zeros((2, 4)), np.zeros((2, 3)))

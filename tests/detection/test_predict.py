@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from xpvision.data.loader import DataLoader, ListDataset
-from xpvision.detection.pipeline import evaluate_and_plot
 from xpvision.detection.predict import detect, draw_detections, postprocess
 from xpvision.detection.yolo import build_detector
 from xpvision.detection.yolo_spec import YoloSpec
+from xpvision.tasks.detection import evaluate_and_plot
 
 SPEC = YoloSpec(np.array([[6.0, 6.0], [12.0, 8.0]], np.float32), (4, 4), (32, 32), 3)
 

@@ -6,8 +6,9 @@ from PIL import Image
 from xpvision import optim
 from xpvision.data.loader import DataLoader, ListDataset
 from xpvision.data.voc import iter_voc
-from xpvision.detection.yolo import DetectionTask, build_detector
+from xpvision.detection.yolo import build_detector
 from xpvision.nn import rng as nn_rng
+from xpvision.tasks import DetectionTask
 from xpvision.train import Trainer
 
 OBJECT_XML = """  <object>

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 
 from xpvision import io
-from xpvision.detection.yolo import DetectionTask, build_detector
+from xpvision.detection.yolo import build_detector
 from xpvision.detection.yolo_loss import YoloLoss, build_targets
 from xpvision.detection.yolo_spec import YoloSpec
 from xpvision.errors import ConfigError, ShapeError
 from xpvision.nn.gradcheck import numerical_gradient
+from xpvision.tasks import DetectionTask
 
 CLASSES = ["a", "b", "c"]
 ANCHORS = [[6.0, 6.0], [12.0, 8.0]]

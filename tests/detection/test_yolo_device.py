@@ -8,10 +8,10 @@ from test_yolo import random_batch, small_detector
 from xpvision import backend
 from xpvision.data.loader import DataLoader, ListDataset
 from xpvision.detection.predict import detect, detections_to_numpy, postprocess
-from xpvision.detection.yolo import DetectionTask
 from xpvision.detection.yolo_loss import YoloLoss
 from xpvision.detection.yolo_spec import YoloSpec
 from xpvision.nn import rng as rng_module
+from xpvision.tasks import DetectionTask
 
 pytestmark = pytest.mark.gpu
 

@@ -8,7 +8,8 @@ from xpvision import backend, optim
 from xpvision.data.loader import DataLoader, ListDataset
 from xpvision.nn import rng as rng_module
 from xpvision.segmentation.fcn import build_fcn
-from xpvision.segmentation.task import SegmentationTask, predict_segmentation
+from xpvision.segmentation.predict import predict_segmentation
+from xpvision.tasks import SegmentationTask
 from xpvision.train import Trainer
 
 pytestmark = pytest.mark.gpu

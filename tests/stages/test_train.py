@@ -1,4 +1,4 @@
-"""Train-stage glue: the validation split leaks no augmented copy, checkpoints are keyed by configuration."""
+"""Train-stage glue: checkpoints are keyed by configuration, the same block gives the same initial network."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -7,41 +7,11 @@ import numpy as np
 import pytest
 
 from xpvision.config import load_params
-from xpvision.errors import DataError
 from xpvision.stages import TaskPaths
+from xpvision.stages.checkpoints import checkpoint_path, fingerprint
 from xpvision.stages.start_run import task_params
-from xpvision.stages.train import checkpoint_path, fingerprint, split_indices
 
 PARAMS = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
-
-
-class FakeAugmented:
-    """``variants`` consecutive samples per original, as augment_dataset writes them."""
-
-    def __init__(self, originals: int, copies: int, keep_original: bool) -> None:
-        self.meta = {"augment": {"copies": copies, "keep_original": keep_original}}
-        self.folder = Path("augmented")
-        self.length = originals * (copies + keep_original)
-
-    def __len__(self) -> int:
-        return self.length
-
-
-@pytest.mark.parametrize(("copies", "keep"), [(1, True), (2, False), (0, True)])
-def test_validation_images_are_left_out_of_training_in_every_form(copies, keep):
-    originals = list(range(50))
-    train, val = split_indices(originals, FakeAugmented(50, copies, keep), 0.2, seed=3)
-    variants = copies + keep
-    assert len(val) == 10 and len(set(val)) == 10
-    assert set(train // variants).isdisjoint(val)  # no variant of a validation image is trained on
-    assert set(train // variants) | set(val) == set(originals)
-    again_train, again_val = split_indices(originals, FakeAugmented(50, copies, keep), 0.2, seed=3)
-    assert np.array_equal(train, again_train) and np.array_equal(val, again_val)
-
-
-def test_split_refuses_an_augmented_set_of_the_wrong_size():
-    with pytest.raises(DataError, match="run the augment stage again"):
-        split_indices(list(range(10)), FakeAugmented(9, 1, True), 0.2, seed=0)
 
 
 def test_fingerprint_follows_params_and_files(tmp_path):
@@ -76,9 +46,10 @@ def test_parent_run_params_are_the_blocks_the_task_reads():
 
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 def test_same_train_block_gives_the_same_initial_network_whatever_the_rng_state(task):
+    from xpvision.config import data_task as kind_of
     from xpvision.nn import rng
-    from xpvision.stages.tasks import kind_of, output_classes
     from xpvision.stages.train import build_seeded_network
+    from xpvision.tasks import output_classes
 
     kind, cfg = kind_of(task), PARAMS.train[task]
     shape = (1, 28, 28) if kind == "classification" else (3, 32, 32)

@@ -24,8 +24,14 @@ from xpvision.data.scenes import SceneConfig
 from xpvision.data.shards import write_shards
 from xpvision.errors import ConfigError
 
-SOURCES = ("digits", "digit-scenes", "mnist", "fashion-mnist", "voc2007", "voc2012", "coco2017")
-TASKS = ("classification", "detection", "segmentation")
+TASK_SOURCES = {
+    "classification": ("digits", "mnist", "fashion-mnist"),
+    "detection": ("digit-scenes", "voc2007", "voc2012", "coco2017"),
+    "segmentation": ("digit-scenes", "voc2012", "coco2017"),
+}
+"""The sources the pipeline offers each task (``download.<task>.dataset`` is checked against it)."""
+SOURCES = tuple(dict.fromkeys(source for sources in TASK_SOURCES.values() for source in sources))
+TASKS = tuple(TASK_SOURCES)
 DEFAULT_SPLITS = {"voc2007": {"train": "trainval", "test": "test"},
                   "voc2012": {"train": "train", "test": "val"},
                   "coco2017": {"train": "train2017", "test": "val2017"}}

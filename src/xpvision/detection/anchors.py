@@ -9,15 +9,17 @@ from __future__ import annotations
 import numpy as np
 
 from xpvision import backend
+from xpvision.detection.boxes import box_iou
 from xpvision.errors import ConfigError, ShapeError
 
 
 def wh_iou(wh1: np.ndarray, wh2: np.ndarray) -> np.ndarray:
-    """IoU ``(N, K)`` of boxes of sizes ``wh1`` ``(N, 2)`` and ``wh2`` ``(K, 2)`` placed on one centre."""
-    inter_w = np.minimum(wh1[:, None, 0], wh2[None, :, 0])  # (N, K)
-    inter = inter_w * np.minimum(wh1[:, None, 1], wh2[None, :, 1])  # (N, K)
-    union = (wh1[:, 0] * wh1[:, 1])[:, None] + (wh2[:, 0] * wh2[:, 1])[None, :] - inter
-    return inter / np.maximum(union, np.finfo(np.float64).tiny)
+    """IoU ``(N, K)`` of boxes of sizes ``wh1`` ``(N, 2)`` and ``wh2`` ``(K, 2)`` placed on one centre (the
+    same as placing both corners at the origin: :func:`box_iou` of ``(0, 0, w, h)`` boxes)."""
+    def at_origin(wh):
+        wh = np.asarray(wh)
+        return np.concatenate([np.zeros_like(wh), wh], axis=1)  # (n, 4)
+    return box_iou(at_origin(wh1), at_origin(wh2))
 
 
 def kmeans_anchors(boxes, k: int, seed: int = 0, max_iter: int = 300) -> np.ndarray:

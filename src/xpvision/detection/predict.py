@@ -88,7 +88,7 @@ def detect(model: Layer, images, meta: dict, score_threshold: float = 0.01, nms_
     Returns:
         One :class:`Detections` per image (NumPy), boxes in input pixels.
     """
-    from xpvision.train import evaluating
+    from xpvision.nn.base import evaluating
 
     spec = YoloSpec.from_meta(meta)
     with evaluating(model):

@@ -1,4 +1,4 @@
-"""The YOLO-style single-scale detector and its training task.
+"""The YOLO-style single-scale detector (its training task: :mod:`xpvision.tasks.detection`).
 
 ``build_detector`` puts a small convolutional head on the fully-convolutional ``features`` of any registered
 model (so a trained classifier's backbone transfers by name, ``features.*``):
@@ -11,22 +11,19 @@ settings go into the model's metadata under ``'detector'``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from xpvision import backend
 from xpvision.detection.anchors import kmeans_anchors, mean_best_iou
-from xpvision.detection.metrics.coco import eval_detection_coco
-from xpvision.detection.metrics.voc import eval_detection_voc
-from xpvision.detection.predict import Detections, detections_to_numpy, postprocess
 from xpvision.detection.yolo_loss import YoloLoss
 from xpvision.detection.yolo_spec import YoloSpec
 from xpvision.errors import ConfigError, DataError
 from xpvision.models import build_model, feature_shapes
 from xpvision.nn.activation import LeakyReLU
-from xpvision.nn.base import Layer, Sequential
+from xpvision.nn.base import Sequential
 from xpvision.nn.conv import Conv2d
 from xpvision.nn.norm import BatchNorm2d
 
@@ -100,77 +97,3 @@ def _init_prediction_layer(pred: Conv2d, spec: YoloSpec) -> None:
     bias = np.zeros(spec.channels, dtype=np.float32)
     bias[4::5 + spec.num_classes] = math.log(OBJECTNESS_PRIOR / (1 - OBJECTNESS_PRIOR))
     pred.params["b"][...] = xp.asarray(bias)
-
-
-class DetectionTask:
-    """Trains and evaluates a detector built by :func:`build_detector`.
-
-    ``forward_loss`` runs the model and :class:`YoloLoss` on a batch (``images`` ``(N, C, H, W)`` float32 and
-    per-image ``boxes``/``labels``/``difficult``). ``evaluate`` decodes, suppresses (score ``>
-    score_threshold``, NMS IoU ``> nms_iou``) and returns ``map_50`` (VOC all-point AP at IoU 0.5, the primary
-    metric), the COCO-style ``map`` (AP@[.5:.95]) and ``map_75``, and the mean ``loss``.
-    """
-
-    primary_metric = "map_50"
-
-    def __init__(self, model: Layer, meta: dict, score_threshold: float = 0.01, nms_iou: float = 0.45,
-                 max_detections: int = 100) -> None:
-        self.spec = YoloSpec.from_meta(meta)
-        self.loss = YoloLoss(self.spec, **meta["detector"].get("loss", {}))
-        self.score_threshold = score_threshold
-        self.nms_iou = nms_iou
-        self.max_detections = max_detections
-
-    def forward_loss(self, model: Layer, batch: dict) -> tuple[float, Any]:
-        pred = model.forward(backend.to_device(batch["images"], model.device))
-        loss = self.loss.forward(pred, batch)
-        return loss, self.loss.backward()
-
-    def predict(self, model: Layer, loader: Iterable[dict]) -> tuple[list[Detections], dict, float]:
-        """Eval-mode pass: ``(detections per image (NumPy), ground truth {'boxes', 'labels', 'difficult'}
-        lists, mean loss per image)``, in loader order."""
-        from xpvision.train import evaluating
-
-        detections: list[Detections] = []
-        truth: dict[str, list] = {"boxes": [], "labels": [], "difficult": []}
-        loss_fn = YoloLoss(self.spec, **self.loss.config())
-        total, count = 0.0, 0
-        with evaluating(model):
-            for batch in loader:
-                pred = model.forward(backend.to_device(batch["images"], model.device))
-                n = int(pred.shape[0])
-                total += loss_fn.forward(pred, batch) * n
-                count += n
-                found = postprocess(pred, self.spec, self.score_threshold, self.nms_iou, self.max_detections)
-                detections.extend(detections_to_numpy(found))
-                for key in truth:
-                    truth[key].extend(backend.to_numpy(a) for a in batch[key])
-        if count == 0:
-            raise ConfigError("cannot evaluate a detector on an empty loader")
-        return detections, truth, total / count
-
-    def evaluate(self, model: Layer, loader: Iterable[dict]) -> dict[str, float]:
-        detections, truth, loss = self.predict(model, loader)
-        return detection_metrics(detections, truth, self.spec.num_classes)[0] | {"loss": loss}
-
-
-def detection_metrics(detections: Sequence[Detections], truth: dict, num_classes: int,
-                      use_07_metric: bool = False) -> tuple[dict[str, float], dict, dict]:
-    """``({'map_50', 'map', 'map_75', 'coco_map_50'}, VOC result, COCO result)`` of per-image detections
-    against ``truth`` (per-image ``boxes``/``labels``/``difficult`` lists).
-
-    ``map_50`` is VOC AP at IoU 0.5 (all-point, or 11-point with ``use_07_metric``) with difficult boxes
-    ignored. COCO has no "difficult": for the COCO numbers those boxes are crowd regions (ignored, absorbing
-    the detections that hit them).
-    """
-    pred_boxes = [d.boxes for d in detections]
-    pred_labels = [d.labels for d in detections]
-    pred_scores = [d.scores for d in detections]
-    voc = eval_detection_voc(pred_boxes, pred_labels, pred_scores, truth["boxes"], truth["labels"],
-                             truth["difficult"], iou_thresh=0.5, use_07_metric=use_07_metric,
-                             num_classes=num_classes)
-    coco = eval_detection_coco(pred_boxes, pred_labels, pred_scores, truth["boxes"], truth["labels"],
-                               gt_crowdeds=truth["difficult"], num_classes=num_classes)
-    summary = {"map_50": voc["map"], "map": coco["map"], "map_75": coco["map_75"],
-               "coco_map_50": coco["map_50"]}
-    return summary, voc, coco

@@ -26,6 +26,7 @@ import numpy as np
 
 from xpvision import backend
 from xpvision.detection.anchors import wh_iou
+from xpvision.detection.boxes import elementwise_box_iou
 from xpvision.detection.yolo_spec import YoloSpec
 from xpvision.errors import ConfigError
 from xpvision.nn.activation import sigmoid
@@ -93,19 +94,6 @@ def bce_with_logits(x, target):
     return loss, sigmoid(x) - target
 
 
-def batched_iou(boxes1, boxes2):
-    """IoU ``(N, M, G)`` of xyxy boxes ``(N, M, 4)`` and ``(N, G, 4)`` image by image (0 for empty unions)."""
-    xp = backend.get_array_module(boxes1, boxes2)
-    top_left = xp.maximum(boxes1[:, :, None, :2], boxes2[:, None, :, :2])  # (N, M, G, 2)
-    bottom_right = xp.minimum(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:])
-    wh = xp.clip(bottom_right - top_left, 0, None)
-    inter = wh[..., 0] * wh[..., 1]  # (N, M, G)
-    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])  # (N, M)
-    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])  # (N, G)
-    union = area1[:, :, None] + area2[:, None, :] - inter
-    return xp.where(union > 0, inter / xp.where(union > 0, union, 1), 0)
-
-
 class YoloLoss:
     """Loss of a YOLO-style head (see the module docstring). ``target`` is a dict with per-image lists
     ``boxes`` ``(R, 4)`` xyxy pixels, ``labels`` ``(R,)`` int and optionally ``difficult`` ``(R,)`` bool."""
@@ -143,7 +131,8 @@ class YoloLoss:
         # objectness: every anchor, negatives overlapping a ground truth ignored
         with_gt = xp.asarray(t.gt_valid)
         decoded = self.spec.decode_boxes(raw).reshape(n, -1, 4)  # (N, S_h·S_w·A, 4)
-        iou = batched_iou(decoded, xp.asarray(t.gt_boxes, dtype=dtype))  # (N, M, G_max)
+        iou = elementwise_box_iou(decoded[:, :, None, :], xp.asarray(t.gt_boxes, dtype=dtype)[:, None, :, :])
+        # iou: (N, M, G_max)
         best = xp.where(with_gt[:, None, :], iou, 0).max(axis=2).reshape(raw.shape[:4])  # (N, S_h, S_w, A)
         weight = xp.where(best > self.ignore_iou, 0.0, self.noobj_weight).astype(dtype)
         obj_target = xp.zeros(raw.shape[:4], dtype=dtype)

@@ -70,32 +70,14 @@ def read_images(paths: Sequence[str | Path], meta: dict) -> tuple[np.ndarray, li
 
 
 def predict(model: Any, meta: dict, pixels: np.ndarray, score_threshold: float = 0.3) -> list[dict]:
-    """One result per image.
+    """One result per image, from the model's task (:meth:`predict_images` of :mod:`xpvision.tasks`):
 
     * classification: ``{"label", "class_id", "score", "probabilities"}``
     * detection: ``{"boxes": (R, 4) xyxy pixels at the model's input size, "labels": [names], "scores"}``
     * segmentation: ``{"mask": (H, W) int64 class ids, "classes": names present}``
     """
-    from xpvision import backend
+    from xpvision.tasks import task_class
 
     x = network_input(meta, pixels)
-    classes = meta["classes"]
     model.eval()
-    if meta["kind"] == "classification":
-        from xpvision.nn.functional import softmax
-
-        logits = model.forward(backend.to_device(x, model.device))  # on the model's device
-        probabilities = np.asarray(backend.to_numpy(softmax(logits, axis=1)))  # (N, K)
-        ids = probabilities.argmax(axis=1)
-        return [{"label": classes[k], "class_id": int(k), "score": float(p[k]),
-                 "probabilities": p.tolist()} for k, p in zip(ids, probabilities, strict=True)]
-    if meta["kind"] == "detection":
-        from xpvision.detection.predict import detect
-
-        return [{"boxes": np.asarray(d.boxes, np.float32), "labels": [classes[k] for k in d.labels],
-                 "scores": np.asarray(d.scores, np.float32)}
-                for d in detect(model, x, meta, score_threshold=score_threshold)]
-    from xpvision.segmentation.task import predict_segmentation
-
-    masks = predict_segmentation(model, x)  # (N, H, W)
-    return [{"mask": np.asarray(m, np.int64), "classes": [classes[k] for k in np.unique(m)]} for m in masks]
+    return task_class(meta["kind"]).predict_images(model, meta, x, score_threshold=score_threshold)

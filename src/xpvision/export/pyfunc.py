@@ -26,25 +26,14 @@ class XPVisionPyfunc:
         self.model, self.meta = load_trained_model(model_dir)
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
-        import pandas as pd
-
         from xpvision.export.inference import predict
+        from xpvision.tasks import task_class
 
         pixels = np.asarray(model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input,
                             dtype=np.float32)
         threshold = float((params or {}).get("score_threshold", 0.3))
         results = predict(self.model, self.meta, pixels, score_threshold=threshold)
-        kind = self.meta["kind"]
-        if kind == "classification":
-            return pd.DataFrame([{k: r[k] for k in ("label", "class_id", "score")} for r in results])
-        if kind == "detection":
-            corners = ("x1", "y1", "x2", "y2")
-            rows = [{"image": i, "label": label, "score": float(score),
-                     **dict(zip(corners, map(float, box), strict=True))}
-                    for i, r in enumerate(results)
-                    for box, label, score in zip(r["boxes"], r["labels"], r["scores"], strict=True)]
-            return pd.DataFrame(rows, columns=["image", "label", "score", "x1", "y1", "x2", "y2"])
-        return np.stack([r["mask"] for r in results])  # (N, H, W)
+        return task_class(self.meta["kind"]).pyfunc_output(results)
 
 
 def _load_pyfunc(data_path: str) -> XPVisionPyfunc:

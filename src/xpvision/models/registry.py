@@ -11,7 +11,7 @@ import numpy as np
 from xpvision.errors import ConfigError
 from xpvision.models.convnets import deep_convnet, simple_convnet
 from xpvision.models.resnet import resnet_small
-from xpvision.nn.base import Layer, Sequential
+from xpvision.nn.base import Layer, Sequential, evaluating
 
 MODELS: dict[str, Callable[..., Sequential]] = {
     "simple_convnet": simple_convnet,
@@ -45,17 +45,12 @@ def feature_shapes(model: Sequential, input_shape: tuple[int, int, int]) -> dict
     padding. Example: ``feature_shapes(deep_convnet(), (1, 28, 28))['pool3'] == (64, 4, 4)``.
     """
     features = model["features"]
-    modes = [(layer, layer.training) for _, layer in features.named_layers()]
-    features.eval()
-    try:
+    with evaluating(features):
         x = np.zeros((1, *input_shape), dtype=np.float32)  # (1, C, H, W)
         shapes = {}
         for name, layer in features.children():
             x = layer.forward(x)
             shapes[name] = tuple(int(s) for s in x.shape[1:])
-    finally:
-        for layer, mode in modes:
-            layer.training = mode
     return shapes
 
 

@@ -5,7 +5,7 @@ Layers keep ``(N, C, H, W)`` shapes at their boundaries and channels-last memory
 
 from xpvision.nn import functional, init, rng
 from xpvision.nn.activation import Identity, LeakyReLU, ReLU, Sigmoid
-from xpvision.nn.base import LAYERS, Layer, Sequential, build_layer
+from xpvision.nn.base import LAYERS, Layer, Sequential, build_layer, evaluating
 from xpvision.nn.conv import Conv2d, ConvTranspose2d
 from xpvision.nn.functional import log_softmax, softmax
 from xpvision.nn.linear import Dropout, Flatten, Linear
@@ -18,5 +18,5 @@ __all__ = [
     "LAYERS", "AvgPool2d", "BCEWithLogits", "BatchNorm1d", "BatchNorm2d", "Conv2d", "ConvTranspose2d",
     "Dropout", "Flatten", "GlobalAvgPool2d", "Identity", "Layer", "LeakyReLU", "Linear", "Loss", "MaxPool2d",
     "ReLU", "ResidualBlock", "Sequential", "Sigmoid", "SmoothL1Loss", "SoftmaxCrossEntropy", "build_layer",
-    "functional", "init", "log_softmax", "rng", "softmax",
+    "evaluating", "functional", "init", "log_softmax", "rng", "softmax",
 ]

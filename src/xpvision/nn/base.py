@@ -34,6 +34,7 @@ Conventions every layer follows -------------------------------
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
@@ -263,6 +264,18 @@ class Layer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "layers")
         return f"{type(self).__name__}({args})"
+
+
+@contextlib.contextmanager
+def evaluating(model: Layer) -> Iterator[Layer]:
+    """Put every layer of ``model`` in eval mode for the block, then restore each layer's previous mode."""
+    modes = [(layer, layer.training) for _, layer in model.named_layers()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for layer, mode in modes:
+            layer.training = mode
 
 
 def build_layer(spec: dict[str, Any]) -> Layer:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xpvision import atomic, tracking
+from xpvision import atomic, tasks, tracking
 from xpvision.config import Params, block_dict
 from xpvision.export.onnx_graph import ExportError
 from xpvision.stages import TaskPaths
@@ -35,7 +35,7 @@ def run(params: Params, task: str) -> None:
         images = np.stack([test_set[i]["image"] for i in range(count)])  # (N, H, W, C) uint8
         pixels = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255  # (N, C, H, W)
         onnx_model = to_onnx(model, meta["input_shape"], opset=cfg.opset, name=f"xpvision-{task}",
-                             probabilities=meta["kind"] == "classification",
+                             probabilities=tasks.task_class(meta["kind"]).onnx_probabilities,
                              normalization=meta["normalization"])
         error = onnx_parity(model, onnx_model, pixels, network_input=network_input(meta, pixels))
         if not error <= cfg.atol:
@@ -57,18 +57,9 @@ def run(params: Params, task: str) -> None:
 
 def check_pyfunc(pyfunc_dir, model, meta: dict, pixels: np.ndarray) -> None:
     """The pyfunc model, loaded the way MLflow loads it, predicts what xpvision predicts."""
-    import pandas as pd
-
     from xpvision.export.inference import predict
     from xpvision.export.pyfunc import XPVisionPyfunc
 
     served = XPVisionPyfunc(str(pyfunc_dir / "data" / "model")).predict(pixels)
-    direct = predict(model, meta, pixels)
-    if meta["kind"] == "classification":
-        agree = list(served["label"]) == [r["label"] for r in direct]
-    elif meta["kind"] == "segmentation":
-        agree = np.array_equal(served, np.stack([r["mask"] for r in direct]))
-    else:
-        agree = isinstance(served, pd.DataFrame) and len(served) == sum(len(r["labels"]) for r in direct)
-    if not agree:
+    if not tasks.task_class(meta["kind"]).pyfunc_agrees(served, predict(model, meta, pixels)):
         raise ExportError(f"the MLflow model in {pyfunc_dir} predicts differently from xpvision")

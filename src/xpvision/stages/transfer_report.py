@@ -17,16 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from xpvision import atomic, tracking
+from xpvision import atomic, tasks, tracking
 from xpvision.config import Params, block_dict
-from xpvision.stages import TaskPaths, tasks
-from xpvision.stages.train import Subset
+from xpvision.stages import TaskPaths
 
 REPORTS = Path("reports") / "transfer"
 
 
 def run(params: Params) -> None:
     from xpvision.transfer import compare_transfer, write_comparison
+    from xpvision.visualize import plot_comparison
 
     cfg = params.transfer
     source = TaskPaths("classification").model_dir
@@ -60,6 +60,7 @@ def _setup(task: str, train_cfg: Any, subset_size: int, seed: int):
     """The network builder, task object and loaders (first ``subset_size`` train / test images)."""
     from xpvision.data.loader import DataLoader, Normalization
     from xpvision.data.shards import ShardDataset
+    from xpvision.data.subset import Subset
 
     paths = TaskPaths(task)
     train_set, test_set = ShardDataset(paths.processed / "train"), ShardDataset(paths.processed / "test")
@@ -69,7 +70,8 @@ def _setup(task: str, train_cfg: Any, subset_size: int, seed: int):
     classes = tasks.output_classes(task, train_set.classes)
 
     def network():
-        return tasks.build_network(task, train_cfg, (channels, height, width), classes, train_subset)
+        return tasks.task_class(task).build_network(train_cfg.model, dict(train_cfg.model_args),
+                                                    (channels, height, width), classes, train_subset)
 
     _, extra_meta = network()
     meta = {"kind": task, "task": f"{task}_ft", "classes": classes, **extra_meta}
@@ -79,26 +81,3 @@ def _setup(task: str, train_cfg: Any, subset_size: int, seed: int):
     test_loader = DataLoader(test_subset, train_cfg.batch_size, normalization=normalization)
     task_object = tasks.build_task(task, None, meta, train_cfg.class_weights)
     return (lambda: network()[0]), task_object, train_loader, test_loader
-
-
-def plot_comparison(rows: list[dict], path: Path) -> None:
-    """Grouped bars: the primary metric per task and mode, fine-tuned vs from scratch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = list(dict.fromkeys((r["task"], r["mode"]) for r in rows))
-    value = {(r["task"], r["mode"], r["pretrained"]): r["value"] for r in rows}
-    positions = np.arange(len(groups))
-    figure, axes = plt.subplots(figsize=(1.6 + 1.3 * len(groups), 3.6), constrained_layout=True)
-    for offset, pretrained, label in ((-0.2, True, "from the digits classifier"),
-                                      (0.2, False, "from scratch")):
-        axes.bar(positions + offset, [value[(*g, pretrained)] for g in groups], width=0.4, label=label)
-    axes.set_xticks(positions, [f"{task}\n{mode}" for task, mode in groups])
-    axes.set_ylabel(rows[0]["metric"] if rows else "")
-    axes.set_title("transfer learning: fine-tuned vs from scratch")
-    axes.legend()
-    with atomic.atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=100)
-    plt.close(figure)

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from xpvision.detection.boxes import elementwise_box_iou
 from xpvision.detection.metrics.common import (
     count_classes,
     flatten_detections,
     flatten_ground_truth,
-    pair_iou,
     pairs_by_group,
 )
 
@@ -90,7 +90,7 @@ def _match(dets, gts, crowd, gt_ignored, in_top):
     ignored = np.zeros((n_area, n_thr, n_det), dtype=bool)
     gt_taken = np.zeros((n_area, n_thr, len(gts.label)), dtype=bool)
     pairs = pairs_by_group(dets, gts, keep=in_top)
-    iou = pair_iou(dets.boxes[pairs.det], gts.boxes[pairs.gt], crowd[pairs.gt])  # (P,)
+    iou = elementwise_box_iou(dets.boxes[pairs.det], gts.boxes[pairs.gt], crowd=crowd[pairs.gt])  # (P,)
     thresholds = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)[None, :, None]  # (1, T, 1)
     has_pairs = np.diff(pairs.det_start) > 0
     for rank in range(int(dets.rank.max(initial=-1)) + 1):

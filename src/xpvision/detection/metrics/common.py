@@ -145,18 +145,3 @@ def pairs_by_group(dets: Detections, gts: GroundTruth, keep=None) -> Pairs:
     det = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
     gt = first[det] + np.arange(int(det_start[-1]), dtype=np.int64) - det_start[det]
     return Pairs(det, gt, det_start)
-
-
-def pair_iou(det_boxes: np.ndarray, gt_boxes: np.ndarray, crowd=None, plus_one: float = 0.0) -> np.ndarray:
-    """IoU of row-aligned box pairs ``(P, 4)`` xyxy in float64; ``crowd`` ``(P,)`` pairs use the detection's
-    area as the denominator (COCO). ``plus_one = 1`` applies the VOC devkit's inclusive-pixel ``+1``."""
-    w = np.minimum(det_boxes[:, 2], gt_boxes[:, 2]) - np.maximum(det_boxes[:, 0], gt_boxes[:, 0]) + plus_one
-    h = np.minimum(det_boxes[:, 3], gt_boxes[:, 3]) - np.maximum(det_boxes[:, 1], gt_boxes[:, 1]) + plus_one
-    inter = np.where((w > 0) & (h > 0), w * h, 0.0)
-    det_area = (det_boxes[:, 2] - det_boxes[:, 0] + plus_one) * (det_boxes[:, 3] - det_boxes[:, 1] + plus_one)
-    gt_area = (gt_boxes[:, 2] - gt_boxes[:, 0] + plus_one) * (gt_boxes[:, 3] - gt_boxes[:, 1] + plus_one)
-    union = det_area + gt_area - inter
-    if crowd is not None:
-        union = np.where(crowd, det_area, union)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(inter > 0, inter / np.where(union > 0, union, 1.0), 0.0)

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from xpvision.detection.boxes import elementwise_box_iou
 from xpvision.detection.metrics.common import (
     count_classes,
     flatten_detections,
     flatten_ground_truth,
-    pair_iou,
     pairs_by_group,
 )
 
@@ -89,7 +89,7 @@ def _match(dets, gts, difficult, iou_thresh: float, plus_one: float) -> np.ndarr
     outcome = np.full(len(dets.label), _FALSE_POSITIVE, dtype=np.int8)
     taken = np.zeros(len(gts.label), dtype=bool)
     pairs = pairs_by_group(dets, gts)
-    iou = pair_iou(dets.boxes[pairs.det], gts.boxes[pairs.gt], plus_one=plus_one)  # (P,)
+    iou = elementwise_box_iou(dets.boxes[pairs.det], gts.boxes[pairs.gt], plus_one=bool(plus_one))  # (P,)
     has_pairs = np.diff(pairs.det_start) > 0
     for rank in range(int(dets.rank.max(initial=-1)) + 1):
         det_ids = np.flatnonzero((dets.rank == rank) & has_pairs)

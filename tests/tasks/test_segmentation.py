@@ -8,7 +8,8 @@ from xpvision.data.loader import DataLoader, ListDataset
 from xpvision.errors import ConfigError, ShapeError
 from xpvision.nn import Conv2d, Sequential
 from xpvision.segmentation.metrics import eval_semantic_segmentation
-from xpvision.segmentation.task import SegmentationTask, predict_segmentation, write_prediction_images
+from xpvision.segmentation.predict import predict_segmentation, write_prediction_images
+from xpvision.tasks import SegmentationTask
 
 
 class _FixedLogits(Sequential):

@@ -1,10 +1,10 @@
-"""stages.tasks: the train block's class weights reach the task's loss, and bad ones name their key."""
+"""tasks registry: the train block's class weights reach the task's loss, and bad ones name their key."""
 
 import numpy as np
 import pytest
 
 from xpvision.errors import ConfigError
-from xpvision.stages.tasks import build_task, output_classes
+from xpvision.tasks import build_task, output_classes
 
 SEGMENTATION_META = {"task": "segmentation", "classes": output_classes("segmentation", ["0", "1"])}
 
