@@ -39,4 +39,4 @@ clean-venv:
 
 ## On a machine with a CUDA GPU (no network needed): GPU tests, short GPU trainings, GPU benchmark, sanitizer.
 gpu-check:
-	PYTHONPATH=src $(PYTHON) tools/gpu_check.py $(if $(REPORT),--report $(REPORT))
+	PYTHONPATH=src$(if $(PYTHONPATH),:$(PYTHONPATH)) $(PYTHON) tools/gpu_check.py $(if $(REPORT),--report $(REPORT))

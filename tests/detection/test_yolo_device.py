@@ -89,8 +89,9 @@ def test_post_processing_keeps_the_same_boxes_on_both_devices(gpu, rng, max_dete
     for c, g in zip(on_cpu, on_gpu, strict=True):
         assert isinstance(g.boxes, np.ndarray) and len(g.boxes) <= max_detections
         np.testing.assert_array_equal(g.labels, c.labels)
-        np.testing.assert_allclose(g.boxes, c.boxes, rtol=1e-6)
-        np.testing.assert_allclose(g.scores, c.scores, rtol=1e-6)
+        # CUDA's expf / sigmoid may differ from NumPy's by a few float32 ulps (seen: 4e-6 px on an H200)
+        np.testing.assert_allclose(g.boxes, c.boxes, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(g.scores, c.scores, rtol=1e-5, atol=1e-7)
         assert np.all(np.diff(g.scores) <= 0)
 
 

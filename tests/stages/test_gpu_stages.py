@@ -35,6 +35,8 @@ def gpu_params() -> dict:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, gpu_module):
+    for package in ("mlflow", "albumentations", "onnxruntime"):  # pipeline extra: a bare GPU box may lack it
+        pytest.importorskip(package)
     root = tmp_path_factory.mktemp("gpu_project")
     (root / "params.yaml").write_text(yaml.safe_dump(gpu_params(), sort_keys=False))
     with pytest.MonkeyPatch.context() as patch:
