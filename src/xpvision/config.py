@@ -102,6 +102,9 @@ class DownloadConfig:
     """Mirrors tried before the official URLs: http(s) URLs, ``file://`` URLs or directories."""
     use_official: bool
     """Also try the official URLs after the mirrors (false for air-gapped teams)."""
+    root: str | None
+    """A local copy used in place instead of downloading: a folder holding the four IDX files (``.gz`` or
+    plain), verified against the published checksums."""
     max_images: int | None = checked(_opt(POSITIVE))
     """Keep at most ``max_images`` images per split (null = all)."""
     shard_size: int = checked(POSITIVE)
@@ -116,6 +119,12 @@ class SceneDownloadConfig:
     dataset: str
     mirrors: tuple[str, ...]
     use_official: bool
+    root: str | None
+    """A local, extracted copy used in place: the folder holding ``VOCdevkit`` (or ``VOCdevkit/VOC<year>``
+    itself), or a COCO folder with ``annotations/`` and the image folders."""
+    splits: tuple[str, ...] | None
+    """The source's splits to read: null for the defaults, ``[train, test]`` (e.g. ``[train2017, val2017]``)
+    or one split (e.g. ``[val2017]``) divided into train and test images (see ``xpvision.data.prepare``)."""
     classes: tuple[str, ...] | None
     """Keep only these classes (null = all of the dataset's classes)."""
     max_images: int | None = checked(_opt(POSITIVE))

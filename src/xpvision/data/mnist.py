@@ -95,15 +95,23 @@ def load_mnist_split(folder: str | os.PathLike, split: str, classes: tuple[str, 
         raise DataError(f"MNIST split {split!r} unknown; expected one of {sorted(SPLIT_FILES)}")
     folder = Path(folder)
     image_name, label_name = SPLIT_FILES[split]
-    images = read_idx(_find(folder, image_name))
-    labels = read_idx(_find(folder, label_name))
+    return load_mnist_files(_find(folder, image_name), _find(folder, label_name), classes)
+
+
+def load_mnist_files(image_path: str | os.PathLike, label_path: str | os.PathLike,
+                     classes: tuple[str, ...] = DIGIT_CLASSES) -> ClassificationArrays:
+    """Read one split from its image and label IDX files (``.gz`` or plain, wherever they are).
+
+    Returns images ``(N, H, W, 1)`` uint8 and labels ``(N,)`` int64.
+    """
+    images, labels = read_idx(image_path), read_idx(label_path)
     if images.ndim != 3 or labels.ndim != 1:
-        raise DataError(f"MNIST {folder}/{image_name}: expected idx3 images and idx1 labels, got shapes "
+        raise DataError(f"MNIST {image_path}: expected idx3 images and idx1 labels ({label_path}), got "
                         f"{images.shape} and {labels.shape}")
     if len(images) != len(labels):
-        raise DataError(f"MNIST {folder} {split}: {len(images)} images but {len(labels)} labels")
+        raise DataError(f"MNIST {image_path}: {len(images)} images but {len(labels)} labels in {label_path}")
     if labels.size and int(labels.max()) >= len(classes):
-        raise DataError(f"MNIST {folder}/{label_name}: label {int(labels.max())} >= {len(classes)} classes")
+        raise DataError(f"MNIST {label_path}: label {int(labels.max())} >= {len(classes)} classes")
     return ClassificationArrays(images[..., None], labels.astype(np.int64), tuple(classes))  # (N, H, W, 1)
 
 

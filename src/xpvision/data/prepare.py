@@ -10,6 +10,7 @@ hold the source, the split mapping and, for ``train``, the per-channel ``mean``/
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -19,7 +20,13 @@ from pathlib import Path
 from xpvision.atomic import write_json, write_text
 from xpvision.data.archives import extract_archive
 from xpvision.data.download import fetch_dataset, md5sum
-from xpvision.data.mnist import DIGIT_CLASSES, FASHION_CLASSES, load_mnist_split
+from xpvision.data.mnist import (
+    DIGIT_CLASSES,
+    FASHION_CLASSES,
+    SPLIT_FILES,
+    load_mnist_files,
+    load_mnist_split,
+)
 from xpvision.data.scenes import SceneConfig
 from xpvision.data.shards import write_shards
 from xpvision.errors import ConfigError
@@ -53,6 +60,7 @@ class PrepareConfig:
     task: str = "classification"
     mirrors: tuple[str, ...] = ()
     use_official: bool = True
+    root: str | None = None
     classes: tuple[str, ...] | None = None
     max_images: int | None = None
     image_size: tuple[int, int] | None = None
@@ -101,12 +109,13 @@ def _load_split(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[Itera
     """The samples of ``split`` (an iterable, read lazily where the source allows) and the class names."""
     source = config.source
     if source in ("digits", "mnist", "fashion-mnist"):
-        folder = _digits_folder(config, raw_dir) if source == "digits" else raw_dir / source
-        if source != "digits":
-            fetch_dataset(source, folder, config.mirrors, use_official=config.use_official,
-                          progress=config.progress, retries=config.retries)
         classes = FASHION_CLASSES if source == "fashion-mnist" else DIGIT_CLASSES
-        arrays = load_mnist_split(folder, split, classes)
+        if source == "digits":
+            arrays = load_mnist_split(_digits_folder(config, raw_dir), split, classes)
+        else:
+            image_name, label_name = (f"{name}.gz" for name in SPLIT_FILES[split])
+            files = _fetch(config, raw_dir, (image_name, label_name))
+            arrays = load_mnist_files(files[image_name], files[label_name], classes)
         count = len(arrays.labels) if config.max_images is None else min(config.max_images,
                                                                          len(arrays.labels))
         samples = ({"image": arrays.images[i], "label": int(arrays.labels[i])} for i in range(count))
@@ -121,6 +130,23 @@ def _load_split(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[Itera
     samples = iter_voc(root, split, "segmentation" if with_masks else "detection", all_classes=all_classes,
                        classes=config.classes, max_images=config.max_images, image_size=config.image_size)
     return samples, tuple(config.classes or all_classes)
+
+
+def _fetch(config: PrepareConfig, raw_dir: Path, names: tuple[str, ...]) -> dict[str, Path]:
+    """Registry files of ``config.source``: from ``config.root`` in place (nothing else tried), or fetched
+    into ``raw_dir/<source>`` through the mirrors. A root's lock lives in ``raw_dir/local/``, one per root."""
+    if config.root is None:
+        return fetch_dataset(config.source, raw_dir / config.source, config.mirrors, only=names,
+                             use_official=config.use_official, progress=config.progress,
+                             retries=config.retries)
+    record = local_record_dir(raw_dir, config.source, config.root)
+    return fetch_dataset(config.source, record, (config.root,), only=names, use_official=False)
+
+
+def local_record_dir(raw_dir: Path, source: str, root: str) -> Path:
+    """Where the lock / file record of local copy ``root`` of ``source`` is kept (one folder per root)."""
+    resolved = str(Path(root).expanduser().resolve())
+    return raw_dir / "local" / f"{source}-{hashlib.sha1(resolved.encode()).hexdigest()[:12]}"
 
 
 def _digits_folder(config: PrepareConfig, raw_dir: Path) -> Path:

@@ -23,6 +23,10 @@ class RemoteFile:
     name: str
     url: str
     md5: str | None
+    content_md5: str | None = None
+    """MD5 of the decompressed content of a ``.gz`` file: a copy re-compressed differently, or kept plain
+    under the name without ``.gz``, is accepted when its content matches (see
+    :mod:`xpvision.data.download`)."""
 
 
 _MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -33,13 +37,33 @@ _COCO_URL = "http://images.cocodataset.org/"
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
+IDX_MD5: dict[str, dict[str, str]] = {
+    "mnist": {"train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+              "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+              "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+              "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637"},
+    "fashion-mnist": {"train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+                      "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+                      "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+                      "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"},
+}
+"""MD5 of the *uncompressed* IDX files (as torchvision lists them). A copy kept plain, or re-compressed by a
+packager (Debian's ``dataset-fashion-mnist`` ``.gz`` files differ from the official ``.gz`` bytes, not in
+content), is verified by its content against these."""
+
+
+def _idx_files(dataset: str, url: str, gz_md5: tuple[str, ...]) -> tuple[RemoteFile, ...]:
+    return tuple(RemoteFile(name, url + name, md5, IDX_MD5[dataset][name.removesuffix(".gz")])
+                 for name, md5 in zip(MNIST_FILES, gz_md5, strict=True))
+
+
 DATASETS: dict[str, tuple[RemoteFile, ...]] = {
-    "mnist": tuple(RemoteFile(name, _MNIST_URL + name, md5) for name, md5 in zip(MNIST_FILES, (
+    "mnist": _idx_files("mnist", _MNIST_URL, (
         "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
-        "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"), strict=True)),
-    "fashion-mnist": tuple(RemoteFile(name, _FASHION_URL + name, md5) for name, md5 in zip(MNIST_FILES, (
+        "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c")),
+    "fashion-mnist": _idx_files("fashion-mnist", _FASHION_URL, (
         "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
-        "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"), strict=True)),
+        "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310")),
     "voc2007": (
         RemoteFile("VOCtrainval_06-Nov-2007.tar", _VOC_URL + "voc2007/VOCtrainval_06-Nov-2007.tar",
                    "c52e279531787c972589f7e41ab4ae64"),

@@ -32,6 +32,7 @@ def prepare_config(task: str, cfg: DownloadConfig | SceneDownloadConfig):
     from xpvision.data.scenes import SceneConfig
 
     common = {"source": cfg.dataset, "task": task, "mirrors": cfg.mirrors, "use_official": cfg.use_official,
+              "root": cfg.root,
               "max_images": cfg.max_images, "shard_size": cfg.shard_size, "progress": False}
     if isinstance(cfg, DownloadConfig):
         return PrepareConfig(**common, digits_seed=cfg.seed)
