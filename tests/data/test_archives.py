@@ -63,6 +63,10 @@ BAD_MEMBERS = {
     "absolute": [("/tmp/evil.txt", b"evil")],
     "symlink-out": [("link", ("symlink", "../../etc/passwd"))],
     "symlink-absolute": [("link", ("symlink", "/etc/passwd"))],
+    # chains: the last link's text stays inside, but it leaves once the earlier links are followed
+    "symlink-chain": [("a", ("symlink", ".")), ("b", ("symlink", "a/.."))],
+    "symlink-chain-link": [("d/up", ("symlink", "..")), ("d/x", ("symlink", "up/../.."))],
+    "link-in-linked-folder": [("a", ("symlink", ".")), ("a/b", ("symlink", ".."))],
 }
 
 
@@ -121,3 +125,10 @@ def test_not_an_archive(tmp_path):
     archive.write_bytes(b"hello, not an archive")
     with pytest.raises(DataError, match="not a zip or tar"):
         extract_archive(archive, tmp_path / "out")
+
+
+def test_member_written_through_a_linked_folder_stays_inside(tmp_path):
+    archive = tmp_path / "ok.tar"
+    _tar(archive, [("real/x.txt", b"x"), ("alias", ("symlink", "real")), ("alias/y.txt", b"y")])
+    extract_archive(archive, tmp_path / "out")
+    assert (tmp_path / "out/real/y.txt").read_bytes() == b"y"

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from xpvision.atomic import write_json, write_text
 from xpvision.data.archives import extract_archive
-from xpvision.data.download import fetch_dataset, md5sum
+from xpvision.data.download import fetch_dataset, locked_md5, md5sum
+from xpvision.data.folders import atomic_dir
 from xpvision.data.mnist import (
     DIGIT_CLASSES,
     FASHION_CLASSES,
@@ -95,13 +96,15 @@ def prepare(config: PrepareConfig, raw_dir: str | os.PathLike, out_dir: str | os
     defaults = DEFAULT_SPLITS.get(config.source, {"train": "train", "test": "test"})
     splits = {**defaults, **(config.splits or {})}
     summary: dict = {}
-    for split in ("train", "test"):
-        samples, classes = _load_split(config, raw_dir, splits[split])
-        meta = {"source": config.source, "task": config.task, "split": split, "source_split": splits[split]}
-        manifest = write_shards(out_dir / split, samples, classes=classes, shard_size=config.shard_size,
-                                meta=meta, with_stats=split == "train")
-        summary[split] = manifest["count"]
-        summary["classes"] = list(classes)
+    with atomic_dir(out_dir) as tmp:  # a failure in either split leaves the previous out_dir as it was
+        for split in ("train", "test"):
+            samples, classes = _load_split(config, raw_dir, splits[split])
+            meta = {"source": config.source, "task": config.task, "split": split,
+                    "source_split": splits[split]}
+            manifest = write_shards(tmp / split, samples, classes=classes, shard_size=config.shard_size,
+                                    meta=meta, with_stats=split == "train")
+            summary[split] = manifest["count"]
+            summary["classes"] = list(classes)
     return summary
 
 
@@ -191,9 +194,9 @@ def _voc_root(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[Path, t
 
 def _extract_once(archive: Path, target: Path) -> Path:
     """Extract ``archive`` into ``target`` unless a marker says this exact archive (by MD5) is already
-    there."""
+    there. The MD5 is the one the download lock holds for the unchanged archive: it is not read again."""
     marker = target / ".extracted-from.md5"
-    digest = md5sum(archive)
+    digest = locked_md5(archive) or md5sum(archive)
     if marker.is_file() and marker.read_text(encoding="utf-8").strip() == digest:
         return target
     extract_archive(archive, target)
