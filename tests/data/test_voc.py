@@ -49,8 +49,10 @@ BILLION_LAUGHS = """<?xml version="1.0"?>
     ("<annotation><size><width>4</width><height>4</height></size><object><name>dog</name><bndbox>"
      "<xmin>a</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object>"
      "<filename>x.jpg</filename></annotation>", "<xmin> is 'a'"),
-    ("<annotation><object><name>unicorn</name></object></annotation>", "unicorn"),
-    ("<annotation><object><name>dog</name></object></annotation>", "no <bndbox>"),
+    ("<annotation><size><width>4</width><height>4</height></size><object><name>unicorn</name></object>"
+     "</annotation>", "#0 class 'unicorn'"),
+    ("<annotation><size><width>4</width><height>4</height></size><object><name>dog</name></object>"
+     "</annotation>", "#0 'dog' has no <bndbox>"),
     ("<annotation><filename>x.jpg</filename></annotation>", "missing <size>"),
 ])
 def test_bad_xml_is_a_clear_error(tmp_path, text, message):

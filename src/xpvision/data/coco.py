@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from xpvision.data.images import read_image, resize_sample
+from xpvision.data.images import check_boxes, inside, read_image, resize_sample
 from xpvision.errors import DataError
 
 IGNORE = 255
+NOT_CLASSES = ("_background_", "__ignore__")
+"""Category names some tools write that are not object classes (labelme's ``labelme2coco``)."""
 
 
 def rle_string_to_counts(s: str) -> list[int]:
@@ -114,16 +116,28 @@ def polygons_to_mask(polygons: list[list[float]], height: int, width: int) -> np
 
 def segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarray:
     """An annotation's ``segmentation`` (polygons, uncompressed or compressed RLE) as a ``(H, W)`` 0/1
-    mask."""
+    mask. DataError for data of the wrong type (a polygon of strings, RLE counts that are not a list of ints
+    or a string)."""
     if isinstance(segmentation, list):
+        if not all(isinstance(poly, list) and all(_is_number(v) for v in poly) for poly in segmentation):
+            raise DataError("COCO polygons must be lists of numbers [x0, y0, x1, y1, ...]")
         return polygons_to_mask(segmentation, height, width)
     if isinstance(segmentation, dict) and "counts" in segmentation:
-        size = segmentation.get("size")
+        size, counts = segmentation.get("size"), segmentation["counts"]
         if size is not None and list(size) != [height, width]:
             raise DataError(f"RLE size {size} differs from the image size [{height}, {width}]")
-        return rle_decode(segmentation["counts"], height, width)
+        if not (isinstance(counts, str) or (isinstance(counts, list)
+                                            and all(isinstance(c, int) and not isinstance(c, bool)
+                                                    for c in counts))):
+            raise DataError(f"RLE counts of type {type(counts).__name__}; expected a list of integers or a "
+                            "compressed string")
+        return rle_decode(counts, height, width)
     raise DataError(f"COCO segmentation of type {type(segmentation).__name__}; expected polygons or an RLE "
                     "dict")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def read_coco_json(path: str | os.PathLike) -> dict:
@@ -152,7 +166,8 @@ def load_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, **kwar
 
 def iter_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *,
               classes: tuple[str, ...] | None = None, max_images: int | None = None,
-              image_size: tuple[int, int] | None = None, with_masks: bool = True
+              image_size: tuple[int, int] | None = None, with_masks: bool = True,
+              box_policy: str = "refuse", image_ids: set[int] | None = None
               ) -> tuple[Iterator[dict], tuple[str, ...]]:
     """Read a COCO instances file (now) and its images (lazily, as the samples are iterated).
 
@@ -160,7 +175,15 @@ def iter_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *,
     subset by name, in the given order, and drops images left without annotations. Crowd annotations
     (``iscrowd = 1``) are kept with ``difficult = True`` (ignored by the metrics, like VOC's difficult) and
     their pixels are ``255`` (ignore) in the semantic mask where no object is. Objects are painted largest
-    first, so a small object on top of a large one stays visible; mask value is ``label + 1``.
+    first (an annotation without ``area`` counts its box's), so a small object on top of a large one stays
+    visible; mask value is ``label + 1``.
+
+    Files written by other tools read the same: categories named ``_background_`` or ``__ignore__`` (labelme's
+    ``labelme2coco``) are not classes, and their annotations are skipped; a missing ``iscrowd`` is 0, a
+    missing ``area`` the box's. Boxes outside the image, with width or height <= 0, or non-finite are refused
+    or clipped by ``box_policy`` (see :func:`xpvision.data.images.check_boxes`); an image without ``height``
+    / ``width``, segmentation data of the wrong type, or a ``file_name`` leading outside ``image_dir`` is a
+    DataError naming the JSON file and the image / annotation id. ``image_ids`` keeps only those images.
 
     Returns:
         ``(samples, class_names)``; samples (an iterator, by image id) ``{"id", "image" (H, W, 3) uint8,
@@ -170,7 +193,9 @@ def iter_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *,
     json_path, image_dir = Path(json_path), Path(image_dir)
     data = read_coco_json(json_path)
     try:
-        categories = sorted(data["categories"], key=lambda c: int(c["id"]))
+        skipped = {int(c["id"]) for c in data["categories"] if str(c["name"]) in NOT_CLASSES}
+        categories = sorted((c for c in data["categories"] if int(c["id"]) not in skipped),
+                            key=lambda c: int(c["id"]))
         names = tuple(str(c["name"]) for c in categories)
         cat_label = {int(c["id"]): i for i, c in enumerate(categories)}
         keep = names if classes is None else tuple(classes)
@@ -181,6 +206,8 @@ def iter_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *,
                      if names[lab] in keep}
         anns_by_image: dict[int, list] = {}
         for ann in data["annotations"]:
+            if int(ann["category_id"]) in skipped:
+                continue
             if int(ann["category_id"]) not in cat_label:
                 raise DataError(f"COCO {json_path}: annotation {ann.get('id')} has unknown category_id "
                                 f"{ann['category_id']}")
@@ -191,6 +218,8 @@ def iter_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *,
         if isinstance(e, DataError):
             raise
         raise DataError(f"COCO {json_path}: malformed entry ({type(e).__name__}: {e})") from e
+    if image_ids is not None:
+        images = [info for info in images if int(info["id"]) in image_ids]
     if classes is not None:
         images = [info for info in images if anns_by_image.get(int(info["id"]))]
     images = images if max_images is None else images[:max_images]
@@ -198,16 +227,22 @@ def iter_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *,
     def samples() -> Iterator[dict]:
         for info in images:
             anns = anns_by_image.get(int(info["id"]), [])
-            sample = _coco_sample(info, anns, new_label, image_dir, json_path, with_masks)
+            sample = _coco_sample(info, anns, new_label, image_dir, json_path, with_masks, box_policy)
             yield resize_sample(sample, image_size) if image_size else sample
 
     return samples(), keep
 
 
 def _coco_sample(info: dict, anns: list[dict], new_label: dict[int, int], image_dir: Path, json_path: Path,
-                 with_masks: bool) -> dict:
+                 with_masks: bool, box_policy: str) -> dict:
+    where = f"COCO {json_path}: image {info.get('id')}"
+    if not all(_is_number(info.get(key)) and info[key] > 0 for key in ("height", "width")):
+        raise DataError(f"{where} ({info.get('file_name')!r}) has no valid height / width (got "
+                        f"{info.get('height')!r} / {info.get('width')!r})")
     height, width = int(info["height"]), int(info["width"])
-    image = read_image(image_dir / info["file_name"])
+    if not isinstance(info.get("file_name"), str):
+        raise DataError(f"{where}: file_name missing or not a string")
+    image = read_image(inside(image_dir, info["file_name"], f"{where}: file_name"))
     if image.shape[:2] != (height, width):
         raise DataError(f"COCO {json_path}: image {info['file_name']} is {image.shape[1]}x{image.shape[0]}, "
                         f"the JSON says {width}x{height}")
@@ -216,19 +251,24 @@ def _coco_sample(info: dict, anns: list[dict], new_label: dict[int, int], image_
         crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
         labels = np.array([new_label[int(a["category_id"])] for a in anns], dtype=np.int64)
     except (KeyError, TypeError, ValueError) as e:
-        raise DataError(f"COCO {json_path}: malformed annotation of image {info['id']} ({e})") from e
-    boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)  # (R, 4) xyxy
+        raise DataError(f"{where}: malformed annotation ({type(e).__name__}: {e})") from e
+    boxes, keep = check_boxes(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1), width,
+                              height, box_policy, where, [f"annotation {a.get('id')}" for a in anns])
+    anns = [a for a, k in zip(anns, keep, strict=True) if k]
+    crowd, labels = crowd[keep], labels[keep]
     sample = {"id": int(info["id"]), "image": image, "boxes": boxes, "labels": labels, "difficult": crowd,
               "iscrowd": crowd}
     if with_masks:
         mask = np.zeros((height, width), dtype=np.uint8)
         crowd_region = np.zeros((height, width), dtype=bool)
-        order = sorted(range(len(anns)), key=lambda i: -float(anns[i].get("area", 0)))
-        for i in order:
+        areas = [float(a["area"]) if _is_number(a.get("area")) else float(np.prod(b[2:] - b[:2]))
+                 for a, b in zip(anns, boxes, strict=True)]
+        for i in sorted(range(len(anns)), key=lambda i: -areas[i]):
             try:
                 instance = segmentation_to_mask(anns[i]["segmentation"], height, width).astype(bool)
             except (KeyError, DataError) as e:
-                raise DataError(f"COCO {json_path}: annotation {anns[i].get('id')}: {e}") from e
+                detail = f"no {e}" if isinstance(e, KeyError) else str(e)
+                raise DataError(f"{where}: annotation {anns[i].get('id')}: {detail}") from e
             if crowd[i]:
                 crowd_region |= instance
             else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import zlib
 from dataclasses import dataclass
@@ -51,7 +52,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"IDX file {path}: header declares {ndim} dimensions but the file has {len(raw)} "
                         "bytes")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
-    expected = header + int(np.prod(shape))
+    if any(d < 0 for d in shape):
+        raise DataError(f"IDX file {path}: header declares impossible dimensions {shape}")
+    expected = header + math.prod(shape)  # Python ints: no overflow for huge declared shapes
     if len(raw) != expected:
         raise DataError(f"IDX file {path}: header shape {shape} needs {expected} bytes, the file has "
                         f"{len(raw)}")

@@ -1,10 +1,12 @@
 """Pascal VOC: annotation XML (read with defusedxml), palette PNG masks, and whole VOC folders.
 
-Box convention. The devkit stores 1-based *inclusive integer pixel* coordinates: ``xmin = 1`` is the first
-column and the box covers columns ``xmin..xmax`` (width ``xmax - xmin + 1``). xpvision uses 0-based
-*continuous* ``xyxy`` float32 (pixel ``i`` spans ``[i, i + 1)``), so ``x1 = xmin - 1, y1 = ymin - 1, x2 =
+Box convention (``pixel_origin: 1``, the default). The devkit stores 1-based *inclusive integer pixel*
+coordinates: ``xmin = 1`` is the first column and the box covers columns ``xmin..xmax`` (width
+``xmax - xmin + 1``). xpvision uses 0-based *continuous* ``xyxy`` float32 (pixel ``i`` spans ``[i, i + 1)``), so ``x1 = xmin - 1, y1 = ymin - 1, x2 =
 xmax, y2 = ymax``: the same extent, and ``x2 - x1`` equals the devkit's ``+1`` width. :func:`write_voc_xml`
-applies the inverse.
+applies the inverse. Tools that write VOC XML themselves (CVAT, LabelImg, labelme's ``labelme2voc``) write
+0-based corner coordinates, often floats: read them with ``pixel_origin: 0`` (``x1 = xmin``, ``x2 = xmax``).
+Nothing in a file tells the two apart reliably, so it is a setting, not a guess.
 
 Masks (``SegmentationClass/*.png``) are palette PNGs whose *indices* are the labels: 0 background, ``k + 1``
 for class ``k`` of the official order, 255 = ignore (object borders and difficult regions in real VOC).
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from xpvision.atomic import write_bytes
-from xpvision.data.images import read_image, read_index_png, resize_sample
+from xpvision.data.images import check_boxes, inside, read_image, read_index_png, resize_sample
 from xpvision.errors import DataError
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -40,13 +42,18 @@ def voc_palette() -> np.ndarray:
     return palette
 
 
-def parse_voc_xml(path: str | os.PathLike, classes: tuple[str, ...] = VOC_CLASSES, skip_unknown: bool = False
-                  ) -> dict:
-    """Parse one VOC annotation file.
+def parse_voc_xml(path: str | os.PathLike, classes: tuple[str, ...] = VOC_CLASSES,
+                  skip_unknown: bool = False, *, pixel_origin: int = 1, box_policy: str = "refuse") -> dict:
+    """Parse one VOC annotation file (devkit, LabelImg, CVAT or labelme's ``labelme2voc`` output).
 
     Args:
         classes: class names; an object's label is its index here.
         skip_unknown: drop objects whose class is not in ``classes`` (class subsets) instead of raising.
+        pixel_origin: ``1`` (the devkit's 1-based inclusive pixels: ``x1 = xmin - 1``, ``x2 = xmax``) or
+            ``0`` (0-based corner coordinates, as CVAT, LabelImg and labelme write them: ``x1 = xmin``,
+            ``x2 = xmax``). Coordinates may be floats (CVAT) either way.
+        box_policy: ``"refuse"`` or ``"clip"`` boxes outside the image (``<size>``), with width or height
+            <= 0, or non-finite (see :func:`xpvision.data.images.check_boxes`).
 
     Returns:
         ``{"filename": str, "width": int, "height": int, "boxes": (R, 4) float32 xyxy 0-based continuous,
@@ -54,12 +61,14 @@ def parse_voc_xml(path: str | os.PathLike, classes: tuple[str, ...] = VOC_CLASSE
 
     Raises:
         DataError: malformed XML, external entities / DTDs (refused by defusedxml), missing fields, bad
-        numbers.
+        numbers, bad boxes (``refuse``); the message names the file and the object (index and class).
     """
     import defusedxml
     import defusedxml.ElementTree as DET
 
     path = Path(path)
+    if pixel_origin not in (0, 1):
+        raise DataError(f"VOC pixel origin {pixel_origin!r} unknown; expected 0 or 1")
     try:
         root = DET.parse(path, forbid_dtd=True).getroot()
     except FileNotFoundError as e:
@@ -68,33 +77,35 @@ def parse_voc_xml(path: str | os.PathLike, classes: tuple[str, ...] = VOC_CLASSE
         raise DataError(f"VOC annotation {path}: refused unsafe XML ({type(e).__name__}: {e})") from e
     except ET.ParseError as e:
         raise DataError(f"VOC annotation {path} is not well-formed XML: {e}") from e
+    size = root.find("size")
+    if size is None:
+        raise DataError(f"VOC annotation {path}: missing <size>")
+    width, height = int(_number(size, "width", path)), int(_number(size, "height", path))
     index = {name: i for i, name in enumerate(classes)}
-    boxes, labels, difficult, truncated = [], [], [], []
-    for obj in root.iter("object"):
+    boxes, labels, difficult, truncated, ids = [], [], [], [], []
+    for k, obj in enumerate(root.iter("object")):
         name = _text(obj, "name", path).strip()
         if name not in index:
             if skip_unknown:
                 continue
-            raise DataError(f"VOC annotation {path}: object class {name!r} is not one of {list(classes)}")
+            raise DataError(f"VOC annotation {path}: object #{k} class {name!r} is not one of "
+                            f"{list(classes)}")
         box = obj.find("bndbox")
         if box is None:
-            raise DataError(f"VOC annotation {path}: object {name!r} has no <bndbox>")
+            raise DataError(f"VOC annotation {path}: object #{k} {name!r} has no <bndbox>")
         xmin, ymin, xmax, ymax = (_number(box, key, path) for key in ("xmin", "ymin", "xmax", "ymax"))
-        if xmax < xmin or ymax < ymin:
-            raise DataError(f"VOC annotation {path}: object {name!r} has an inverted box "
-                            f"({xmin}, {ymin}, {xmax}, {ymax})")
-        boxes.append((xmin - 1, ymin - 1, xmax, ymax))
+        boxes.append((xmin - pixel_origin, ymin - pixel_origin, xmax, ymax))
         labels.append(index[name])
         difficult.append(_flag(obj, "difficult", path))
         truncated.append(_flag(obj, "truncated", path))
-    size = root.find("size")
-    if size is None:
-        raise DataError(f"VOC annotation {path}: missing <size>")
-    return {"filename": _text(root, "filename", path).strip(),
-            "width": int(_number(size, "width", path)), "height": int(_number(size, "height", path)),
-            "boxes": np.array(boxes, dtype=np.float32).reshape(-1, 4),  # (R, 4)
-            "labels": np.array(labels, dtype=np.int64), "difficult": np.array(difficult, dtype=bool),
-            "truncated": np.array(truncated, dtype=bool)}
+        ids.append(f"#{k} {name!r}")
+    checked, keep = check_boxes(np.array(boxes, dtype=np.float32).reshape(-1, 4), width, height, box_policy,
+                                f"VOC annotation {path}", ids)
+    return {"filename": _text(root, "filename", path).strip(), "width": width, "height": height,
+            "boxes": checked,  # (R, 4)
+            "labels": np.array(labels, dtype=np.int64)[keep],
+            "difficult": np.array(difficult, dtype=bool)[keep],
+            "truncated": np.array(truncated, dtype=bool)[keep]}
 
 
 def _text(node, key: str, path: Path) -> str:
@@ -114,8 +125,11 @@ def _number(node, key: str, path: Path) -> float:
 
 def _flag(node, key: str, path: Path) -> bool:
     child = node.find(key)
-    if child is None or child.text is None:
+    if child is None or child.text is None or not child.text.strip():
         return False
+    word = child.text.strip().lower()
+    if word in ("true", "yes", "false", "no"):  # some tools write booleans as words
+        return word in ("true", "yes")
     return bool(_number(node, key, path))
 
 
@@ -164,7 +178,8 @@ def load_voc(root: str | os.PathLike, split: str, task: str = "detection", **kwa
 
 def iter_voc(root: str | os.PathLike, split: str, task: str = "detection", *,
              all_classes: tuple[str, ...] = VOC_CLASSES, classes: tuple[str, ...] | None = None,
-             max_images: int | None = None, image_size: tuple[int, int] | None = None) -> Iterator[dict]:
+             max_images: int | None = None, image_size: tuple[int, int] | None = None,
+             pixel_origin: int = 1, box_policy: str = "refuse") -> Iterator[dict]:
     """Read the ``split`` of a VOC folder (the one holding ``JPEGImages``, ``Annotations``, ``ImageSets``).
 
     Args:
@@ -175,6 +190,7 @@ def iter_voc(root: str | os.PathLike, split: str, task: str = "detection", *,
             background); images left without objects are dropped. ``None``: all classes.
         max_images: keep the first N images of the list (after the class filter).
         image_size: ``(height, width)`` to resize to (boxes scaled, masks nearest); ``None`` keeps sizes.
+        pixel_origin, box_policy: see :func:`parse_voc_xml`.
 
     Yields:
         Samples ``{"id", "image" (H, W, 3) uint8, "boxes" (R, 4) float32, "labels" (R,) int64,
@@ -194,10 +210,11 @@ def iter_voc(root: str | os.PathLike, split: str, task: str = "detection", *,
     for image_id in read_image_list(root / "ImageSets" / list_dir / f"{split}.txt"):
         if max_images is not None and count >= max_images:
             break
-        ann = parse_voc_xml(root / "Annotations" / f"{image_id}.xml", keep, skip_unknown=subset)
+        xml = root / "Annotations" / f"{image_id}.xml"
+        ann = parse_voc_xml(xml, keep, skip_unknown=subset, pixel_origin=pixel_origin, box_policy=box_policy)
         if subset and len(ann["labels"]) == 0:
             continue
-        image = read_image(root / "JPEGImages" / ann["filename"])
+        image = read_image(inside(root / "JPEGImages", ann["filename"], f"VOC annotation {xml}: <filename>"))
         if image.shape[:2] != (ann["height"], ann["width"]):
             raise DataError(f"VOC {root}: image {ann['filename']} is {image.shape[1]}x{image.shape[0]} but "
                             f"Annotations/{image_id}.xml says {ann['width']}x{ann['height']}")
