@@ -1,11 +1,12 @@
 """Pascal VOC: annotation XML (read with defusedxml), palette PNG masks, and whole VOC folders.
 
 Box convention (``pixel_origin: 1``, the default). The devkit stores 1-based *inclusive integer pixel*
-coordinates: ``xmin = 1`` is the first column and the box covers columns ``xmin..xmax`` (width
-``xmax - xmin + 1``). xpvision uses 0-based *continuous* ``xyxy`` float32 (pixel ``i`` spans ``[i, i + 1)``), so ``x1 = xmin - 1, y1 = ymin - 1, x2 =
-xmax, y2 = ymax``: the same extent, and ``x2 - x1`` equals the devkit's ``+1`` width. :func:`write_voc_xml`
-applies the inverse. Tools that write VOC XML themselves (CVAT, LabelImg, labelme's ``labelme2voc``) write
-0-based corner coordinates, often floats: read them with ``pixel_origin: 0`` (``x1 = xmin``, ``x2 = xmax``).
+coordinates: ``xmin = 1`` is the first column and the box covers columns ``xmin..xmax`` (width ``xmax - xmin +
+1``). xpvision uses 0-based *continuous* ``xyxy`` float32 (pixel ``i`` spans ``[i, i + 1)``), so ``x1 = xmin -
+1, y1 = ymin - 1, x2 = xmax, y2 = ymax``: the same extent, and ``x2 - x1`` equals the devkit's ``+1`` width.
+:func:`write_voc_xml` applies the inverse. Tools that write VOC XML themselves (CVAT, LabelImg, labelme's
+``labelme2voc``) write 0-based corner coordinates, often floats: read them with ``pixel_origin: 0`` (``x1 =
+xmin``, ``x2 = xmax``).
 Nothing in a file tells the two apart reliably, so it is a setting, not a guess.
 
 Masks (``SegmentationClass/*.png``) are palette PNGs whose *indices* are the labels: 0 background, ``k + 1``
