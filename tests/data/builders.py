@@ -122,12 +122,15 @@ def coco_instances() -> dict:
     }
 
 
-def write_coco_zips(folder: Path, split: str = "val2017", seed: int = 0) -> dict:
+def write_coco_zips(folder: Path, split: str = "val2017", seed: int = 0, extra_ids: tuple[int, ...] = ()
+                    ) -> dict:
     """``annotations_trainval2017.zip`` (annotations/instances_<split>.json) and ``<split>.zip``
-    (<split>/*.jpg); returns ``{image id: (H, W, 3) uint8}``."""
+    (<split>/*.jpg); ``extra_ids`` adds 16x16 images without objects. Returns ``{image id: (H, W, 3)
+    uint8}``."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     data = coco_instances()
+    data["images"] += [{"id": i, "file_name": f"{i:012d}.jpg", "height": 16, "width": 16} for i in extra_ids]
     with zipfile.ZipFile(folder / "annotations_trainval2017.zip", "w") as zf:
         zf.writestr(f"annotations/instances_{split}.json", json.dumps(data))
     images = {}

@@ -83,12 +83,13 @@ def test_voc2012_detection_with_class_subset(http_server, tmp_path, monkeypatch)
 
 
 def test_coco_val_only(http_server, tmp_path, monkeypatch):
-    images = write_coco_zips(http_server.root)
+    images = write_coco_zips(http_server.root, extra_ids=(106, 107, 108))  # 106, 107: test by id hash
     _serve(monkeypatch, "coco2017", http_server.root)
     config = _config("coco2017", http_server, task="segmentation", image_size=(20, 24),
                      splits={"train": "val2017", "test": "val2017"})
     summary = prepare(config, tmp_path / "raw", tmp_path / "proc")
-    assert summary == {"train": 2, "test": 2, "classes": ["car", "dog"]}
+    assert summary == {"train": 3, "test": 2, "classes": ["car", "dog"]}  # val2017 divided, not shared
+    assert all(len(s["boxes"]) == 0 for s in ShardDataset(tmp_path / "proc/test"))  # 106, 107 (no objects)
     train = ShardDataset(tmp_path / "proc/train")
     np.testing.assert_array_equal(train[0]["image"], images[101])
     np.testing.assert_array_equal(train[0]["boxes"], [[4, 2, 16, 12], [2, 3, 5, 9]])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +167,7 @@ def load_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, **kwar
 def iter_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *,
               classes: tuple[str, ...] | None = None, max_images: int | None = None,
               image_size: tuple[int, int] | None = None, with_masks: bool = True,
-              box_policy: str = "refuse", image_ids: set[int] | None = None
+              box_policy: str = "refuse", keep_id: Callable[[int], bool] | None = None
               ) -> tuple[Iterator[dict], tuple[str, ...]]:
     """Read a COCO instances file (now) and its images (lazily, as the samples are iterated).
 
@@ -183,7 +183,7 @@ def iter_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *,
     missing ``area`` the box's. Boxes outside the image, with width or height <= 0, or non-finite are refused
     or clipped by ``box_policy`` (see :func:`xpvision.data.images.check_boxes`); an image without ``height``
     / ``width``, segmentation data of the wrong type, or a ``file_name`` leading outside ``image_dir`` is a
-    DataError naming the JSON file and the image / annotation id. ``image_ids`` keeps only those images.
+    DataError naming the JSON file and the image / annotation id. ``keep_id(image id)`` selects images.
 
     Returns:
         ``(samples, class_names)``; samples (an iterator, by image id) ``{"id", "image" (H, W, 3) uint8,
@@ -218,8 +218,8 @@ def iter_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike, *,
         if isinstance(e, DataError):
             raise
         raise DataError(f"COCO {json_path}: malformed entry ({type(e).__name__}: {e})") from e
-    if image_ids is not None:
-        images = [info for info in images if int(info["id"]) in image_ids]
+    if keep_id is not None:
+        images = [info for info in images if keep_id(int(info["id"]))]
     if classes is not None:
         images = [info for info in images if anns_by_image.get(int(info["id"]))]
     images = images if max_images is None else images[:max_images]

@@ -21,6 +21,7 @@ from xpvision.atomic import write_json, write_text
 from xpvision.data.archives import extract_archive
 from xpvision.data.download import fetch_dataset, locked_md5, md5sum
 from xpvision.data.folders import atomic_dir
+from xpvision.data.local import RECORD_NAME, check_record, coco_paths, voc_folder
 from xpvision.data.mnist import (
     DIGIT_CLASSES,
     FASHION_CLASSES,
@@ -43,6 +44,7 @@ TASKS = tuple(TASK_SOURCES)
 DEFAULT_SPLITS = {"voc2007": {"train": "trainval", "test": "test"},
                   "voc2012": {"train": "train", "test": "val"},
                   "coco2017": {"train": "train2017", "test": "val2017"}}
+HOLDOUT_EVERY = 5
 _VOC_ARCHIVES = {("voc2007", "trainval"): "VOCtrainval_06-Nov-2007.tar",
                  ("voc2007", "test"): "VOCtest_06-Nov-2007.tar"}
 
@@ -52,7 +54,11 @@ class PrepareConfig:
     """What to prepare. ``classes``/``max_images``/``image_size`` subset and resize (image sources only).
 
     ``splits`` maps xpvision's ``train``/``test`` to the source's split names (defaults in
-    :data:`DEFAULT_SPLITS`; e.g. ``{"train": "val2017", "test": "val2017"}`` avoids the 19 GB COCO train zip).
+    :data:`DEFAULT_SPLITS`). When both name the same split (``{"train": "val2017", "test": "val2017"}`` avoids
+    the 19 GB COCO train zip) its images are divided, never shared: an image is a test image when the MD5 of
+    its id, as an integer, is a multiple of :data:`HOLDOUT_EVERY` (one in five, the same images on every
+    machine). ``root`` is a local extracted copy read in place (:mod:`xpvision.data.local`); ``box_policy``
+    and ``voc_pixel_origin`` are passed to the VOC / COCO readers.
     ``image_size`` is ``(height, width)`` for VOC / COCO (required there: shards hold one size); ``None``
     keeps the generated sizes of digits and digit-scenes.
     """
@@ -62,6 +68,8 @@ class PrepareConfig:
     mirrors: tuple[str, ...] = ()
     use_official: bool = True
     root: str | None = None
+    box_policy: str = "refuse"
+    voc_pixel_origin: int = 1
     classes: tuple[str, ...] | None = None
     max_images: int | None = None
     image_size: tuple[int, int] | None = None
@@ -97,8 +105,9 @@ def prepare(config: PrepareConfig, raw_dir: str | os.PathLike, out_dir: str | os
     splits = {**defaults, **(config.splits or {})}
     summary: dict = {}
     with atomic_dir(out_dir) as tmp:  # a failure in either split leaves the previous out_dir as it was
+        divided = splits["train"] == splits["test"] and config.source in DEFAULT_SPLITS
         for split in ("train", "test"):
-            samples, classes = _load_split(config, raw_dir, splits[split])
+            samples, classes = _load_split(config, raw_dir, splits[split], split if divided else None)
             meta = {"source": config.source, "task": config.task, "split": split,
                     "source_split": splits[split]}
             manifest = write_shards(tmp / split, samples, classes=classes, shard_size=config.shard_size,
@@ -108,8 +117,18 @@ def prepare(config: PrepareConfig, raw_dir: str | os.PathLike, out_dir: str | os
     return summary
 
 
-def _load_split(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[Iterable[dict], tuple[str, ...]]:
-    """The samples of ``split`` (an iterable, read lazily where the source allows) and the class names."""
+def in_part(image_id: object, part: str | None) -> bool:
+    """Whether an image of a divided split belongs to ``part`` (``"train"``/``"test"``; ``None``: whole)."""
+    if part is None:
+        return True
+    digest = int(hashlib.md5(str(image_id).encode(), usedforsecurity=False).hexdigest(), 16)
+    return (digest % HOLDOUT_EVERY == 0) == (part == "test")
+
+
+def _load_split(config: PrepareConfig, raw_dir: Path, split: str, part: str | None
+                ) -> tuple[Iterable[dict], tuple[str, ...]]:
+    """The samples of ``split`` (or of its ``part`` when divided; an iterable, read lazily where the source
+    allows) and the class names."""
     source = config.source
     if source in ("digits", "mnist", "fashion-mnist"):
         classes = FASHION_CLASSES if source == "fashion-mnist" else DIGIT_CLASSES
@@ -124,14 +143,17 @@ def _load_split(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[Itera
         samples = ({"image": arrays.images[i], "label": int(arrays.labels[i])} for i in range(count))
         return samples, arrays.classes
     if source == "coco2017":
-        return _load_coco(config, raw_dir, split)
+        return _load_coco(config, raw_dir, split, part)
     from xpvision.data.voc import iter_voc
 
-    root, all_classes = _voc_root(config, raw_dir, split)
     # digit-scenes have masks for every image: keep boxes and masks so one prepared set serves both tasks
     with_masks = config.task == "segmentation" or config.source == "digit-scenes"
-    samples = iter_voc(root, split, "segmentation" if with_masks else "detection", all_classes=all_classes,
-                       classes=config.classes, max_images=config.max_images, image_size=config.image_size)
+    task = "segmentation" if with_masks else "detection"
+    root, all_classes = _voc_root(config, raw_dir, split, task)
+    samples = iter_voc(root, split, task, all_classes=all_classes, classes=config.classes,
+                       max_images=config.max_images, image_size=config.image_size,
+                       pixel_origin=config.voc_pixel_origin, box_policy=config.box_policy,
+                       keep_id=lambda image_id: in_part(image_id, part))
     return samples, tuple(config.classes or all_classes)
 
 
@@ -170,7 +192,7 @@ def _generate_once(folder: Path, params: dict, build) -> None:
     write_json(marker, params)
 
 
-def _voc_root(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[Path, tuple[str, ...]]:
+def _voc_root(config: PrepareConfig, raw_dir: Path, split: str, task: str) -> tuple[Path, tuple[str, ...]]:
     """The folder holding JPEGImages/Annotations/ImageSets for ``split``, and the dataset's class order."""
     if config.source == "digit-scenes":
         from xpvision.data.scenes import write_digit_scenes
@@ -183,6 +205,13 @@ def _voc_root(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[Path, t
     from xpvision.data.voc import VOC_CLASSES
 
     year = config.source[-4:]
+    if config.root is not None:
+        folder = voc_folder(config.root, year, split, task)
+        lists = folder / "ImageSets" / ("Main" if task == "detection" else "Segmentation")
+        read = [folder / "Annotations", folder / "JPEGImages", lists]
+        read += [folder / "SegmentationClass"] if task == "segmentation" else []
+        check_record(folder, read, local_record_dir(raw_dir, config.source, config.root) / RECORD_NAME)
+        return folder, VOC_CLASSES
     archive_name = _VOC_ARCHIVES.get((config.source, split), "VOCtrainval_11-May-2012.tar" if year == "2012"
                                      else "VOCtrainval_06-Nov-2007.tar")
     archive = fetch_dataset(config.source, raw_dir / config.source, config.mirrors, only=(archive_name,),
@@ -204,16 +233,24 @@ def _extract_once(archive: Path, target: Path) -> Path:
     return target
 
 
-def _load_coco(config: PrepareConfig, raw_dir: Path, split: str) -> tuple[Iterable[dict], tuple[str, ...]]:
+def _load_coco(config: PrepareConfig, raw_dir: Path, split: str, part: str | None
+               ) -> tuple[Iterable[dict], tuple[str, ...]]:
     from xpvision.data.coco import iter_coco
 
-    folder = raw_dir / "coco2017"
-    names = ("annotations_trainval2017.zip", f"{split}.zip")
-    files = fetch_dataset("coco2017", folder, config.mirrors, only=names, use_official=config.use_official,
-                          progress=config.progress, retries=config.retries)
-    annotations = _extract_once(files[names[0]], folder / "annotations_trainval2017")
-    images = _extract_once(files[names[1]], folder / split)
-    samples, classes = iter_coco(annotations / "annotations" / f"instances_{split}.json", images / split,
-                                 classes=config.classes, max_images=config.max_images,
-                                 image_size=config.image_size, with_masks=config.task == "segmentation")
-    return samples, classes
+    if config.root is not None:
+        json_path, image_dir = coco_paths(config.root, split)
+        base = Path(config.root).expanduser()
+        check_record(base, [json_path, image_dir],
+                     local_record_dir(raw_dir, config.source, config.root) / RECORD_NAME)
+    else:
+        folder = raw_dir / "coco2017"
+        names = ("annotations_trainval2017.zip", f"{split}.zip")
+        files = fetch_dataset("coco2017", folder, config.mirrors, only=names,
+                              use_official=config.use_official, progress=config.progress,
+                              retries=config.retries)
+        annotations = _extract_once(files[names[0]], folder / "annotations_trainval2017")
+        json_path = annotations / "annotations" / f"instances_{split}.json"
+        image_dir = _extract_once(files[names[1]], folder / split) / split
+    return iter_coco(json_path, image_dir, classes=config.classes, max_images=config.max_images,
+                     image_size=config.image_size, with_masks=config.task == "segmentation",
+                     box_policy=config.box_policy, keep_id=lambda image_id: in_part(image_id, part))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +180,8 @@ def load_voc(root: str | os.PathLike, split: str, task: str = "detection", **kwa
 def iter_voc(root: str | os.PathLike, split: str, task: str = "detection", *,
              all_classes: tuple[str, ...] = VOC_CLASSES, classes: tuple[str, ...] | None = None,
              max_images: int | None = None, image_size: tuple[int, int] | None = None,
-             pixel_origin: int = 1, box_policy: str = "refuse") -> Iterator[dict]:
+             pixel_origin: int = 1, box_policy: str = "refuse", keep_id: Callable[[str], bool] | None = None
+             ) -> Iterator[dict]:
     """Read the ``split`` of a VOC folder (the one holding ``JPEGImages``, ``Annotations``, ``ImageSets``).
 
     Args:
@@ -192,6 +193,7 @@ def iter_voc(root: str | os.PathLike, split: str, task: str = "detection", *,
         max_images: keep the first N images of the list (after the class filter).
         image_size: ``(height, width)`` to resize to (boxes scaled, masks nearest); ``None`` keeps sizes.
         pixel_origin, box_policy: see :func:`parse_voc_xml`.
+        keep_id: reads only the images whose id it accepts (``None``: all).
 
     Yields:
         Samples ``{"id", "image" (H, W, 3) uint8, "boxes" (R, 4) float32, "labels" (R,) int64,
@@ -211,6 +213,8 @@ def iter_voc(root: str | os.PathLike, split: str, task: str = "detection", *,
     for image_id in read_image_list(root / "ImageSets" / list_dir / f"{split}.txt"):
         if max_images is not None and count >= max_images:
             break
+        if keep_id is not None and not keep_id(image_id):
+            continue
         xml = root / "Annotations" / f"{image_id}.xml"
         ann = parse_voc_xml(xml, keep, skip_unknown=subset, pixel_origin=pixel_origin, box_policy=box_policy)
         if subset and len(ann["labels"]) == 0:
