@@ -132,3 +132,38 @@ def test_digit_size_and_occlusion_reach_the_scene_generator(raw):
     detection = prepare_config("detection", params.download["detection"]).scenes
     expected = (*raw["download"]["detection"]["digit_size"], raw["download"]["detection"]["max_occlusion"])
     assert (detection.min_digit_size, detection.max_digit_size, detection.max_occlusion) == expected
+
+
+def test_numbers_written_without_a_dot_are_numbers(tmp_path):
+    text = PARAMS_FILE.read_text().replace("    lr: 0.002\n", "    lr: 1e-3\n", 1)
+    assert yaml.safe_load(text)["train"]["classification"]["lr"] == "1e-3"  # what PyYAML gives
+    path = _written(tmp_path, text)
+    assert load_params(path).train["classification"].lr == 0.001
+    for bad in ("fast", "nan", "inf"):
+        with pytest.raises(ConfigError, match=rf"{path.name}: train\.classification\.lr: expected a"):
+            load_params(_written(tmp_path, text.replace("    lr: 1e-3\n", f"    lr: {bad}\n", 1)))
+
+
+def _written(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_local_root_splits_and_box_settings_reach_prepare(raw):
+    from xpvision.stages.download import prepare_config
+
+    changed = with_value(raw, "download.detection.dataset", "coco2017")
+    block = changed["download"]["detection"]
+    block.update(root="/data/coco", splits=["val2017"], box_policy="clip", voc_pixel_origin=0)
+    changed["download"]["classification"]["root"] = "/usr/share/datasets/fashion-mnist"
+    params = parse_params(changed)
+    config = prepare_config("detection", params.download["detection"])
+    assert (config.root, config.splits) == ("/data/coco", {"train": "val2017", "test": "val2017"})
+    assert (config.box_policy, config.voc_pixel_origin) == ("clip", 0)
+    assert prepare_config("classification", params.download["classification"]).root.endswith("fashion-mnist")
+    for key, value, message in (("splits", ["a", "b", "c"], "null, \\[split\\]"),
+                                ("box_policy", "ignore", "one of refuse, clip"),
+                                ("voc_pixel_origin", 2, "one of 0, 1")):
+        with pytest.raises(ConfigError, match=rf"download\.detection\.{key}: expected {message}"):
+            parse_params(with_value(changed, f"download.detection.{key}", value))

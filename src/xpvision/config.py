@@ -19,6 +19,7 @@ one block per task, plus ``tracking`` (MLflow) and ``transfer`` (the transfer-le
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -125,6 +126,12 @@ class SceneDownloadConfig:
     splits: tuple[str, ...] | None
     """The source's splits to read: null for the defaults, ``[train, test]`` (e.g. ``[train2017, val2017]``)
     or one split (e.g. ``[val2017]``) divided into train and test images (see ``xpvision.data.prepare``)."""
+    box_policy: Literal["refuse", "clip"]
+    """Boxes outside the image, with width or height <= 0, or non-finite: ``refuse`` (an error naming the file
+    and object) or ``clip`` (clipped to the image; dropped, with a warning, when nothing is left)."""
+    voc_pixel_origin: Literal[0, 1]
+    """VOC XML coordinates: ``1`` the devkit's 1-based pixels, ``0`` the 0-based corners CVAT, LabelImg and
+    labelme write."""
     classes: tuple[str, ...] | None
     """Keep only these classes (null = all of the dataset's classes)."""
     max_images: int | None = checked(_opt(POSITIVE))
@@ -291,6 +298,9 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         if isinstance(block, SceneDownloadConfig) and block.digit_size[1] > block.image_size:
             _fail(source, f"download.{task}.digit_size", f"a max <= image_size {block.image_size}",
                   list(block.digit_size))
+        if isinstance(block, SceneDownloadConfig) and len(block.splits or "ab") not in (1, 2):
+            _fail(source, f"download.{task}.splits", "null, [split] or [train split, test split]",
+                  list(block.splits))
     for task, block in sections["train"].items():
         models = task_class(data_task(task)).model_names()
         if block.model not in models:
@@ -358,6 +368,13 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
             _fail(source, key, "an integer", value)
         return value
     if hint is float:
+        if isinstance(value, str):  # PyYAML reads `1e-3` (no dot) as a string: accept what users type
+            try:
+                value = float(value.strip())
+            except ValueError:
+                _fail(source, key, "a number", value)
+            if not math.isfinite(value):
+                _fail(source, key, "a finite number", value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             _fail(source, key, "a number", value)
         return float(value)

@@ -36,8 +36,11 @@ def prepare_config(task: str, cfg: DownloadConfig | SceneDownloadConfig):
               "max_images": cfg.max_images, "shard_size": cfg.shard_size, "progress": False}
     if isinstance(cfg, DownloadConfig):
         return PrepareConfig(**common, digits_seed=cfg.seed)
+    # [train, test], or one split named twice: prepare then divides it
+    splits = None if cfg.splits is None else {"train": cfg.splits[0], "test": cfg.splits[-1]}
     return PrepareConfig(
-        **common, classes=cfg.classes,
+        **common, classes=cfg.classes, splits=splits, box_policy=cfg.box_policy,
+        voc_pixel_origin=cfg.voc_pixel_origin,
         image_size=None if cfg.dataset == "digit-scenes" else (cfg.image_size, cfg.image_size),
         scenes=SceneConfig(n_train=cfg.num_train, n_test=cfg.num_test, image_size=cfg.image_size,
                            min_digit_size=cfg.digit_size[0], max_digit_size=cfg.digit_size[1],
