@@ -56,7 +56,7 @@ def inside(folder: Path, name: str, what: str) -> Path:
     resolves (through ``..`` or links) outside ``folder``."""
     path = folder / name
     if Path(name).is_absolute() or not path.resolve().is_relative_to(folder.resolve()):
-        raise DataError(f"{what}: file name {name!r} points outside {folder}; refusing to read it")
+        raise DataError(f"{what} {name!r} points outside {folder}; refusing to read it")
     return path
 
 
