@@ -3,6 +3,7 @@ read in place, archives hashed once, and a checksum mismatch reported as one."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -17,7 +18,7 @@ from xpvision.data.registry import MNIST_FILES, RemoteFile
 from xpvision.data.shards import ShardDataset
 from xpvision.errors import DataError
 
-from .builders import md5_of, tar_folder, write_mnist_files, write_voc_tree
+from .builders import md5_of, tar_folder, write_coco_zips, write_mnist_files, write_voc_tree
 
 
 def _register_mnist(monkeypatch, folder):
@@ -158,3 +159,75 @@ def test_archive_is_hashed_once_across_two_runs(http_server, tmp_path, monkeypat
     with pytest.raises(DataError, match="checksum mismatch"):
         prepare(PrepareConfig(source="voc2012", task="detection", image_size=(30, 40), use_official=False,
                               progress=False), tmp_path / "cache", tmp_path / "proc")
+
+
+def _snapshot(folder):
+    return sorted((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("where", ["base", "VOCdevkit", "VOC2007"])
+def test_voc2007_extracted_tree_in_place(tmp_path, where):
+    splits = {"trainval": ["000005", "000007"], "test": ["000009"]}
+    written = write_voc_tree(tmp_path / "data", "2007", splits)
+    root = {"base": tmp_path / "data", "VOCdevkit": tmp_path / "data/VOCdevkit",
+            "VOC2007": tmp_path / "data/VOCdevkit/VOC2007"}[where]
+    before = _snapshot(tmp_path / "data")
+    config = PrepareConfig(source="voc2007", task="segmentation", root=str(root), image_size=(30, 40),
+                           use_official=False, progress=False)
+    summary = prepare(config, tmp_path / "cache", tmp_path / "proc")
+    assert (summary["train"], summary["test"]) == (2, 1)
+    first = ShardDataset(tmp_path / "proc/train")[0]
+    np.testing.assert_array_equal(first["image"], written["000005"]["image"])
+    assert _snapshot(tmp_path / "data") == before  # read in place, nothing written into the dataset
+    assert [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()] == ["tree.json"]
+
+
+def test_voc2012_tree_missing_layout_is_named(tmp_path):
+    write_voc_tree(tmp_path, "2012", {"train": ["000005"], "val": ["000007"]})
+    voc = tmp_path / "VOCdevkit/VOC2012"
+    (voc / "ImageSets/Segmentation/val.txt").unlink()
+    config = PrepareConfig(source="voc2012", task="segmentation", root=str(tmp_path), image_size=(30, 40),
+                           use_official=False, progress=False)
+    with pytest.raises(DataError, match=r"VOC2012: missing ImageSets/Segmentation/val\.txt"):
+        prepare(config, tmp_path / "cache", tmp_path / "proc")
+    with pytest.raises(DataError, match="no VOCdevkit/VOC2012"):
+        prepare(dataclasses.replace(config, root=str(tmp_path / "elsewhere")), tmp_path / "cache",
+                tmp_path / "proc")
+
+
+def test_voc_tree_changed_after_first_use_is_noticed(tmp_path):
+    write_voc_tree(tmp_path, "2012", {"train": ["000005", "000009"], "val": ["000007"]})
+    config = PrepareConfig(source="voc2012", task="detection", root=str(tmp_path), image_size=(30, 40),
+                           use_official=False, progress=False)
+    prepare(config, tmp_path / "cache", tmp_path / "proc")
+    prepare(config, tmp_path / "cache", tmp_path / "proc")  # unchanged: fine
+    image = tmp_path / "VOCdevkit/VOC2012/JPEGImages/000009.jpg"
+    image.write_bytes(image.read_bytes() + b"\0")
+    (tmp_path / "VOCdevkit/VOC2012/JPEGImages/extra.jpg").write_bytes(b"x")
+    with pytest.raises(DataError, match="changed since it was first used") as info:
+        prepare(config, tmp_path / "cache", tmp_path / "proc")
+    assert "added 1 (JPEGImages/extra.jpg)" in str(info.value)
+    assert "changed size 1 (JPEGImages/000009.jpg)" in str(info.value)
+    assert len(ShardDataset(tmp_path / "proc/train")) == 2  # the earlier output is kept
+
+
+def test_coco_folder_with_only_val2017(tmp_path):
+    import zipfile
+
+    served = tmp_path / "zips"
+    images = write_coco_zips(served, extra_ids=(106, 107, 108))
+    root = tmp_path / "coco"
+    for name in ("annotations_trainval2017.zip", "val2017.zip"):
+        with zipfile.ZipFile(served / name) as zf:
+            zf.extractall(root)
+    config = PrepareConfig(source="coco2017", task="detection", root=str(root), image_size=(20, 24),
+                           splits={"train": "val2017", "test": "val2017"}, use_official=False,
+                           progress=False)
+    summary = prepare(config, tmp_path / "cache", tmp_path / "proc")
+    assert (summary["train"], summary["test"]) == (3, 2)  # no train2017 anywhere, val2017 divided
+    np.testing.assert_array_equal(ShardDataset(tmp_path / "proc/train")[0]["image"], images[101])
+    default = PrepareConfig(source="coco2017", task="detection", root=str(root), image_size=(20, 24),
+                            use_official=False, progress=False)
+    with pytest.raises(DataError, match=r"missing .*instances_train2017\.json"):
+        prepare(default, tmp_path / "cache", tmp_path / "proc2")
