@@ -146,3 +146,32 @@ def test_load_model_onto_a_device(saved, batch, xp):
     out = loaded.forward(xp.asarray(batch))
     np.testing.assert_allclose(xp.asnumpy(out) if xp is not np else out, model.eval().forward(batch),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind, classes, extra", [
+    ("classification", 7, {}),
+    ("segmentation", 4, {}),
+    ("detection", 3, {"detector": {"anchors": [[4, 4], [8, 8], [16, 16]]}}),
+])
+def test_meta_whose_class_count_disagrees_with_the_weights(tmp_path, kind, classes, extra):
+    from xpvision.nn import Conv2d, Sequential
+
+    if kind == "classification":
+        model = simple_convnet(hidden=20)  # 10 logits
+    else:  # a 1x1 conv head: 3 output channels for segmentation, 3 * (5 + 2) = 21 for detection
+        model = Sequential(("head", Conv2d(1, 3 if kind == "segmentation" else 21, 1)))
+    meta = {"kind": kind, "classes": [f"c{i}" for i in range(classes)], "input_shape": [1, 28, 28], **extra}
+    io.save_model(tmp_path, model, meta)
+    with pytest.raises(WeightsError, match=f"meta lists {classes} classes for a {kind} model") as info:
+        io.load_model(tmp_path)
+    assert str(tmp_path / "model.json") in str(info.value)
+    right = {"classification": 10, "segmentation": 3, "detection": 2}[kind]
+    io.save_model(tmp_path, model, {**meta, "classes": [f"c{i}" for i in range(right)]})
+    assert io.load_model(tmp_path)[1]["kind"] == kind
+
+
+def test_meta_input_shape_the_network_cannot_run(tmp_path):
+    io.save_model(tmp_path, simple_convnet(hidden=20),
+                  {"kind": "classification", "classes": list("0123456789"), "input_shape": [1, 20, 20]})
+    with pytest.raises(WeightsError, match="does not run on its meta input_shape"):
+        io.load_model(tmp_path)

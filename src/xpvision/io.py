@@ -126,4 +126,34 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[Layer, dic
     except (TypeError, ValueError, KeyError) as e:
         raise WeightsError(f"model spec {spec_path}: cannot build the model: {e}") from None
     load_weights(model, path, strict=True)
-    return model.to(device).eval(), document["meta"]
+    model.eval()
+    check_meta(model, document["meta"], spec_path)
+    return model.to(device), document["meta"]
+
+
+def check_meta(model: Layer, meta: dict[str, Any], spec_path: Path) -> None:
+    """Refuse (WeightsError naming ``spec_path``) metadata whose class count disagrees with the network.
+
+    Checked when ``meta`` has ``kind``, ``classes`` and ``input_shape`` (what the pipeline writes), by one
+    forward pass of a zero image of ``input_shape``: ``(1, C)`` logits for a classifier, ``(1, C, H, W)``
+    scores for a segmenter (C includes background), ``A * (5 + C)`` head channels for a detector with ``A``
+    anchors (``meta['detector']['anchors']``). Weights missing or adding entries are refused earlier, by
+    :func:`load_weights`.
+    """
+    kind, classes, shape = meta.get("kind"), meta.get("classes"), meta.get("input_shape")
+    if kind not in ("classification", "segmentation", "detection") or not isinstance(classes, list) \
+            or not isinstance(shape, list):
+        return
+    try:
+        out = model.forward(np.zeros((1, *shape), dtype=np.float32))
+    except (ValueError, TypeError, IndexError) as e:  # ShapeError included
+        raise WeightsError(f"model spec {spec_path}: the network does not run on its meta input_shape "
+                           f"{shape}: {type(e).__name__}: {e}") from None
+    anchors = len((meta.get("detector") or {}).get("anchors") or [])
+    if kind == "detection" and not anchors:
+        return
+    expected = anchors * (5 + len(classes)) if kind == "detection" else len(classes)
+    found = out.shape[-1] if kind == "classification" else out.shape[1]
+    if found != expected:
+        raise WeightsError(f"model spec {spec_path}: meta lists {len(classes)} classes for a {kind} model, "
+                           f"but the weights give {found} output channels (expected {expected})")
