@@ -244,3 +244,32 @@ def test_training_on_the_device_of_the_model(tmp_path, xp):
     assert model.device == device
     state = np.load(tmp_path / "c.npz", allow_pickle=False)
     assert int(state["epoch"]) == 2 and isinstance(state["model.head.fc2.W"], np.ndarray)
+
+
+def test_a_loss_that_explodes_without_nan_stops_like_nan(tmp_path):
+    def blow_up(epoch, record):
+        if epoch == 1:  # finite, but every logit now about 1e9 times too large
+            model["head"]["fc2"].params["W"][...] *= 1e9
+
+    model, trainer = make_trainer(tmp_path / "ckpt.npz", callbacks=[blow_up])
+    with pytest.raises(TrainingError, match=r"epoch 2, step 1: the loss became .*, over 1e\+06 x its first"):
+        trainer.fit(*loaders())
+    state = np.load(tmp_path / "ckpt.npz", allow_pickle=False)
+    assert int(state["epoch"]) == 1 and float(np.abs(state["model.head.fc2.W"]).max()) < 1e3
+
+
+def test_non_finite_weights_at_the_end_of_an_epoch_are_never_checkpointed(tmp_path):
+    model, trainer = make_trainer(tmp_path / "ckpt.npz")
+    batches_per_epoch = len(list(loaders()[0]))
+    real_step, steps = trainer.optimizer.step, []
+
+    def overflowing_step():  # the epoch's last step leaves an inf behind, after its loss was computed
+        real_step()
+        steps.append(1)
+        if len(steps) == 2 * batches_per_epoch:
+            model["head"]["fc1"].params["b"][0] = np.inf
+
+    trainer.optimizer.step = overflowing_step
+    with pytest.raises(TrainingError, match=r"epoch 2, step end: weight head\.fc1\.b is no longer finite"):
+        trainer.fit(*loaders())
+    assert int(np.load(tmp_path / "ckpt.npz", allow_pickle=False)["epoch"]) == 1

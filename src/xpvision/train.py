@@ -38,6 +38,9 @@ from xpvision.nn.base import Layer
 from xpvision.optim import Optimizer, clip_grad_norm
 from xpvision.schedules import LRSchedule
 
+DIVERGENCE_FACTOR = 1e6
+"""Training stops, like on a NaN loss, when a batch loss exceeds this multiple of the first one."""
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
@@ -69,7 +72,10 @@ class Trainer:
     gradient norm before each step. ``callbacks`` are called after each checkpoint as ``cb(epoch, record)``
     (or ``cb.on_epoch_end(epoch, record)``); epochs restored from a checkpoint are not replayed to them.
     ``resume=False`` ignores (and then overwrites) an existing checkpoint. Build the optimizer after moving
-    the model to its device (see :mod:`xpvision.optim`).
+    the model to its device (see :mod:`xpvision.optim`). Training that diverges stops with a
+    :class:`TrainingError` before the next checkpoint, so the last good one stays: a NaN/inf loss or gradient
+    norm, a batch loss over :data:`DIVERGENCE_FACTOR` times the first of this ``fit``, or weights that are no
+    longer finite at the end of an epoch.
     """
 
     def __init__(self, model: Layer, task: Task, optimizer: Optimizer, *, epochs: int,
@@ -87,6 +93,7 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint_path)
         self.callbacks = [getattr(cb, "on_epoch_end", cb) for cb in callbacks]
         self.progress, self.resume = progress, resume
+        self._first_loss: float | None = None  # first training loss of this fit(), the divergence yardstick
         self.fingerprint = {
             "model": model.spec(),
             "optimizer": optimizer.hyperparameters(),
@@ -115,6 +122,7 @@ class Trainer:
             if self.scheduler is not None:
                 self.scheduler.step()
             record["time_s"] = time.perf_counter() - start
+            self._check_weights(epoch)
             history.append(record)
             self._save_checkpoint(history)
             log.info("epoch %d/%d %s", epoch + 1, self.epochs,
@@ -140,6 +148,12 @@ class Trainer:
                 loss, dout = self.task.forward_loss(self.model, batch)
                 if not math.isfinite(loss):
                     raise TrainingError(self._diverged(f"the loss became {loss}", epoch, step))
+                if self._first_loss is None:
+                    self._first_loss = loss
+                elif self._first_loss > 0 and loss > DIVERGENCE_FACTOR * self._first_loss:
+                    raise TrainingError(self._diverged(
+                        f"the loss became {loss:.4g}, over {DIVERGENCE_FACTOR:g} x its first value "
+                        f"{self._first_loss:.4g}", epoch, step))
                 self.model.backward(dout)
                 if self.grad_clip is not None:
                     norm = clip_grad_norm(self.optimizer, self.grad_clip)
@@ -157,7 +171,15 @@ class Trainer:
             raise ConfigError("the training loader yielded no batches")
         return total / count
 
-    def _diverged(self, what: str, epoch: int, step: int) -> str:
+    def _check_weights(self, epoch: int) -> None:
+        """Stop before checkpointing weights that are no longer finite (a step that overflowed)."""
+        for name, layer, key in self.model.named_parameters():
+            value = layer.params[key]
+            if not bool(backend.get_array_module(value).isfinite(value).all()):
+                raise TrainingError(self._diverged(f"weight {name} is no longer finite", epoch,
+                                                   "end"))
+
+    def _diverged(self, what: str, epoch: int, step: int | str) -> str:
         kept = (f"the last good checkpoint {self.checkpoint_path} (after epoch {epoch}) is left intact"
                 if epoch > 0 else "no checkpoint was written")
         return (f"training stopped at epoch {epoch + 1}, step {step}: {what}; {kept}. Lower the learning "
