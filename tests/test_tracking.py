@@ -208,3 +208,69 @@ def test_real_server_holds_parent_and_nested_runs(mlflow_server, tmp_path, monke
     check_logged(mlflow_server, parent)
     assert not Path("local.db").exists()  # nothing fell back to the local store
 
+
+
+def test_server_answering_with_errors_fails_before_any_work(tmp_path, monkeypatch):
+    """/health says OK but the REST API answers 500 (a server whose backend store is broken)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Broken(BaseHTTPRequestHandler):
+        def do_GET(self):
+            ok = self.path == "/health"
+            self.send_response(200 if ok else 500)
+            self.end_headers()
+            self.wfile.write(b"OK" if ok else b'{"error_code": "INTERNAL_ERROR", "message": "database gone"}')
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Broken)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        ran = []
+        start = time.monotonic()
+        expected = r"HTTP 500 with errors.*database gone.*nothing was run"
+        with pytest.raises(tracking.TrackingError, match=expected):
+            tracking.start_pipeline_run("classification", config(uri, "fail"), {})
+            ran.append(True)
+        assert not ran and time.monotonic() - start < 10
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _first_use(db: str, barrier, results, index):
+    barrier.wait()
+    try:
+        run = tracking.start_pipeline_run("classification", config(f"sqlite:///{db}"), {"i": index})
+        results[index] = run.run_id
+    except Exception as e:  # the test reports whatever failed
+        results[index] = f"failed: {type(e).__name__}: {e}"
+
+
+def test_two_processes_first_using_a_fresh_sqlite_store_both_succeed(tmp_path, monkeypatch):
+    import multiprocessing
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Manager().dict()
+    workers = [context.Process(target=_first_use, args=(str(tmp_path / "fresh.db"), barrier, results, i))
+               for i in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert sorted(results.keys()) == [0, 1], dict(results)
+    assert all(len(v) == 32 for v in results.values()), dict(results)
+    assert set(runs_by_name(f"sqlite:///{tmp_path / 'fresh.db'}", "test-classification")) == {
+        "classification pipeline"}
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'fresh.db'}")
+    experiment = client.get_experiment_by_name("test-classification")
+    assert len(client.search_runs([experiment.experiment_id])) == 2

@@ -7,14 +7,17 @@ task's other stages (see dvc.yaml and README, "How MLflow runs map onto DVC stag
 
 Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``tracking.uri`` from params.yaml (``sqlite:///mlflow.db``).
 For SQLite stores the artifacts of experiment ``E`` go to ``mlartifacts/E`` beside the database file. A remote
-server that does not answer within ``tracking.connect_timeout_s`` stops the stage *before any work* with
+server that does not answer within ``tracking.connect_timeout_s``, or answers its REST API with errors (a
+broken backend store), stops the stage *before any work* with
 :class:`TrackingError` (``on_unreachable: fail``) or switches to ``tracking.local_uri`` with a warning
-(``on_unreachable: local``), so no training result is ever computed and then lost.
+(``on_unreachable: local``), so no training result is ever computed and then lost. Processes that first use
+a fresh SQLite store at the same time create its tables one at a time (a file lock beside it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -62,14 +65,19 @@ def resolve_tracking_uri(cfg: TrackingConfig) -> str:
 
 
 def _server_problem(uri: str, timeout_s: float) -> str | None:
-    """None if the MLflow server at ``uri`` answers its ``/health`` endpoint, else what went wrong."""
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
-            return None if response.status == 200 else f"/health answered HTTP {response.status}"
-    except urllib.error.HTTPError as e:
-        return f"/health answered HTTP {e.code}"
-    except (urllib.error.URLError, OSError) as e:
-        return str(getattr(e, "reason", e))
+    """None if the MLflow server at ``uri`` answers ``/health`` and a read of its REST API (a server whose
+    store is broken passes the first and fails the second), else what went wrong."""
+    for path in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + path, timeout=timeout_s) as response:
+                if response.status != 200:
+                    return f"{path} answered HTTP {response.status}"
+        except urllib.error.HTTPError as e:
+            body = e.read(300).decode("utf-8", "replace").strip()
+            return f"{path} answered HTTP {e.code} with errors{': ' + body if body else ''}"
+        except (urllib.error.URLError, OSError) as e:
+            return str(getattr(e, "reason", e))
+    return None
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
@@ -83,16 +91,31 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
 def _client(uri: str):
     from mlflow import MlflowClient
 
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    db_path = Path(uri.removeprefix("sqlite:///"))
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    # two stages starting on a fresh store at once would both create its tables: one at a time
+    with open(db_path.with_name(db_path.name + ".init-lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # creates or migrates the tables, under the lock
+    return client
 
 
 def _experiment_id(client, uri: str, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+    except MlflowException:  # another process created it since the look-up
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 # -- parent run ----------------------------------------------------------------------------------------------
