@@ -6,7 +6,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 export PATH := $(BIN):$(PATH)
 
-.PHONY: pipeline test lint bench clean-venv gpu-check
+.PHONY: pipeline test lint bench fashion-mnist clean-venv gpu-check
 
 $(VENV)/.pipeline: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,16 @@ $(VENV)/.test: pyproject.toml $(VENV)/.pipeline
 pipeline: $(VENV)/.pipeline
 	$(BIN)/dvc config --local core.analytics false
 	$(BIN)/dvc repro
+
+## Real data: the default classifier on Fashion-MNIST, from Debian's dataset-fashion-mnist (used in place).
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+fashion-mnist: $(VENV)/.pipeline
+	test -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz || $(SUDO) apt-get install -y dataset-fashion-mnist
+	$(BIN)/dvc config --local core.analytics false
+	$(BIN)/dvc exp run -n fashion-mnist -S download.classification.dataset=fashion-mnist \
+	    -S download.classification.root=$(FASHION_MNIST) -S augment.classification.copies=0 \
+	    evaluate@classification
 
 ## Lint and run the test suite (PyTorch / pycocotools parity tests included).
 test: $(VENV)/.test lint
