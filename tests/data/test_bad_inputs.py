@@ -126,10 +126,13 @@ def test_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path):
         read_image(small, max_pixels=500)
 
 
-@pytest.mark.parametrize("dims", [(-1, 28, 28), (2**31 - 1, 2**31 - 1, 2**31 - 1)])
-def test_idx_header_with_impossible_dimensions(tmp_path, dims):
+@pytest.mark.parametrize("dims, data", [
+    ((-2, -2, 4), 16),            # the product (16) matches the data, the shape is impossible
+    ((2**21, 2**21, 2**22), 0),   # the product is 2**64: 0 in int64 arithmetic, as many bytes as given
+])
+def test_idx_header_with_impossible_dimensions(tmp_path, dims, data):
     path = tmp_path / "train-images-idx3-ubyte"
-    path.write_bytes(bytes([0, 0, 8, 3]) + np.asarray(dims, ">i4").tobytes() + bytes(28 * 28))
+    path.write_bytes(bytes([0, 0, 8, 3]) + np.asarray(dims, ">i4").tobytes() + bytes(data))
     with pytest.raises(DataError) as info:
         read_idx(path)
     assert str(path) in str(info.value)
