@@ -4,7 +4,8 @@ Output: ``data/<task>/processed/{train,test}/`` (a few ``.npz`` shards + manifes
 ``dvc push`` shares). Downloaded archives are kept in a per-user cache outside the repository
 (``$XPVISION_DOWNLOAD_CACHE``, default ``~/.cache/xpvision/downloads``) so that changing ``max_images`` or the
 image size never downloads again; generated sources (``digits``, ``digit-scenes``) are rebuilt in a temporary
-folder on every run, since they are deterministic and quick, and would otherwise go stale.
+folder on every run, since they are deterministic and quick, and would otherwise go stale. A ``root`` (a local
+extracted copy) is read in place; only its lock / file record is kept in that cache (``local/``).
 """
 
 from __future__ import annotations
