@@ -132,7 +132,8 @@ def test_present_file_with_wrong_checksum_says_checksum_mismatch(tmp_path):
     assert (dest / name).read_bytes() == b"not the file"  # nothing lost
 
 
-def test_archive_is_hashed_once_across_two_runs(http_server, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mirror", ["http", "folder"])
+def test_archive_is_hashed_once_across_two_runs(http_server, tmp_path, monkeypatch, mirror):
     name = "VOCtrainval_11-May-2012"
     write_voc_tree(tmp_path / name, "2012", {"train": ["000005"], "val": ["000007"]})
     tar_folder(tmp_path / name / "VOCdevkit", http_server.root / f"{name}.tar", "VOCdevkit")
@@ -147,14 +148,15 @@ def test_archive_is_hashed_once_across_two_runs(http_server, tmp_path, monkeypat
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(download, "file_digests", counting)
-    config = PrepareConfig(source="voc2012", task="detection", image_size=(30, 40),
-                           mirrors=(http_server.url,), use_official=False, progress=False)
+    source = http_server.url if mirror == "http" else str(http_server.root)
+    config = PrepareConfig(source="voc2012", task="detection", image_size=(30, 40), mirrors=(source,),
+                           use_official=False, progress=False)
     prepare(config, tmp_path / "cache", tmp_path / "proc")
     assert reads == [f"{name}.tar"]  # verified once after download; extraction and the test split trust it
     prepare(config, tmp_path / "cache", tmp_path / "proc")
     assert reads == [f"{name}.tar"]  # the second run reads it not at all
     # a changed archive (size / mtime differ from the lock) is hashed again and refused
-    archive = tmp_path / "cache/voc2012" / f"{name}.tar"
+    archive = (tmp_path / "cache/voc2012" if mirror == "http" else http_server.root) / f"{name}.tar"
     archive.write_bytes(archive.read_bytes() + b"\0" * 512)
     with pytest.raises(DataError, match="checksum mismatch"):
         prepare(PrepareConfig(source="voc2012", task="detection", image_size=(30, 40), use_official=False,

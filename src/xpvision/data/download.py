@@ -125,13 +125,15 @@ def fetch_files(files: Sequence[RemoteFile], dest: str | os.PathLike, mirrors: S
     return paths
 
 
-def locked_md5(path: str | os.PathLike) -> str | None:
-    """The MD5 the lock file beside ``path`` (in its folder) records for it, if it is still unchanged."""
+def locked_md5(path: str | os.PathLike, lock_dir: str | os.PathLike) -> str | None:
+    """The MD5 that ``lock_dir``'s lock file records for ``path`` (in ``lock_dir``, or read in place from a
+    mirror), if the file is still unchanged (same size and modification time); else None."""
     path = Path(path)
-    lock = _read_lock(path.parent / LOCK_NAME)
-    entry = lock.get(path.name)
+    entry = _read_lock(Path(lock_dir) / LOCK_NAME).get(path.name)
+    if not entry or Path(entry.get("path") or Path(lock_dir) / path.name) != path:
+        return None
     stat = path.stat()
-    if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
+    if entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
         return entry.get("md5")
     return None
 

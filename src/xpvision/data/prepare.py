@@ -217,15 +217,16 @@ def _voc_root(config: PrepareConfig, raw_dir: Path, split: str, task: str) -> tu
     archive = fetch_dataset(config.source, raw_dir / config.source, config.mirrors, only=(archive_name,),
                             use_official=config.use_official, progress=config.progress,
                             retries=config.retries)[archive_name]
-    extracted = _extract_once(archive, raw_dir / config.source / archive_name.removesuffix(".tar"))
+    extracted = _extract_once(archive, raw_dir / config.source / archive_name.removesuffix(".tar"),
+                              raw_dir / config.source)
     return extracted / "VOCdevkit" / f"VOC{year}", VOC_CLASSES
 
 
-def _extract_once(archive: Path, target: Path) -> Path:
+def _extract_once(archive: Path, target: Path, lock_dir: Path) -> Path:
     """Extract ``archive`` into ``target`` unless a marker says this exact archive (by MD5) is already
     there. The MD5 is the one the download lock holds for the unchanged archive: it is not read again."""
     marker = target / ".extracted-from.md5"
-    digest = locked_md5(archive) or md5sum(archive)
+    digest = locked_md5(archive, lock_dir) or md5sum(archive)
     if marker.is_file() and marker.read_text(encoding="utf-8").strip() == digest:
         return target
     extract_archive(archive, target)
@@ -248,9 +249,9 @@ def _load_coco(config: PrepareConfig, raw_dir: Path, split: str, part: str | Non
         files = fetch_dataset("coco2017", folder, config.mirrors, only=names,
                               use_official=config.use_official, progress=config.progress,
                               retries=config.retries)
-        annotations = _extract_once(files[names[0]], folder / "annotations_trainval2017")
+        annotations = _extract_once(files[names[0]], folder / "annotations_trainval2017", folder)
         json_path = annotations / "annotations" / f"instances_{split}.json"
-        image_dir = _extract_once(files[names[1]], folder / split) / split
+        image_dir = _extract_once(files[names[1]], folder / split, folder) / split
     return iter_coco(json_path, image_dir, classes=config.classes, max_images=config.max_images,
                      image_size=config.image_size, with_masks=config.task == "segmentation",
                      box_policy=config.box_policy, keep_id=lambda image_id: in_part(image_id, part))
