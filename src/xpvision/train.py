@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from xpvision import atomic
+from xpvision import atomic, backend
 from xpvision.errors import ConfigError, TrainingError, WeightsError
 from xpvision.io import read_npz
 from xpvision.nn import rng
