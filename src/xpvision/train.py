@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from xpvision import atomic
+from xpvision.distributed.data_parallel import SingleProcess
 from xpvision.errors import ConfigError, TrainingError, WeightsError
 from xpvision.io import read_npz
 from xpvision.nn import rng
@@ -69,13 +70,15 @@ class Trainer:
     gradient norm before each step. ``callbacks`` are called after each checkpoint as ``cb(epoch, record)``
     (or ``cb.on_epoch_end(epoch, record)``); epochs restored from a checkpoint are not replayed to them.
     ``resume=False`` ignores (and then overwrites) an existing checkpoint. Build the optimizer after moving
-    the model to its device (see :mod:`xpvision.optim`).
+    the model to its device (see :mod:`xpvision.optim`). ``parallel``: the data-parallel hook (a
+    :class:`xpvision.distributed.DataParallel` when several processes train together; only its root writes
+    the checkpoint and calls the callbacks); one process by default.
     """
 
     def __init__(self, model: Layer, task: Task, optimizer: Optimizer, *, epochs: int,
                  checkpoint_path: str | os.PathLike, scheduler: LRSchedule | None = None, seed: int = 0,
                  grad_clip: float | None = None, callbacks: Sequence[Any] = (), progress: bool = True,
-                 resume: bool = True) -> None:
+                 resume: bool = True, parallel: Any = None) -> None:
         if not (isinstance(epochs, int) and epochs >= 1):
             raise ConfigError(f"epochs must be an int >= 1, got {epochs!r}")
         if not (isinstance(seed, int) and seed >= 0):
@@ -87,6 +90,7 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint_path)
         self.callbacks = [getattr(cb, "on_epoch_end", cb) for cb in callbacks]
         self.progress, self.resume = progress, resume
+        self.parallel = SingleProcess() if parallel is None else parallel
         self.fingerprint = {
             "model": model.spec(),
             "optimizer": optimizer.hyperparameters(),
@@ -102,6 +106,7 @@ class Trainer:
         if len(history) >= self.epochs:
             log.info("checkpoint %s already holds %d epochs; nothing to train", self.checkpoint_path,
                      len(history))
+        self.parallel.synchronize(self.model)
         for epoch in range(len(history), self.epochs):
             start = time.perf_counter()
             rng.manual_seed(epoch_seed(self.seed, epoch))
@@ -110,12 +115,14 @@ class Trainer:
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.lr}
             record["train_loss"] = self._train_epoch(train_loader, epoch)
             if val_loader is not None:
-                metrics = self.task.evaluate(self.model, val_loader)
+                metrics = self.parallel.evaluate(self.task, self.model, val_loader)
                 record.update({f"val_{name}": float(value) for name, value in metrics.items()})
             if self.scheduler is not None:
                 self.scheduler.step()
             record["time_s"] = time.perf_counter() - start
             history.append(record)
+            if not self.parallel.is_root:
+                continue
             self._save_checkpoint(history)
             log.info("epoch %d/%d %s", epoch + 1, self.epochs,
                      " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
@@ -132,21 +139,21 @@ class Trainer:
         self.model.needs_input_grad = False  # nobody needs d(loss)/d(images): skips the first conv's dX
         try:
             total, count = 0.0, 0
-            show = self.progress and sys.stderr.isatty()
+            show = self.progress and self.parallel.is_root and sys.stderr.isatty()
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False,
                        disable=not show)
             for step, batch in enumerate(bar, start=1):
                 self.optimizer.zero_grad()
-                loss, dout = self.task.forward_loss(self.model, batch)
+                loss, dout, n = self.parallel.forward_loss(self.task, self.model, batch)
                 if not math.isfinite(loss):
                     raise TrainingError(self._diverged(f"the loss became {loss}", epoch, step))
                 self.model.backward(dout)
+                self.parallel.reduce_gradients(self.optimizer)
                 if self.grad_clip is not None:
                     norm = clip_grad_norm(self.optimizer, self.grad_clip)
                     if not math.isfinite(norm):
                         raise TrainingError(self._diverged(f"the gradient norm became {norm}", epoch, step))
                 self.optimizer.step()
-                n = len(batch["images"])
                 total += loss * n
                 count += n
                 if show:
