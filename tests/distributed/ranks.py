@@ -1,6 +1,7 @@
 """Run by the distributed tests, alone or under ``mpiexec -n K``: train a small classifier or a YOLO detector
 with a batch-normalised backbone on shards in ``data_dir`` through :class:`xpvision.train.Trainer` and the
-data-parallel hook, then (root) save the final weights and history to ``out``.
+data-parallel hook, reading as the train stage does (:func:`xpvision.distributed.open_shards` and
+:func:`~xpvision.distributed.loaders`), then (root) save the final weights and history to ``out``.
 
 Every process also reports a SHA-256 of its final weights; the root stores them all, so the test checks that
 the replicas agree. ``--fail-rank r --fail-step s``: process ``r`` raises at its ``s``-th training step.
@@ -17,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from xpvision import distributed
-from xpvision.data.loader import DataLoader
-from xpvision.data.shards import ShardDataset, write_shards
+from xpvision.data.shards import write_shards
 from xpvision.distributed.launch import run_in_group
 from xpvision.nn import rng
 from xpvision.optim import build_optimizer
@@ -119,10 +119,8 @@ def build(kind: str, train_set):
 def main(args) -> None:
     comm = distributed.world("cpu")
     Path(args.out).parent.joinpath(f"pid-{comm.rank}").write_text(str(os.getpid()))
-    shards = ShardDataset(Path(args.data) / "train", mmap=comm.size > 1, verify=comm.size == 1)
-    if comm.size > 1:
-        distributed.verify_shards(shards, comm.rank, comm.size)
-    train_set, val_set = Recording(shards), ShardDataset(Path(args.data) / "val")
+    shards, val_set = distributed.open_shards([Path(args.data) / "train", Path(args.data) / "val"], comm)
+    train_set = Recording(shards)
     model, task = build(args.kind, shards)
     if args.float64:
         model.astype(np.float64)
@@ -130,14 +128,8 @@ def main(args) -> None:
         fail_at_step(task, args.fail_step)
     optimizer = build_optimizer("adam", model, lr=args.lr, weight_decay=0.0)
     schedule = build_schedule("cosine", optimizer, epochs=args.epochs, warmup_epochs=min(1, args.epochs - 1))
-    if comm.size == 1:
-        loaders = (DataLoader(train_set, args.batch, shuffle=True, seed=3), DataLoader(val_set, args.batch))
-        parallel = None
-    else:
-        loaders = (distributed.ShardedLoader(train_set, args.batch, rank=comm.rank, size=comm.size,
-                                             shuffle=True, seed=3),
-                   DataLoader(distributed.Block(val_set, comm.rank, comm.size), args.batch))
-        parallel = distributed.DataParallel(comm, model)
+    loaders = distributed.loaders(train_set, val_set, args.batch, comm, seed=3)
+    parallel = distributed.DataParallel(comm, model) if comm.size > 1 else None
     checkpoint = args.checkpoint or Path(args.out).with_suffix(".ckpt.npz")
     trainer = Trainer(model, task, optimizer, epochs=args.epochs, scheduler=schedule, seed=5, progress=False,
                       checkpoint_path=checkpoint, parallel=parallel)

@@ -15,9 +15,18 @@ from xpvision.distributed.comm import (
     launched_size,
     world,
 )
-from xpvision.distributed.data import Block, ShardedLoader, check_batches, part_bounds, verify_shards
+from xpvision.distributed.data import (
+    Block,
+    ShardedLoader,
+    check_batches,
+    loaders,
+    open_shards,
+    part_bounds,
+    verify_shards,
+)
 from xpvision.distributed.data_parallel import DataParallel, SingleProcess, sync_batch_norm
 
 __all__ = ["Block", "DataParallel", "MPICommunicator", "NCCLCommunicator", "ShardedLoader",
-           "SingleCommunicator", "SingleProcess", "check_batches", "launched_size", "part_bounds",
+           "SingleCommunicator", "SingleProcess", "check_batches", "launched_size", "loaders", "open_shards",
+           "part_bounds",
            "sync_batch_norm", "verify_shards", "world"]

@@ -10,8 +10,12 @@ together, each a share of them (:func:`verify_shards`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 from xpvision.data.loader import DataLoader
-from xpvision.data.shards import verify_shard
+from xpvision.data.shards import ShardDataset, verify_shard
 from xpvision.errors import ConfigError
 
 
@@ -79,3 +83,27 @@ class Block:
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for a block of {len(self)} samples")
         return self.dataset[self.start + int(i)]
+
+
+def open_shards(folders: Sequence[Path], comm: Any) -> tuple[ShardDataset, ...]:
+    """The shard datasets in ``folders``, read lazily; with several processes memory-mapped (each reads its
+    own samples) and their SHA-256 checked by the processes together (:func:`verify_shards`)."""
+    shared = comm.size > 1
+    datasets = tuple(ShardDataset(folder, mmap=shared, verify=not shared) for folder in folders)
+    if shared:
+        for dataset in datasets:
+            verify_shards(dataset, comm.rank, comm.size)
+    return datasets
+
+
+def loaders(train_set: Any, val_set: Any, batch_size: int, comm: Any, *, seed: int,
+            **options: Any) -> tuple[DataLoader, DataLoader]:
+    """``(train loader, val loader)``: shuffled training batches seeded ``seed`` and validation batches; with
+    several processes, this process's part of every training batch and its block of the validation set.
+    ``options``: the loaders' ``normalization`` and ``device``."""
+    if comm.size == 1:
+        return (DataLoader(train_set, batch_size, shuffle=True, seed=seed, **options),
+                DataLoader(val_set, batch_size, **options))
+    return (ShardedLoader(train_set, batch_size, rank=comm.rank, size=comm.size, shuffle=True, seed=seed,
+                          **options),
+            DataLoader(Block(val_set, comm.rank, comm.size), batch_size, **options))

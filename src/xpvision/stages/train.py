@@ -55,7 +55,7 @@ def run(params: Params, task: str) -> None:
                                  data_paths=(str(paths.processed), str(paths.augmented)))
     with tracked if comm.is_root else contextlib.nullcontext(Untracked()) as stage:
         stage.log_params({**block_dict(cfg), "processes": comm.size})
-        augmented, originals = open_datasets(paths, comm)
+        augmented, originals = distributed.open_shards([paths.augmented, paths.processed / "train"], comm)
         train_idx, val_idx = split_indices(originals, augmented, cfg.val_fraction, cfg.seed)
         normalization = Normalization.from_meta(augmented.meta)
         height, width, channels = augmented.manifest["image_shape"]
@@ -81,8 +81,9 @@ def run(params: Params, task: str) -> None:
                           epochs=cfg.epochs, checkpoint_path=checkpoint_path(paths, key, comm),
                           scheduler=schedule, seed=cfg.seed, grad_clip=cfg.grad_clip, callbacks=[stage],
                           parallel=distributed.DataParallel(comm, model) if comm.size > 1 else None)
-        history = trainer.fit(*loaders(cfg, comm, Subset(augmented, train_idx), Subset(originals, val_idx),
-                                       normalization))
+        history = trainer.fit(*distributed.loaders(
+            Subset(augmented, train_idx), Subset(originals, val_idx), cfg.batch_size, comm, seed=cfg.seed,
+            normalization=normalization, device=cfg.device))
         if not comm.is_root:
             return
         save_model(paths.model_dir, model.to("cpu"), meta)
@@ -94,48 +95,13 @@ def run(params: Params, task: str) -> None:
             f"{k}={v:.4g}" for k, v in summary.items() if k.startswith(("train_loss", "val_"))))
 
 
-def open_datasets(paths: TaskPaths, comm: Any) -> tuple[Any, Any]:
-    """The augmented and original training shards, read lazily; with several processes memory-mapped (each
-    reads its own samples) and their SHA-256 checked by the processes together, each a share."""
-    from xpvision.data.shards import ShardDataset
-
-    shared = comm.size > 1
-    datasets = tuple(ShardDataset(folder, mmap=shared, verify=not shared)
-                     for folder in (paths.augmented, paths.processed / "train"))
-    if shared:
-        for dataset in datasets:
-            distributed.verify_shards(dataset, comm.rank, comm.size)
-    return datasets
-
-
-def loaders(cfg: TrainConfig, comm: Any, train_set: Any, val_set: Any, normalization: Any) -> tuple:
-    """``(train loader, val loader)``: with several processes, this process's part of every training batch
-    and its block of the validation set."""
-    from xpvision.data.loader import DataLoader
-
-    common = {"normalization": normalization, "device": cfg.device}
-    if comm.size == 1:
-        return (DataLoader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, **common),
-                DataLoader(val_set, cfg.batch_size, **common))
-    return (distributed.ShardedLoader(train_set, cfg.batch_size, rank=comm.rank, size=comm.size, shuffle=True,
-                                      seed=cfg.seed, **common),
-            DataLoader(distributed.Block(val_set, comm.rank, comm.size), cfg.batch_size, **common))
-
-
 class Untracked:
     """What the processes other than the root log: nothing (the root's run is the run)."""
 
-    def log_params(self, params: dict) -> None:
-        pass
-
-    def set_tags(self, tags: dict) -> None:
-        pass
-
-    def log_artifact(self, path: Any, artifact_path: str | None = None) -> None:
-        pass
-
-    def on_epoch_end(self, epoch: int, metrics: dict) -> None:
-        pass
+    def log_params(self, params: dict) -> None: ...
+    def set_tags(self, tags: dict) -> None: ...
+    def log_artifact(self, path: Any, artifact_path: str | None = None) -> None: ...
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None: ...
 
 
 def write_reports(paths: TaskPaths, history: list[dict], primary_metric: str) -> dict[str, Any]:
