@@ -168,3 +168,28 @@ def test_mlflow_models_predict_runs_the_exported_model(clone, tmp_path):
     predictions = json.loads((tmp_path / "out.json").read_text())["predictions"]
     assert len(predictions) == 2, output
     assert {p["label"] for p in predictions} <= set("0123456789")
+
+
+def test_exp_run_with_two_processes_logs_one_run_tree(clone):
+    """``processes: 2`` starts the train stage under mpiexec; the root alone logs: one train run, nested in
+    the parent run of the experiment's configuration, with ``processes`` = 2 among its parameters. (The seed
+    changes too: a change of ``processes`` alone would resume the checkpoint of the same configuration.)"""
+    from mlflow import MlflowClient
+
+    clone, _ = clone
+    output = run(clone, str(BIN / "dvc"), "exp", "run", "-S", "train.classification.processes=2",
+                 "-S", "train.classification.seed=1")
+    assert {"train_classification", "evaluate@classification"} <= ran_stages(output)
+    assert "starting 2 processes" in output
+    assert output.count("classification: 1 epochs, train_loss=") == 1  # the root's summary line alone
+    client = MlflowClient(tracking_uri=f"sqlite:///{clone / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("xpvision-classification")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    parent = [r for r in runs if r.data.tags.get("xpvision.kind") == "pipeline"][-1]
+    assert parent.data.params["train.classification.processes"] == "2"
+    later = [r for r in runs if r.info.start_time >= parent.info.start_time and r is not parent]
+    assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in later)
+    assert sorted(r.info.run_name for r in later) == ["download", "evaluate", "export", "train"]
+    train = next(r for r in later if r.info.run_name == "train")
+    assert train.data.params["processes"] == "2" and train.info.status == "FINISHED"
+    assert len(client.get_metric_history(train.info.run_id, "train_loss")) == 1  # one epoch, logged once

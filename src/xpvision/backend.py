@@ -94,3 +94,37 @@ def to_numpy(a: Any):
 
 def device_of(a: Any) -> str:
     return "gpu" if is_gpu_array(a) else "cpu"
+
+
+# -- multi-GPU (data-parallel training, see xpvision.distributed) ------------------------------------------
+def gpu_count() -> int:
+    """The number of CUDA devices this process sees (0 without CuPy or a GPU)."""
+    return _cupy().cuda.runtime.getDeviceCount() if gpu_available() else 0
+
+
+def use_gpu(index: int) -> None:
+    """Make CUDA device ``index`` the current one of this process (CuPy allocates there from now on)."""
+    check_device("gpu")
+    _cupy().cuda.Device(index).use()
+
+
+def nccl_module():
+    """``cupy.cuda.nccl`` (NCCL's communicators and constants); :class:`DeviceError` when unavailable."""
+    check_device("gpu")
+    from cupy.cuda import nccl
+
+    if not nccl.available:
+        raise DeviceError("device 'gpu' with processes > 1 needs NCCL, which this CuPy build lacks "
+                          "(pip install nvidia-nccl-cu12)")
+    return nccl
+
+
+def current_stream_ptr() -> int:
+    """The handle of CuPy's current CUDA stream (NCCL enqueues its collectives there)."""
+    return _cupy().cuda.get_current_stream().ptr
+
+
+def synchronize() -> None:
+    """Wait for the work queued on CuPy's current stream (timing GPU steps); nothing without a GPU."""
+    if gpu_available():
+        _cupy().cuda.get_current_stream().synchronize()

@@ -62,6 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from xpvision.stages import transfer_report
 
             transfer_report.run(load_params(args.params))
+        elif args.command == "train":  # one process, or several under mpiexec (xpvision.distributed)
+            from xpvision.distributed.launch import train_command
+            from xpvision.stages import train
+
+            return train_command(train.run, load_params(args.params), args.task, args.params)
         else:
             module = importlib.import_module(STAGES[args.command][0])
             module.run(load_params(args.params), args.task)

@@ -195,6 +195,12 @@ class TrainConfig:
     val_fraction: float = checked(OPEN_UNIT)
     seed: int = checked(NON_NEGATIVE)
     device: Literal["cpu", "gpu"]
+    processes: int = checked(POSITIVE)
+    """Processes training together, data-parallel (``xpvision train`` starts them under ``mpiexec``); the
+    result is the same for any number (see :mod:`xpvision.distributed`)."""
+    hosts: str | None
+    """Where the processes run: null (this host), ``host[:slots]`` entries separated by commas, or the path
+    of an MPICH hostfile."""
 
 
 @dataclass(frozen=True)

@@ -358,3 +358,13 @@ def save_pyfunc_model(model_dir: str | Path, out_dir: str | Path, example: Any) 
             shutil.rmtree(out_dir)
         staged.rename(out_dir)
     return out_dir
+
+
+class Untracked:
+    """A stage run that logs nothing: what the processes other than the root of a data-parallel stage
+    use (the root's run is the run)."""
+
+    def log_params(self, params: dict) -> None: ...
+    def set_tags(self, tags: dict) -> None: ...
+    def log_artifact(self, path: Any, artifact_path: str | None = None) -> None: ...
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None: ...

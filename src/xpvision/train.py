@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from xpvision import atomic, backend
+from xpvision.distributed.data_parallel import SingleProcess
 from xpvision.errors import ConfigError, TrainingError, WeightsError
 from xpvision.io import read_npz
 from xpvision.nn import rng
@@ -76,12 +77,14 @@ class Trainer:
     :class:`TrainingError` before the next checkpoint, so the last good one stays: a NaN/inf loss or gradient
     norm, a batch loss over :data:`DIVERGENCE_FACTOR` times the first of this ``fit``, or weights that are no
     longer finite at the end of an epoch.
+    ``parallel``: the data-parallel hook (a :class:`xpvision.distributed.DataParallel` when several processes
+    train together; only its root writes the checkpoint and calls the callbacks); one process by default.
     """
 
     def __init__(self, model: Layer, task: Task, optimizer: Optimizer, *, epochs: int,
                  checkpoint_path: str | os.PathLike, scheduler: LRSchedule | None = None, seed: int = 0,
                  grad_clip: float | None = None, callbacks: Sequence[Any] = (), progress: bool = True,
-                 resume: bool = True) -> None:
+                 resume: bool = True, parallel: Any = None) -> None:
         if not (isinstance(epochs, int) and epochs >= 1):
             raise ConfigError(f"epochs must be an int >= 1, got {epochs!r}")
         if not (isinstance(seed, int) and seed >= 0):
@@ -94,6 +97,7 @@ class Trainer:
         self.callbacks = [getattr(cb, "on_epoch_end", cb) for cb in callbacks]
         self.progress, self.resume = progress, resume
         self._first_loss: float | None = None  # first training loss of this fit(), the divergence yardstick
+        self.parallel = SingleProcess() if parallel is None else parallel
         self.fingerprint = {
             "model": model.spec(),
             "optimizer": optimizer.hyperparameters(),
@@ -109,6 +113,7 @@ class Trainer:
         if len(history) >= self.epochs:
             log.info("checkpoint %s already holds %d epochs; nothing to train", self.checkpoint_path,
                      len(history))
+        self.parallel.synchronize(self.model)
         for epoch in range(len(history), self.epochs):
             start = time.perf_counter()
             rng.manual_seed(epoch_seed(self.seed, epoch))
@@ -117,13 +122,15 @@ class Trainer:
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.lr}
             record["train_loss"] = self._train_epoch(train_loader, epoch)
             if val_loader is not None:
-                metrics = self.task.evaluate(self.model, val_loader)
+                metrics = self.parallel.evaluate(self.task, self.model, val_loader)
                 record.update({f"val_{name}": float(value) for name, value in metrics.items()})
             if self.scheduler is not None:
                 self.scheduler.step()
             record["time_s"] = time.perf_counter() - start
             self._check_weights(epoch)
             history.append(record)
+            if not self.parallel.is_root:
+                continue
             self._save_checkpoint(history)
             log.info("epoch %d/%d %s", epoch + 1, self.epochs,
                      " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
@@ -140,12 +147,12 @@ class Trainer:
         self.model.needs_input_grad = False  # nobody needs d(loss)/d(images): skips the first conv's dX
         try:
             total, count = 0.0, 0
-            show = self.progress and sys.stderr.isatty()
+            show = self.progress and self.parallel.is_root and sys.stderr.isatty()
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False,
                        disable=not show)
             for step, batch in enumerate(bar, start=1):
                 self.optimizer.zero_grad()
-                loss, dout = self.task.forward_loss(self.model, batch)
+                loss, dout, n = self.parallel.forward_loss(self.task, self.model, batch)
                 if not math.isfinite(loss):
                     raise TrainingError(self._diverged(f"the loss became {loss}", epoch, step))
                 if self._first_loss is None:
@@ -155,12 +162,12 @@ class Trainer:
                         f"the loss became {loss:.4g}, over {DIVERGENCE_FACTOR:g} x its first value "
                         f"{self._first_loss:.4g}", epoch, step))
                 self.model.backward(dout)
+                self.parallel.reduce_gradients(self.optimizer)
                 if self.grad_clip is not None:
                     norm = clip_grad_norm(self.optimizer, self.grad_clip)
                     if not math.isfinite(norm):
                         raise TrainingError(self._diverged(f"the gradient norm became {norm}", epoch, step))
                 self.optimizer.step()
-                n = len(batch["images"])
                 total += loss * n
                 count += n
                 if show:

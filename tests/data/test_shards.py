@@ -95,3 +95,20 @@ def test_channel_stats_match_numpy(rng):
     x = images.reshape(-1, 3) / 255.0
     np.testing.assert_allclose(mean, x.mean(0), rtol=1e-10)
     np.testing.assert_allclose(std, x.std(0), rtol=1e-8)
+
+
+def test_memory_mapped_shards_read_the_same_samples(tmp_path):
+    samples = [{"image": np.full((3, 4, 1), i, np.uint8), "boxes": np.full((i % 3, 4), i, np.float32),
+                "labels": np.arange(i % 3), "difficult": np.zeros(i % 3, bool)} for i in range(11)]
+    write_shards(tmp_path / "s", samples, classes=["a"], shard_size=4)
+    loaded, mapped = ShardDataset(tmp_path / "s"), ShardDataset(tmp_path / "s", mmap=True)
+    for i in range(11):
+        a, b = loaded[i], mapped[i]
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert isinstance(mapped._shard(0)["images"], np.memmap)
+    assert not mapped[0]["image"].flags.writeable
+    (tmp_path / "s" / "shard-00002.npz").write_bytes(b"PK broken")
+    with pytest.raises(DataError, match="SHA-256"):
+        ShardDataset(tmp_path / "s", mmap=True)[10]
+    with pytest.raises(DataError, match="corrupt"):
+        ShardDataset(tmp_path / "s", mmap=True, verify=False)[10]

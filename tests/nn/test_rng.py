@@ -29,3 +29,17 @@ def test_uniform_dtype_and_range():
 def test_bad_seed(seed):
     with pytest.raises(ValueError, match="non-negative integer"):
         rng.manual_seed(seed)
+
+
+def test_batch_part_draws_this_process_rows_of_the_whole_batch():
+    rng.manual_seed(7)
+    whole = rng.uniform((10, 3))
+    parts = []
+    for start, stop in ((0, 4), (4, 7), (7, 10)):
+        rng.manual_seed(7)
+        with rng.batch_part(10, start):
+            parts.append(rng.uniform((stop - start, 3)))
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    with pytest.raises(ValueError, match="exceeds the batch"), rng.batch_part(10, 8):
+        rng.uniform((3, 3))
+    assert rng.uniform((2, 3)).shape == (2, 3)  # outside the block: plain draws again

@@ -21,6 +21,7 @@ def test_fingerprint_follows_params_and_files(tmp_path):
     key = fingerprint(cfg, [data])
     assert key == fingerprint(cfg, [data])
     assert key != fingerprint(replace(cfg, lr=cfg.lr * 2), [data])
+    assert key == fingerprint(replace(cfg, processes=3, hosts="node1:2,node2:2"), [data])  # resume with any K
     data.write_text('{"count": 1}')
     assert key != fingerprint(cfg, [data])
 

@@ -147,17 +147,19 @@ class ShardDataset:
 
     Shards are loaded whole on first use and kept in an LRU cache of ``max_cached_shards`` (``None``: all; a
     shuffled epoch touches every shard, so keep all of them when they fit in memory). ``verify`` checks each
-    shard's SHA-256 against the manifest when it is loaded.
+    shard's SHA-256 against the manifest when it is loaded. ``mmap``: memory-map the shards' arrays instead
+    (:func:`map_npz`), so only the pages of the samples asked for are read (data-parallel processes each read
+    their own samples); ``verify`` then streams the file through the hash once, holding none of it.
     """
 
     def __init__(self, folder: str | os.PathLike, *, verify: bool = True,
-                 max_cached_shards: int | None = None):
+                 max_cached_shards: int | None = None, mmap: bool = False):
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
         self.classes = tuple(self.manifest["classes"])
         self.targets = tuple(self.manifest["targets"])
         self.meta = self.manifest.get("meta", {})
-        self.verify = verify
+        self.verify, self.mmap = verify, mmap
         self.max_cached_shards = max_cached_shards
         counts = [s["count"] for s in self.manifest["shards"]]
         self._starts = np.cumsum([0, *counts])
@@ -172,22 +174,30 @@ class ShardDataset:
             return self._cache[k]
         entry = self.manifest["shards"][k]
         path = self.folder / entry["file"]
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError as e:
-            raise DataError(f"shard {path} listed in the manifest does not exist") from e
-        if self.verify and hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise DataError(f"shard {path}: SHA-256 {hashlib.sha256(data).hexdigest()} differs from the "
-                            f"manifest's {entry['sha256']}")
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                arrays = {key: npz[key] for key in npz.files}
-        except (ValueError, OSError, zipfile.BadZipFile) as e:
-            raise DataError(f"shard {path} is corrupt: {e}") from e
+        if self.mmap:
+            if self.verify:
+                verify_shard(path, entry["sha256"])
+            arrays = map_npz(path)
+        else:
+            arrays = self._read(path, entry["sha256"])
         self._cache[k] = arrays
         if self.max_cached_shards is not None and len(self._cache) > self.max_cached_shards:
             self._cache.popitem(last=False)
         return arrays
+
+    def _read(self, path: Path, sha256: str) -> dict[str, np.ndarray]:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as e:
+            raise DataError(f"shard {path} listed in the manifest does not exist") from e
+        if self.verify and hashlib.sha256(data).hexdigest() != sha256:
+            raise DataError(f"shard {path}: SHA-256 {hashlib.sha256(data).hexdigest()} differs from the "
+                            f"manifest's {sha256}")
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                return {key: npz[key] for key in npz.files}
+        except (ValueError, OSError, zipfile.BadZipFile) as e:
+            raise DataError(f"shard {path} is corrupt: {e}") from e
 
     def _locate(self, index: int) -> tuple[int, int]:
         if not -len(self) <= index < len(self):
@@ -214,6 +224,48 @@ class ShardDataset:
         """Each shard's ``(n, H, W, C)`` uint8 image block, in order (for statistics)."""
         for k in range(len(self.manifest["shards"])):
             yield self._shard(k)["images"]
+
+
+def verify_shard(path: Path, sha256: str) -> None:
+    """Raise :class:`DataError` unless the file's SHA-256 is ``sha256`` (read in 1 MiB pieces)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for piece in iter(lambda: f.read(1 << 20), b""):
+                digest.update(piece)
+    except FileNotFoundError as e:
+        raise DataError(f"shard {path} listed in the manifest does not exist") from e
+    if digest.hexdigest() != sha256:
+        raise DataError(f"shard {path}: SHA-256 {digest.hexdigest()} differs from the manifest's {sha256}")
+
+
+def map_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an uncompressed ``.npz`` (as :func:`npz_bytes` writes) as read-only memory maps."""
+    arrays = {}
+    try:
+        with zipfile.ZipFile(path) as zf, open(path, "rb") as f:
+            for info in zf.infolist():
+                if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+                    raise DataError(f"shard {path}: member {info.filename} is not an uncompressed .npy")
+                f.seek(info.header_offset)
+                local = f.read(30)  # the zip local file header; the name and extra field follow it
+                f.seek(info.header_offset + 30 + int.from_bytes(local[26:28], "little")
+                       + int.from_bytes(local[28:30], "little"))
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(f)
+                if dtype.hasobject:
+                    raise DataError(f"shard {path}: {info.filename} holds objects; shards never do")
+                key = info.filename[:-4]
+                arrays[key] = (np.memmap(f, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
+                                         order="F" if fortran else "C")
+                               if np.prod(shape) > 0 else np.zeros(shape, dtype=dtype))
+    except FileNotFoundError as e:
+        raise DataError(f"shard {path} listed in the manifest does not exist") from e
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise DataError(f"shard {path} is corrupt: {e}") from e
+    return arrays
 
 
 class ChannelStats:

@@ -111,6 +111,7 @@ class YoloLoss:
         self.noobj_weight = float(noobj_weight)
         self.class_weight = float(class_weight)
         self.parts: dict[str, float] = {}
+        self.normalizer = 0.0
         self._grad = None
         self._pred_shape: tuple[int, ...] | None = None
 
@@ -157,6 +158,7 @@ class YoloLoss:
         grad[(*cell, slice(5, None))] = class_grad
 
         scale = 1.0 / max(n, 1)
+        self.normalizer = float(n)  # the loss is a sum divided by this (data-parallel training weighs by it)
         sums = xp.stack([(box_weight * (xy_loss + 0.5 * wh_diff * wh_diff)).sum(), (weight * obj_loss).sum(),
                          -log_p[rows, labels].sum()])  # (3,): one copy to the host for the three parts
         box, objectness, class_ = backend.to_numpy(sums).tolist()

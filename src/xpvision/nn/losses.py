@@ -47,7 +47,8 @@ class SoftmaxCrossEntropy(Loss):
     ``(N,)`` or ``(N, H, W)``; entries equal to ``ignore_index`` count neither in the loss nor in the
     normaliser. ``class_weights``: optional ``(C,)`` per-class weights ``w``. Loss ``sum(w_t * -log p_t) /
     sum(w_t)`` over the non-ignored entries; when every entry is ignored (or their weights sum to 0) the loss
-    is 0 and the gradient is zero.
+    is 0 and the gradient is zero. After ``forward``, :attr:`normalizer` holds ``sum(w_t)`` as a float (0 when
+    all are ignored): data-parallel training weighs each process's loss by it.
     """
 
     def __init__(self, ignore_index: int = -100, class_weights=None) -> None:
@@ -59,6 +60,7 @@ class SoftmaxCrossEntropy(Loss):
                 raise ConfigError(f"class_weights must be a 1-D array of non-negative finite numbers, "
                                   f"got {weights.tolist()!r}")
             self.class_weights = weights
+        self.normalizer = 0.0
         self._cache: tuple | None = None
 
     def forward(self, pred, target) -> float:
@@ -90,9 +92,9 @@ class SoftmaxCrossEntropy(Loss):
         nll = -xp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]  # (M,)
         # all ignored: total 0, then loss 0 and gradient 0 (0 / tiny); otherwise norm is total itself
         norm = xp.maximum(total, xp.finfo(pred.dtype).tiny)
-        # the bad-label flag and the loss in one copy to the host
-        any_bad, loss = backend.to_numpy(xp.stack([bad.any().astype(pred.dtype),
-                                                   (weights * nll).sum() / norm]))
+        # the bad-label flag, the loss and its normaliser in one copy to the host
+        any_bad, loss, self.normalizer = backend.to_numpy(xp.stack([
+            bad.any().astype(pred.dtype), (weights * nll).sum() / norm, total])).tolist()
         if any_bad:
             raise DataError(f"SoftmaxCrossEntropy targets must be in [0, {c}) or ignore_index "
                             f"{self.ignore_index}, got {int(labels[bad][0])}")

@@ -3,9 +3,13 @@ feature of ``(N, C)``), with PyTorch's semantics.
 
 Training: normalise with the batch mean and the *biased* batch variance, and update the running statistics
 with ``running = (1 - momentum) * running + momentum * batch`` using the *unbiased* variance. Eval: normalise
-with the running statistics. Parameters ``gamma`` (scale, ones) and ``beta`` (shift, zeros), both ``(C,)``;
-buffers ``running_mean`` (zeros) and ``running_var`` (ones), ``(C,)``. (PyTorch calls ``gamma``/``beta``
-``weight``/``bias``.)
+with the running statistics. With ``group_sum`` set (a function summing a ``(k,)`` array over the processes
+of data-parallel training, see :func:`xpvision.distributed.sync_batch_norm`), the batch statistics and the
+sums of the backward are those of the whole batch across the processes (ChainerMN's multi-node batch
+normalisation); the ``gamma``/``beta`` gradients stay this process's part, summed with the other gradients.
+
+Parameters ``gamma`` (scale, ones) and ``beta`` (shift, zeros), both ``(C,)``; buffers ``running_mean``
+(zeros) and ``running_var`` (ones), ``(C,)``. (PyTorch calls ``gamma``/``beta`` ``weight``/``bias``.)
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class _BatchNorm(Layer):
         self.add_param("beta", np.zeros(self.num_features, dtype=np.float32))
         self.buffers["running_mean"] = np.zeros(self.num_features, dtype=np.float32)
         self.buffers["running_var"] = np.ones(self.num_features, dtype=np.float32)
+        self.group_sum = None
         self._cache: tuple | None = None
 
     def config(self) -> dict[str, Any]:
@@ -53,30 +58,39 @@ class _BatchNorm(Layer):
         xp = backend.get_array_module(x2)
         gamma, beta = self.params["gamma"], self.params["beta"]
         if self.training:
-            m = x2.shape[0]
+            sums, m = self._group_sums(_channel_sum(x2), x2.shape[0])
             if m < 2:
                 raise ShapeError(f"{type(self).__name__} needs more than 1 value per channel in training, "
                                  f"got {m}")
-            mean = _channel_sum(x2) / m  # (C,)
+            mean = sums / m  # (C,)
             centred = _affine(x2, None, -mean)  # (M, C)
-            var = _channel_sum(centred * centred) / m  # (C,) biased
+            var = self._group_sums(_channel_sum(centred * centred))[0] / m  # (C,) biased
             inv_std = 1 / xp.sqrt(var + self.eps)
             running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
             running_mean *= 1 - self.momentum
             running_mean += self.momentum * mean
             running_var *= 1 - self.momentum
             running_var += (self.momentum * m / (m - 1)) * var
-            self._cache = (centred, inv_std, True)
+            self._cache = (centred, inv_std, m)
             return _affine(centred, gamma * inv_std, beta)
         inv_std = 1 / xp.sqrt(self.buffers["running_var"] + self.eps)
         scale = gamma * inv_std  # (C,)
-        self._cache = (x2, inv_std, False)
+        self._cache = (x2, inv_std, None)
         return _affine(x2, scale, beta - self.buffers["running_mean"] * scale)
+
+    def _group_sums(self, sums, count: int = 0):
+        """``(sums, count)`` over every process when :attr:`group_sum` is set, else as given."""
+        if self.group_sum is None:
+            return sums, count
+        xp = backend.get_array_module(sums)
+        total = self.group_sum(xp.concatenate([sums, xp.asarray([count], dtype=sums.dtype)]))
+        return total[:-1], round(float(total[-1]))
 
     def _backward_rows(self, dy2):
         """Gradient w.r.t. the input rows ``(M, C)`` from ``dy2`` ``(M, C)``; fills ``gamma``/``beta`` grads.
         """
-        x2, inv_std, training = self._cache
+        x2, inv_std, m = self._cache  # m: values per channel in the (whole) batch, None in eval mode
+        training = m is not None
         gamma = self.params["gamma"]
         dbeta = _channel_sum(dy2)  # (C,)
         if training:  # x2 is the centred input: xhat = x2 * inv_std
@@ -89,7 +103,10 @@ class _BatchNorm(Layer):
         scale = gamma * inv_std  # (C,)
         if not training:
             return _affine(dy2, scale, None)
-        m = dy2.shape[0]
+        if self.group_sum is not None:
+            c = self.num_features
+            total = self._group_sums(backend.get_array_module(dy2).concatenate([dbeta, dgamma]))[0]
+            dbeta, dgamma = total[:c], total[c:]
         # (gamma * inv_std / m) * (m * dy - dbeta - xhat * dgamma), xhat = centred * inv_std
         dx = _affine(x2, -scale * inv_std * dgamma / m, -scale * dbeta / m)  # (M, C)
         dx += _affine(dy2, scale, None)

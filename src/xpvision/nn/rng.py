@@ -5,13 +5,20 @@ with a seed derived from ``(seed, epoch)``). Initialisers always draw on the CPU
 result, so a seed gives the same weights on either device. Dropout masks are drawn on the device of the
 activations: a NumPy ``Generator`` on the CPU, a CuPy ``Generator`` on the GPU (seeded from the same seed, so
 runs are reproducible per device, though the CPU and GPU streams differ).
+
+Data-parallel training (:mod:`xpvision.distributed`) runs each process on part of every batch inside
+:func:`batch_part`, where a dropout mask is drawn for the whole batch and the process keeps its rows: the
+masks, and so the results, do not depend on the number of processes.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 
-_state: dict = {"seed": None, "cpu": np.random.default_rng(), "gpu": None}
+_state: dict = {"seed": None, "cpu": np.random.default_rng(), "gpu": None, "part": None}
 
 
 def manual_seed(seed: int) -> None:
@@ -35,9 +42,29 @@ def generator(xp=np):
     return _state["gpu"]
 
 
+@contextlib.contextmanager
+def batch_part(total: int, start: int) -> Iterator[None]:
+    """Inside, this process holds samples ``start:start + n`` of a batch of ``total``: :func:`uniform` draws
+    its ``(n, ...)`` batch-shaped samples as rows ``start:start + n`` of a ``(total, ...)`` draw."""
+    if not 0 <= start < total:
+        raise ValueError(f"batch part starting at {start} lies outside a batch of {total}")
+    previous, _state["part"] = _state["part"], (int(total), int(start))
+    try:
+        yield
+    finally:
+        _state["part"] = previous
+
+
 def uniform(shape: tuple[int, ...], xp=np, dtype=np.float32):
-    """Uniform samples in ``[0, 1)`` of ``shape`` and ``dtype`` on the device of ``xp``."""
-    return generator(xp).random(shape, dtype=dtype)
+    """Uniform samples in ``[0, 1)`` of ``shape`` (first axis the batch) and ``dtype`` on the device of
+    ``xp``; inside :func:`batch_part`, this process's rows of the whole batch's draw."""
+    part = _state["part"]
+    if part is None:
+        return generator(xp).random(shape, dtype=dtype)
+    total, start = part
+    if start + shape[0] > total:
+        raise ValueError(f"a draw of {shape[0]} rows from row {start} exceeds the batch of {total}")
+    return generator(xp).random((total, *shape[1:]), dtype=dtype)[start:start + shape[0]]
 
 
 def standard_normal(shape: tuple[int, ...], dtype=np.float32):

@@ -5,13 +5,18 @@ checkpoint (``checkpoints/<task>/``, DVC ``persist``) is named by a fingerprint 
 (:mod:`xpvision.stages.checkpoints`), so none of another configuration is resumed. Writes
 ``models/<task>/model.{npz,json}`` and ``reports/<task>/train.json``, ``history.csv``,
 ``training_curves.png``.
+
+With ``processes: K > 1`` the stage runs in K processes (:mod:`xpvision.distributed`): each reads its part of
+every batch, and the root (rank 0) alone writes the checkpoint, the model, the reports and the MLflow run
+(``processes`` logged), so K processes make one run; a run killed with K processes resumes with any number.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
-from xpvision import atomic, tasks, tracking
+from xpvision import atomic, distributed, tasks, tracking
 from xpvision.config import Params, TrainConfig, block_dict, data_task
 from xpvision.nn import rng
 from xpvision.stages import TaskPaths
@@ -39,17 +44,18 @@ def build_optimizer(cfg: TrainConfig, model: Any, report: Any | None):
 
 def run(params: Params, task: str) -> None:
     from xpvision import transfer
-    from xpvision.data.loader import DataLoader, Normalization
-    from xpvision.data.shards import ShardDataset
+    from xpvision.data.loader import Normalization
     from xpvision.data.subset import Subset, split_indices
     from xpvision.io import save_model
     from xpvision.train import Trainer
 
     cfg, paths, kind = params.train[task], TaskPaths(task), data_task(task)
-    with tracking.stage_run("train", paths.pipeline_run, params.tracking,
-                            data_paths=(str(paths.processed), str(paths.augmented))) as stage:
-        stage.log_params(block_dict(cfg))
-        augmented, originals = ShardDataset(paths.augmented), ShardDataset(paths.processed / "train")
+    comm = distributed.world(cfg.device)
+    tracked = tracking.stage_run("train", paths.pipeline_run, params.tracking,
+                                 data_paths=(str(paths.processed), str(paths.augmented)))
+    with tracked if comm.is_root else contextlib.nullcontext(tracking.Untracked()) as stage:
+        stage.log_params({**block_dict(cfg), "processes": comm.size})
+        augmented, originals = distributed.open_shards([paths.augmented, paths.processed / "train"], comm)
         train_idx, val_idx = split_indices(originals, augmented, cfg.val_fraction, cfg.seed)
         normalization = Normalization.from_meta(augmented.meta)
         height, width, channels = augmented.manifest["image_shape"]
@@ -63,21 +69,23 @@ def run(params: Params, task: str) -> None:
             source = TaskPaths(cfg.init_from).model_dir
             report = transfer.initialise_from(model, source, cfg.transfer_mode, cfg.freeze_layers)
             init_files, meta["init_from"] = [source / "model.npz", source / "model.json"], cfg.init_from
-            atomic.write_text(paths.reports / "transfer_init.md", report.to_markdown())
-            stage.log_artifact(paths.reports / "transfer_init.md")
+            if comm.is_root:
+                atomic.write_text(paths.reports / "transfer_init.md", report.to_markdown())
+                stage.log_artifact(paths.reports / "transfer_init.md")
         model.to(cfg.device)  # before the optimizer, which keeps views of the parameters
         optimizer, schedule = build_optimizer(cfg, model, report)
         key = fingerprint(cfg, [paths.augmented / "manifest.json",
                                 paths.processed / "train" / "manifest.json", *init_files])
         stage.set_tags({"xpvision.checkpoint": key})
         trainer = Trainer(model, tasks.build_task(kind, model, meta, cfg.class_weights), optimizer,
-                          epochs=cfg.epochs, checkpoint_path=checkpoint_path(paths, key), scheduler=schedule,
-                          seed=cfg.seed, grad_clip=cfg.grad_clip, callbacks=[stage])
-        history = trainer.fit(
-            DataLoader(Subset(augmented, train_idx), cfg.batch_size, shuffle=True, seed=cfg.seed,
-                       normalization=normalization, device=cfg.device),
-            DataLoader(Subset(originals, val_idx), cfg.batch_size, normalization=normalization,
-                       device=cfg.device))
+                          epochs=cfg.epochs, checkpoint_path=checkpoint_path(paths, key, comm),
+                          scheduler=schedule, seed=cfg.seed, grad_clip=cfg.grad_clip, callbacks=[stage],
+                          parallel=distributed.DataParallel(comm, model) if comm.size > 1 else None)
+        history = trainer.fit(*distributed.loaders(
+            Subset(augmented, train_idx), Subset(originals, val_idx), cfg.batch_size, comm, seed=cfg.seed,
+            normalization=normalization, device=cfg.device))
+        if not comm.is_root:
+            return
         save_model(paths.model_dir, model.to("cpu"), meta)
         summary = write_reports(paths, history, trainer.task.primary_metric)
         for path in (paths.model_dir / "model.json", paths.model_dir / "model.npz",

@@ -1,0 +1,128 @@
+"""Data-parallel training throughput: K processes of 1 thread each against 1 process of K threads.
+
+The DeepConvNet classifier (the pipeline's, batch-normalised or not) trains on random 1x28x28 images at a
+global batch of ``--batch``: each process runs its part of every batch and the gradients are all-reduced
+(:mod:`xpvision.distributed`, MPI through mpi4py). Throughput is samples per second over ``--steps`` timed
+steps after 3 warm-up steps; scaling efficiency is throughput(K processes) / (K x throughput(1 process, 1
+thread)). Each configuration runs ``--repeats`` times, interleaved with the others (so drifts of the machine's
+load hit them alike); the table shows the best step time of each.
+
+    python bench/bench_distributed.py                          # K = 1, 2 here
+    python bench/bench_distributed.py --processes 1 2 4 8      # a bigger machine
+    python bench/bench_distributed.py --device gpu --processes 1 2   # NCCL, one GPU per process
+
+Benchmarks are not tests: the numbers depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def worker(args) -> None:
+    """One process of a run (alone, or under mpiexec): time the steps, the root prints a JSON line."""
+    from xpvision import backend, distributed
+    from xpvision.data.loader import DataLoader, ListDataset
+    from xpvision.models import build_model
+    from xpvision.nn import parallel, rng
+    from xpvision.optim import Adam
+    from xpvision.tasks import ClassificationTask
+
+    comm = distributed.world(args.device)
+    parallel.set_num_threads(args.threads)
+    gen = np.random.default_rng(0)
+    samples = [{"image": gen.integers(0, 256, (28, 28, 1), dtype=np.uint8), "label": int(gen.integers(10))}
+               for _ in range(args.batch * (args.steps + 3))]
+    data = ListDataset(samples, [str(i) for i in range(10)])
+    rng.manual_seed(0)
+    model = build_model("deep_convnet", batch_norm=args.batch_norm).to(args.device)
+    task, optimizer = ClassificationTask(10), Adam(model, lr=1e-3)
+    if comm.size > 1:
+        loader = distributed.ShardedLoader(data, args.batch, rank=comm.rank, size=comm.size,
+                                           device=args.device)
+        hook = distributed.DataParallel(comm, model)
+    else:
+        loader, hook = DataLoader(data, args.batch, device=args.device), distributed.SingleProcess()
+    hook.synchronize(model)
+    model.train()
+    model.needs_input_grad = False
+    times = []
+    for step, batch in enumerate(loader):
+        comm.barrier()
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        _, dout, _ = hook.forward_loss(task, model, batch)
+        model.backward(dout)
+        hook.reduce_gradients(optimizer)
+        optimizer.step()
+        backend.synchronize()
+        comm.barrier()
+        if step >= 3:
+            times.append(time.perf_counter() - start)
+    if comm.is_root:
+        print(json.dumps({"processes": comm.size, "threads": args.threads,
+                          "step_s": float(np.median(times)), "samples_per_s": args.batch / np.median(times)}))
+
+
+def run(k: int, threads: int, args) -> dict:
+    command = [sys.executable, __file__, "--worker", "--threads", str(threads), "--batch", str(args.batch),
+               "--steps", str(args.steps), "--device", args.device]
+    if args.batch_norm:
+        command.append("--batch-norm")
+    if k > 1:
+        command = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(k), *command]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batch", type=int, default=128, help="global batch (default 128)")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-norm", action="store_true", help="DeepConvNet with BatchNorm (synchronised)")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    print(f"DeepConvNet{' + BatchNorm' if args.batch_norm else ''} training, global batch {args.batch}, "
+          f"{args.device}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    configs = [("1 process x 1 thread", 1, 1)]
+    for k in args.processes:
+        if k > 1:
+            configs.append((f"{k} processes x 1 thread", k, 1))
+            if args.device == "cpu":
+                configs.append((f"1 process x {k} threads", 1, k))
+    best: dict[str, dict] = {}
+    for _ in range(args.repeats):
+        for name, k, threads in configs:
+            result = run(k, threads, args)
+            if name not in best or result["step_s"] < best[name]["step_s"]:
+                best[name] = result
+    base = best[configs[0][0]]
+    print(f"{'run':<28}{'step ms':>10}{'samples/s':>12}{'speed-up':>10}{'efficiency':>12}")
+    for name, result in best.items():
+        k = result["processes"] * result["threads"] if args.device == "cpu" else result["processes"]
+        speedup = result["samples_per_s"] / base["samples_per_s"]
+        print(f"{name:<28}{1000 * result['step_s']:>10.1f}{result['samples_per_s']:>12.0f}{speedup:>10.2f}"
+              f"{speedup / k:>12.2f}")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Communicators: the collective operations data-parallel training needs, over MPI (mpi4py) or NCCL (CuPy).
+
+A communicator joins ``size`` processes; process ``rank`` 0 is the root. Operations are collective: every
+process calls them in the same order. Arrays are reduced in place:
+
+* :meth:`allreduce` sums a contiguous NumPy or CuPy array over the processes (float32/float64);
+* :meth:`bcast` overwrites it with the root's copy;
+* :meth:`allgather_arrays` gives every process the ``{name: NumPy array}`` dict of every process, in rank
+  order (sent as uncompressed ``.npz`` bytes, read back with ``allow_pickle=False``: nothing is pickled).
+
+:class:`MPICommunicator` moves CuPy arrays through host memory (no CUDA-aware MPI is assumed);
+:class:`NCCLCommunicator` reduces and broadcasts CuPy arrays with NCCL on the GPU of the process's local rank
+(ChainerMN's ``pure_nccl`` design) and uses MPI for everything on the host.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+from typing import Any
+
+import numpy as np
+
+from xpvision import backend
+from xpvision.errors import ConfigError
+
+MPI_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE")
+"""Environment variables that MPI launchers (MPICH/Hydra, Open MPI, MVAPICH, PMIx) set in every process."""
+
+
+def launched_size() -> int:
+    """The number of processes the MPI launcher started this process among (1 when not under ``mpiexec``).
+    """
+    for name in MPI_SIZE_VARIABLES:
+        value = os.environ.get(name)
+        if value and value.isdigit():
+            return int(value)
+    return 1
+
+
+class SingleCommunicator:
+    """One process: every collective is the identity."""
+
+    rank, size, local_rank, local_size = 0, 1, 0, 1
+
+    @property
+    def is_root(self) -> bool:
+        return True
+
+    def allreduce(self, array: Any) -> None:
+        pass
+
+    def bcast(self, array: Any) -> None:
+        pass
+
+    def allgather_arrays(self, arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        return [dict(arrays)]
+
+    def barrier(self) -> None:
+        pass
+
+    def abort(self, code: int) -> None:
+        os._exit(code)
+
+
+class MPICommunicator:
+    """MPI_COMM_WORLD through mpi4py; CuPy arrays are reduced through host copies."""
+
+    def __init__(self) -> None:
+        try:
+            from mpi4py import MPI
+        except ImportError as e:
+            raise ConfigError("training with processes > 1 needs mpi4py and an MPI library: "
+                              "pip install 'xpvision[distributed]'") from e
+        self.MPI = MPI
+        self.comm = MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        local = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
+        local.Free()
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def allreduce(self, array: Any) -> None:
+        host = backend.to_numpy(array)
+        self.comm.Allreduce(self.MPI.IN_PLACE, _contiguous(host), op=self.MPI.SUM)
+        if host is not array:
+            array[...] = backend.get_array_module(array).asarray(host)
+
+    def bcast(self, array: Any) -> None:
+        host = backend.to_numpy(array)
+        self.comm.Bcast(_contiguous(host), root=0)
+        if host is not array:
+            array[...] = backend.get_array_module(array).asarray(host)
+
+    def allgather_arrays(self, arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        from xpvision.data.shards import npz_bytes
+
+        data = np.frombuffer(npz_bytes(arrays), dtype=np.uint8)
+        sizes = np.zeros(self.size, dtype=np.int64)
+        self.comm.Allgather(np.array([data.size], dtype=np.int64), sizes)
+        received = np.empty(int(sizes.sum()), dtype=np.uint8)
+        self.comm.Allgatherv(data, [received, sizes.tolist()])
+        ends = np.cumsum(sizes)
+        result = []
+        for start, end in zip(ends - sizes, ends, strict=True):
+            with np.load(io.BytesIO(received[start:end].tobytes()), allow_pickle=False) as npz:
+                result.append({key: npz[key] for key in npz.files})
+        return result
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    def abort(self, code: int) -> None:
+        self.comm.Abort(code)
+
+
+class NCCLCommunicator(MPICommunicator):
+    """MPI on the host plus an NCCL communicator for CuPy arrays; process ``r`` drives GPU ``local_rank``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nccl = backend.nccl_module()
+        count = backend.gpu_count()
+        if self.local_size > count:
+            raise ConfigError(f"{self.local_size} processes on this host but only {count} GPUs: with "
+                              f"device 'gpu' each process needs its own GPU")
+        backend.use_gpu(self.local_rank)
+        unique_id = np.zeros(128, dtype=np.int64)
+        if self.rank == 0:
+            unique_id[:] = nccl.get_unique_id()
+        self.comm.Bcast(unique_id, root=0)
+        self.nccl = nccl
+        self.nccl_comm = nccl.NcclCommunicator(self.size, tuple(int(v) for v in unique_id), self.rank)
+
+    def _nccl_type(self, array: Any) -> int:
+        types = {np.dtype(np.float32): self.nccl.NCCL_FLOAT32, np.dtype(np.float64): self.nccl.NCCL_FLOAT64,
+                 np.dtype(np.int64): self.nccl.NCCL_INT64}
+        if array.dtype not in types:
+            raise TypeError(f"NCCL collectives take float32, float64 or int64 arrays, got {array.dtype}")
+        return types[array.dtype]
+
+    def allreduce(self, array: Any) -> None:
+        if not backend.is_gpu_array(array):
+            super().allreduce(array)
+            return
+        buf = _contiguous(array)
+        self.nccl_comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self._nccl_type(buf),
+                                 self.nccl.NCCL_SUM, backend.current_stream_ptr())
+
+    def bcast(self, array: Any) -> None:
+        if not backend.is_gpu_array(array):
+            super().bcast(array)
+            return
+        buf = _contiguous(array)
+        self.nccl_comm.bcast(buf.data.ptr, buf.size, self._nccl_type(buf), 0, backend.current_stream_ptr())
+
+
+def _contiguous(array: Any) -> Any:
+    if not array.flags.c_contiguous:
+        raise ValueError("collectives reduce contiguous arrays in place; got a non-contiguous view")
+    return array
+
+
+@functools.cache
+def world(device: str = "cpu") -> SingleCommunicator | MPICommunicator:
+    """The communicator of this process: single when not started by an MPI launcher, else MPI (NCCL for
+    ``device='gpu'``)."""
+    if launched_size() == 1:
+        return SingleCommunicator()
+    return NCCLCommunicator() if device == "gpu" else MPICommunicator()

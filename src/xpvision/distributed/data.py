@@ -1,0 +1,109 @@
+"""Which samples each process reads: its part of every global training batch, its block of the validation
+set.
+
+A global batch of ``B`` samples is split into ``size`` contiguous parts as evenly as possible (the first ``B %
+size`` processes hold one more sample), in the order the single-process loader would batch them; the shuffle
+order of an epoch depends on ``(seed, epoch)`` alone. Each process reads only its own samples from the shards:
+they are memory-mapped (``ShardDataset(..., mmap=True)``), and the processes check the shards' SHA-256
+together, each a share of them (:func:`verify_shards`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from xpvision.data.loader import DataLoader
+from xpvision.data.shards import ShardDataset, verify_shard
+from xpvision.errors import ConfigError
+
+
+def part_bounds(total: int, size: int, rank: int) -> tuple[int, int]:
+    """``(start, stop)`` of process ``rank``'s part of ``total`` items split over ``size`` processes."""
+    base, extra = divmod(total, size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+def verify_shards(dataset, rank: int, size: int) -> None:
+    """Check the SHA-256 of shards ``rank``, ``rank + size``, ... of a shard dataset against its manifest
+    (the processes verify the dataset together, each reading a share of it once)."""
+    for entry in dataset.manifest["shards"][rank::size]:
+        verify_shard(dataset.folder / entry["file"], entry["sha256"])
+
+
+def check_batches(samples: int, batch_size: int, size: int, what: str) -> None:
+    """Raise :class:`ConfigError` when some batch of ``samples`` in batches of ``batch_size`` has fewer
+    samples than there are processes (a process would hold none: batch normalisation and the gradient of
+    an empty part are undefined)."""
+    smallest = samples % batch_size or batch_size
+    if smallest < size:
+        raise ConfigError(f"{what}: processes {size} is larger than allowed: a batch of the {samples} "
+                          f"samples in batches of {batch_size} holds only {smallest} (each process needs at "
+                          f"least one sample of every batch); use at most {smallest} processes or change "
+                          f"batch_size")
+
+
+class ShardedLoader(DataLoader):
+    """A :class:`~xpvision.data.loader.DataLoader` yielding, of each global batch, the part of process
+    ``rank`` of ``size``. Each batch dict also holds ``global_batch``: ``(B, start)``, the global batch size
+    and the position of this part in it. ``len()`` is the number of global batches."""
+
+    def __init__(self, dataset, batch_size: int, *, rank: int, size: int, **kwargs) -> None:
+        super().__init__(dataset, batch_size, **kwargs)
+        check_batches(len(dataset) if not self.drop_last else len(self) * batch_size, batch_size, size,
+                      "training batches")
+        self.rank, self.size = rank, size
+
+    def __iter__(self):
+        order = self.order()
+        for b in range(len(self)):
+            indices = order[b * self.batch_size:(b + 1) * self.batch_size]
+            start, stop = part_bounds(len(indices), self.size, self.rank)
+            batch = self._batch(indices[start:stop])
+            batch["global_batch"] = (len(indices), start)
+            yield batch
+
+
+class Block:
+    """Samples ``start:stop`` of ``dataset`` (process ``rank``'s contiguous block of an evaluation set)."""
+
+    def __init__(self, dataset, rank: int, size: int) -> None:
+        if len(dataset) < size:
+            raise ConfigError(f"processes {size} is larger than allowed: the validation set holds only "
+                              f"{len(dataset)} samples (each process evaluates at least one)")
+        self.dataset = dataset
+        self.start, self.stop = part_bounds(len(dataset), size, rank)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for a block of {len(self)} samples")
+        return self.dataset[self.start + int(i)]
+
+
+def open_shards(folders: Sequence[Path], comm: Any) -> tuple[ShardDataset, ...]:
+    """The shard datasets in ``folders``, read lazily; with several processes memory-mapped (each reads its
+    own samples) and their SHA-256 checked by the processes together (:func:`verify_shards`)."""
+    shared = comm.size > 1
+    datasets = tuple(ShardDataset(folder, mmap=shared, verify=not shared) for folder in folders)
+    if shared:
+        for dataset in datasets:
+            verify_shards(dataset, comm.rank, comm.size)
+    return datasets
+
+
+def loaders(train_set: Any, val_set: Any, batch_size: int, comm: Any, *, seed: int,
+            **options: Any) -> tuple[DataLoader, DataLoader]:
+    """``(train loader, val loader)``: shuffled training batches seeded ``seed`` and validation batches; with
+    several processes, this process's part of every training batch and its block of the validation set.
+    ``options``: the loaders' ``normalization`` and ``device``."""
+    if comm.size == 1:
+        return (DataLoader(train_set, batch_size, shuffle=True, seed=seed, **options),
+                DataLoader(val_set, batch_size, **options))
+    return (ShardedLoader(train_set, batch_size, rank=comm.rank, size=comm.size, shuffle=True, seed=seed,
+                          **options),
+            DataLoader(Block(val_set, comm.rank, comm.size), batch_size, **options))
