@@ -1,5 +1,7 @@
 """MLflow tracking: parent and nested runs in a SQLite store and on a real ``mlflow server``, lineage tags,
-and what happens when the server is unreachable (``tracking.on_unreachable: fail | local``)."""
+run statuses (exception, SIGINT / SIGTERM, SIGKILL repaired later), dataset inputs, the model registry,
+system metrics, and what happens when the server is unreachable (``tracking.on_unreachable: fail | local``).
+The store a relative URI names is the project root's (``sqlite:///mlflow.db`` below is ``tmp_path``'s)."""
 
 import os
 import shutil
@@ -31,10 +33,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def absolute(uri: str) -> str:
+    """A relative SQLite URI made absolute from the working directory (MLflow caches stores by URI text)."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path.cwd() / uri.removeprefix('sqlite:///')}"
+    return uri
+
+
 def runs_by_name(uri: str, experiment: str) -> dict:
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=absolute(uri))
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"experiment {experiment} missing in {uri}"
     return {run.info.run_name: run for run in client.search_runs([found.experiment_id])}
@@ -69,7 +78,7 @@ def check_logged(uri: str, parent: tracking.PipelineRun) -> None:
         assert runs[name].data.tags["xpvision.stage"] == name
     train = runs["train"]
     assert train.data.params == {"lr": "0.01", "transforms": '[{"name": "Affine"}]'}
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=absolute(uri))
     history = client.get_metric_history(train.info.run_id, "train_loss")
     assert [(m.step, m.value) for m in history] == [(1, 0.9), (2, 0.5)]
     assert "history" not in train.data.metrics  # lists are not metrics
@@ -98,34 +107,11 @@ def test_failing_stage_marks_its_run_and_the_parent_failed(tmp_path, monkeypatch
     assert runs["detection pipeline"].info.status == "FAILED"
 
 
-def test_lineage_tags_come_from_dvc_lock(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    lock = {"schema": "2.0", "stages": {"download@classification": {"cmd": "x", "outs": [
-        {"path": "data/classification/processed", "md5": "abc123.dir", "hash": "md5"}]}}}
-    Path("dvc.lock").write_text(yaml.safe_dump(lock))
-    tags = tracking.dvc_lineage_tags(("data/classification/processed", "data/classification/augmented"))
-    assert tags == {"dvc.md5.data/classification/processed": "abc123.dir",
-                    "dvc.md5.data/classification/augmented": "unknown"}
-
-
-def test_git_tags_record_commit_and_dirty_flag(tmp_path):
-    def git(*args):
-        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
-
-    git("init", "-q")
-    (tmp_path / "f.txt").write_text("a")
-    git("add", "f.txt")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
-    tags = tracking.git_tags(tmp_path)
-    assert len(tags["mlflow.source.git.commit"]) == 40 and tags["xpvision.git_dirty"] == "false"
-    (tmp_path / "f.txt").write_text("b")
-    assert tracking.git_tags(tmp_path)["xpvision.git_dirty"] == "true"
-
-
 def test_environment_overrides_the_tracking_uri(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///from_env.db")
-    assert tracking.resolve_tracking_uri(config("sqlite:///from_params.db")) == "sqlite:///from_env.db"
+    assert tracking.resolve_tracking_uri(config("sqlite:///from_params.db")) == (
+        f"sqlite:///{tmp_path.resolve()}/from_env.db")  # relative: the project root's, made absolute
 
 
 def test_unreachable_server_fails_before_any_work(tmp_path, monkeypatch):
@@ -151,7 +137,7 @@ def test_unreachable_server_with_local_fallback_logs_locally(tmp_path, monkeypat
     dead = f"http://127.0.0.1:{free_port()}"
     cfg = config(dead, "local", local_uri="sqlite:///fallback.db")
     parent = log_a_pipeline(cfg, tmp_path)
-    assert parent.tracking_uri == "sqlite:///fallback.db"
+    assert parent.tracking_uri == f"sqlite:///{tmp_path.resolve()}/fallback.db"
     assert "unreachable" in capsys.readouterr().err
     check_logged("sqlite:///fallback.db", parent)
 
@@ -274,3 +260,160 @@ def test_two_processes_first_using_a_fresh_sqlite_store_both_succeed(tmp_path, m
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'fresh.db'}")
     experiment = client.get_experiment_by_name("test-classification")
     assert len(client.search_runs([experiment.experiment_id])) == 2
+
+
+# -- run statuses --------------------------------------------------------------------------------------------
+def test_exception_marks_the_run_failed_with_the_error_message(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = config("sqlite:///mlflow.db")
+    tracking.start_pipeline_run("classification", cfg, {}).write("run.json")
+    with pytest.raises(ValueError, match="bad shard"), tracking.stage_run("augment", "run.json", cfg):
+        raise ValueError("bad shard 3 in data/x")
+    run = runs_by_name("sqlite:///mlflow.db", "test-classification")["augment"]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["xpvision.error"] == "ValueError: bad shard 3 in data/x"
+
+
+STAGE_SCRIPT = """
+import sys, time
+from pathlib import Path
+from xpvision import tracking
+from xpvision.config import TrackingConfig
+
+cfg = TrackingConfig(uri="sqlite:///mlflow.db", experiment_prefix="test", on_unreachable="fail",
+                     local_uri="sqlite:///mlflow.db", connect_timeout_s=2.0, log_models=True)
+try:
+    with tracking.stage_run("train", "run.json", cfg):
+        Path("ready").write_text("")
+        time.sleep(300)
+except tracking.Terminated as e:
+    sys.exit(128 + e.signum)
+"""
+
+
+def start_stage_process(workdir: Path) -> subprocess.Popen:
+    """A process with an open ``train`` stage run (like ``xpvision train``), once it has opened the run."""
+    src = Path(__file__).resolve().parents[1] / "src"
+    process = subprocess.Popen([sys.executable, "-c", STAGE_SCRIPT], cwd=workdir, stderr=subprocess.PIPE,
+                               env={**os.environ, "PYTHONPATH": str(src)})
+    deadline = time.monotonic() + 120
+    while not (workdir / "ready").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"stage process did not open its run: {process.communicate()[1].decode()[-3000:]}")
+        time.sleep(0.2)
+    return process
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_marks_the_run_and_its_parent_killed(tmp_path, monkeypatch, sig):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.start_pipeline_run("classification", config("sqlite:///mlflow.db"), {}).write("run.json")
+    process = start_stage_process(tmp_path)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode in (128 + sig, -sig), stderr.decode()[-2000:]
+    runs = runs_by_name("sqlite:///mlflow.db", "test-classification")
+    assert runs["train"].info.status == "KILLED"
+    assert runs["train"].info.end_time is not None
+    assert runs["classification pipeline"].info.status == "KILLED"
+
+
+def test_run_left_running_by_sigkill_is_marked_when_the_stage_next_starts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = config("sqlite:///mlflow.db")
+    parent = tracking.start_pipeline_run("classification", cfg, {})
+    parent.write("run.json")
+    process = start_stage_process(tmp_path)
+    process.kill()
+    process.wait()
+    abandoned = runs_by_name("sqlite:///mlflow.db", "test-classification")["train"]
+    assert abandoned.info.status == "RUNNING"  # nothing could close it
+    with tracking.stage_run("evaluate", "run.json", cfg):  # another stage leaves it alone
+        pass
+    assert runs_by_name("sqlite:///mlflow.db", "test-classification")["train"].info.status == "RUNNING"
+    with tracking.stage_run("train", "run.json", cfg) as again:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(absolute("sqlite:///mlflow.db"))
+        repaired = client.get_run(abandoned.info.run_id)
+        assert repaired.info.status == "KILLED"
+        assert f"process {process.pid}" in repaired.data.tags["xpvision.error"]
+        assert client.get_run(parent.run_id).info.status == "RUNNING"  # reopened by the stage running again
+        # a run of a live process (this one, open right now) is never taken for an abandoned one
+        assert tracking.mark_abandoned_runs(client, parent.experiment_id, "classification", "train") == []
+        assert client.get_run(again.run_id).info.status == "RUNNING"
+    assert client.get_run(again.run_id).info.status == "FINISHED"
+
+
+# -- what the MLflow UI shows --------------------------------------------------------------------------------
+def test_experiments_are_tagged_as_model_training(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client = MlflowClient(absolute("sqlite:///mlflow.db"))
+    client.create_experiment("test-detection")  # made earlier, without the tag
+    tracking.start_pipeline_run("detection", config("sqlite:///mlflow.db"), {})
+    tags = client.get_experiment_by_name("test-detection").tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_data_a_stage_read_are_dataset_inputs_with_dvc_digests(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    md5 = "0123456789abcdef0123456789abcdef.dir"
+    lock = {"schema": "2.0", "stages": {"download@classification": {"cmd": "x", "outs": [
+        {"path": "data/classification/processed", "md5": md5, "hash": "md5"}]}}}
+    Path("dvc.lock").write_text(yaml.safe_dump(lock))
+    cfg = config("sqlite:///mlflow.db")
+    tracking.start_pipeline_run("classification", cfg, {}).write("run.json")
+    with tracking.stage_run("train", "run.json", cfg,
+                            data_paths=("data/classification/processed", "data/classification/augmented")):
+        pass
+    run = runs_by_name("sqlite:///mlflow.db", "test-classification")["train"]
+    inputs = run.inputs.dataset_inputs
+    assert [(i.dataset.name, i.dataset.digest, i.dataset.source_type) for i in inputs] == [
+        ("data/classification/processed", md5, "dvc")]  # augmented: not hashed by DVC yet, left out
+    assert {t.key: t.value for t in inputs[0].tags} == {"mlflow.data.context": "train"}
+    assert run.data.tags["dvc.md5.data/classification/augmented"] == "unknown"
+
+
+def test_registered_version_carries_metrics_and_the_candidate_alias(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = config("sqlite:///mlflow.db")
+    tracking.start_pipeline_run("classification", cfg, {}).write("run.json")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "MLmodel").write_text("flavors: {}\n")
+    versions = []
+    for accuracy in (0.9, 0.95):
+        with tracking.stage_run("export", "run.json", cfg, final=True) as stage:
+            stage.log_artifact(tmp_path / "model", "mlflow_model")
+            versions.append(stage.register_model("test-classification", "mlflow_model",
+                                                 {"test_accuracy": accuracy, "test_loss": 0.25,
+                                                  "figures": [1, 2]}))
+    assert versions == ["1", "2"]
+    client = MlflowClient(absolute("sqlite:///mlflow.db"))
+    candidate = client.get_model_version_by_alias("test-classification", "candidate")
+    assert str(candidate.version) == "2"
+    assert candidate.tags == {"test_accuracy": "0.95", "test_loss": "0.25"}
+    assert candidate.source.endswith("mlflow_model")
+    assert candidate.run_id == stage.run_id
+
+
+def test_system_metrics_are_logged_while_the_block_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    cfg = config("sqlite:///mlflow.db")
+    tracking.start_pipeline_run("classification", cfg, {}).write("run.json")
+    with tracking.stage_run("train", "run.json", cfg) as stage, stage.system_metrics():
+        time.sleep(2.5)
+    metrics = runs_by_name("sqlite:///mlflow.db", "test-classification")["train"].data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics)

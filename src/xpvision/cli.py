@@ -2,7 +2,8 @@
 a trained model on image files.
 
 Errors a user can cause (:class:`~xpvision.errors.XPVisionError`: bad params, bad files) are printed as one
-line without a traceback and exit with status 2.
+line without a traceback and exit with status 2. A stage ended by SIGTERM (its MLflow run closed as KILLED)
+exits with status 143, as a process killed by the signal would.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 
 from xpvision.config import BASE_TASKS, TASKS, load_params
 from xpvision.errors import XPVisionError
+from xpvision.tracking import Terminated
 
 EXIT_USER_ERROR = 2
 
@@ -73,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except XPVisionError as e:
         print(f"xpvision {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Terminated as e:
+        print(f"xpvision {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum
     return 0
 
 

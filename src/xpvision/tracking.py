@@ -1,17 +1,24 @@
 """MLflow tracking for the pipeline: the only module importing ``mlflow`` (lazily: the import takes seconds).
 
-Runs are organised as one experiment per task (``<prefix>-<task>``), one *parent run* per pipeline execution
-of that task, and one *nested run* per stage. DVC starts each stage as its own process, so the parent run id
-travels in ``reports/<task>/pipeline_run.json``, written by the task's ``start_run`` stage and read by the
-task's other stages (see dvc.yaml and README, "How MLflow runs map onto DVC stages").
+Runs are organised as one experiment per task (``<prefix>-<task>``, tagged as a model-training experiment so
+the MLflow UI opens on its runs), one *parent run* per pipeline execution of that task, and one *nested run*
+per stage. DVC starts each stage as its own process, so the parent run id travels in
+``reports/<task>/pipeline_run.json``, written by the task's ``start_run`` stage and read by the task's other
+stages (see dvc.yaml and README, "How MLflow runs map onto DVC stages").
 
 Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``tracking.uri`` from params.yaml (``sqlite:///mlflow.db``).
-For SQLite stores the artifacts of experiment ``E`` go to ``mlartifacts/E`` beside the database file. A remote
-server that does not answer within ``tracking.connect_timeout_s``, or answers its REST API with errors (a
-broken backend store), stops the stage *before any work* with
-:class:`TrackingError` (``on_unreachable: fail``) or switches to ``tracking.local_uri`` with a warning
-(``on_unreachable: local``), so no training result is ever computed and then lost. Processes that first use
-a fresh SQLite store at the same time create its tables one at a time (a file lock beside it).
+A relative SQLite path is taken from the project root (:func:`xpvision.provenance.project_root`), never from
+a temporary copy made by ``dvc exp run --temp`` / ``--queue``, so every way of running the pipeline logs to
+the same store. For SQLite stores the artifacts of experiment ``E`` go to ``mlartifacts/E`` beside the
+database file. A remote server that does not answer within ``tracking.connect_timeout_s``, or answers its REST
+API with errors (a broken backend store), stops the stage *before any work* with :class:`TrackingError`
+(``on_unreachable: fail``) or switches to ``tracking.local_uri`` with a warning (``on_unreachable: local``),
+so no training result is ever computed and then lost. Processes that first use a fresh SQLite store at the
+same time create its tables one at a time (a file lock beside it).
+
+Run status: a stage run ends FINISHED; FAILED with the error in the tag ``xpvision.error`` when the stage
+raises; KILLED on SIGINT or SIGTERM. A run left RUNNING by a process that cannot clean up (SIGKILL, power
+loss) is marked KILLED when the same stage of the same task next starts on that host.
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ import fcntl
 import json
 import math
 import os
-import subprocess
+import signal
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,24 +39,36 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from xpvision import atomic
+from xpvision import atomic, provenance
 from xpvision.config import TrackingConfig
 from xpvision.errors import DataError, XPVisionError
 
 PARENT_TAG = "mlflow.parentRunId"
+ERROR_TAG = "xpvision.error"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
+MAX_TAG_LENGTH = 5000  # under MLflow's limit on a tag value
+# Opens an experiment on its training runs and charts in the MLflow 3 UI (not the GenAI traces overview).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+CANDIDATE_ALIAS = "candidate"
 
 
 class TrackingError(XPVisionError, RuntimeError):
     """The MLflow tracking store cannot be reached or refuses a request."""
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived while a stage run was open (raised by the handler :func:`stage_run` installs)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
 # -- tracking URI --------------------------------------------------------------------------------------------
 def resolve_tracking_uri(cfg: TrackingConfig) -> str:
-    """The tracking URI to log to, after the environment override and the reachability check."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+    """The tracking URI to log to, after the environment override and the reachability check; a relative
+    SQLite path is made absolute from the project root."""
+    uri = anchored(os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri)
     if not uri.startswith(("http://", "https://")):
         return uri
     problem = _server_problem(uri, cfg.connect_timeout_s)
@@ -59,9 +79,17 @@ def resolve_tracking_uri(cfg: TrackingConfig) -> str:
             f"MLflow tracking server {uri} is unreachable ({problem}); nothing was run. Start the server, "
             f"unset MLFLOW_TRACKING_URI, or set tracking.on_unreachable: local in params.yaml to log to "
             f"{cfg.local_uri} instead")
-    print(f"warning: MLflow tracking server {uri} is unreachable ({problem}); logging to {cfg.local_uri}",
+    local = anchored(cfg.local_uri)
+    print(f"warning: MLflow tracking server {uri} is unreachable ({problem}); logging to {local}",
           file=sys.stderr)
-    return cfg.local_uri
+    return local
+
+
+def anchored(uri: str) -> str:
+    """``uri`` with a relative SQLite path (``sqlite:///mlflow.db``) made absolute from the project root."""
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:////"):
+        return uri
+    return f"sqlite:///{provenance.project_root() / uri.removeprefix('sqlite:///')}"
 
 
 def _server_problem(uri: str, timeout_s: float) -> str | None:
@@ -104,18 +132,33 @@ def _client(uri: str):
 
 
 def _experiment_id(client, uri: str, name: str) -> str:
+    """The id of experiment ``name``, created (or completed) with the model-training kind tag."""
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
-    except MlflowException:  # another process created it since the look-up
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=_artifact_location(uri, name),
+                                            tags=EXPERIMENT_KIND)
+        except MlflowException:  # another process created it since the look-up
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    for key, value in EXPERIMENT_KIND.items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+def _lineage_tags() -> dict[str, str]:
+    """Git commit and dirty flag, DVC experiment name and baseline."""
+    return {**provenance.git_tags(), **provenance.experiment_tags()}
+
+
+def _run_name(name: str) -> str:
+    """``name``, followed by the DVC experiment's name inside ``dvc exp run``."""
+    experiment = provenance.experiment_tags().get("dvc.exp.name")
+    return f"{name} ({experiment})" if experiment else name
 
 
 # -- parent run ----------------------------------------------------------------------------------------------
@@ -149,8 +192,8 @@ def start_pipeline_run(task: str, cfg: TrackingConfig, params: Mapping[str, Any]
     client = _client(uri)
     name = f"{cfg.experiment_prefix}-{task}"
     experiment_id = _experiment_id(client, uri, name)
-    run = client.create_run(experiment_id, run_name=f"{task} pipeline", tags={
-        "xpvision.task": task, "xpvision.kind": "pipeline", **git_tags()})
+    run = client.create_run(experiment_id, run_name=_run_name(f"{task} pipeline"), tags={
+        "xpvision.task": task, "xpvision.kind": "pipeline", **_lineage_tags()})
     _log_params(client, run.info.run_id, params)
     return PipelineRun(task=task, run_id=run.info.run_id, experiment_id=experiment_id, experiment_name=name,
                        tracking_uri=uri)
@@ -160,9 +203,10 @@ def start_pipeline_run(task: str, cfg: TrackingConfig, params: Mapping[str, Any]
 class StageRun:
     """A nested MLflow run for one stage; built by :func:`stage_run`."""
 
-    def __init__(self, client, run_id: str) -> None:
+    def __init__(self, client, run_id: str, experiment_id: str) -> None:
         self.client = client
         self.run_id = run_id
+        self.experiment_id = experiment_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log a (nested) mapping as flat dotted parameter names."""
@@ -173,8 +217,7 @@ class StageRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        entries = [Metric(key, float(value), now, step or 0) for key, value in _flatten(metrics).items()
-                   if _is_number(value) and math.isfinite(float(value))]
+        entries = [Metric(key, float(value), now, step or 0) for key, value in _numbers(metrics).items()]
         for start in range(0, len(entries), 1000):
             self.client.log_batch(self.run_id, metrics=entries[start:start + 1000])
 
@@ -194,28 +237,81 @@ class StageRun:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
+    def log_datasets(self, hashes: Mapping[str, str], context: str) -> None:
+        """The data this stage read as MLflow dataset inputs: named after the DVC output (``data/<task>/
+        processed``), the DVC md5 as digest, ``context`` (the stage) as the input's context. Outputs DVC has
+        not hashed yet are left out (their ``dvc.md5.*`` tags say ``unknown``)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = [DatasetInput(Dataset(name=path, digest=md5, source_type="dvc",
+                                       source=json.dumps({"path": path, "md5": md5})),
+                               tags=[InputTag("mlflow.data.context", context)])
+                  for path, md5 in hashes.items() if md5 != "unknown"]
+        if inputs:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+
+    def register_model(self, name: str, artifact_path: str, metrics: Mapping[str, Any]) -> str:
+        """Register the MLflow model logged at ``artifact_path`` of this run as a new version of ``name``,
+        with ``metrics`` (the evaluation results) as the version's tags and the alias ``candidate`` moved
+        onto it; return the version number."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as e:  # made by an earlier run, or by another pipeline at the same moment
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        tags = {key: f"{value:.6g}" for key, value in _numbers(metrics).items()}
+        version = self.client.create_model_version(name, f"runs:/{self.run_id}/{artifact_path}",
+                                                   run_id=self.run_id, tags=tags)
+        self.client.set_registered_model_alias(name, CANDIDATE_ALIAS, version.version)
+        return str(version.version)
+
+    @contextlib.contextmanager
+    def system_metrics(self, interval_s: float = 10.0) -> Iterator[None]:
+        """Log MLflow's system metrics (``system/cpu_utilization_percentage``, memory, disk, network, and
+        GPU where available) every ``interval_s`` seconds while the block runs
+        (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` overrides the interval)."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s,
+                                       tracking_uri=self.client.tracking_uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
 
 @contextlib.contextmanager
 def stage_run(stage: str, pipeline_file: str | Path, cfg: TrackingConfig, *, data_paths: tuple[str, ...] = (),
               final: bool = False) -> Iterator[StageRun]:
     """Open the nested run of ``stage`` under the parent run recorded in ``pipeline_file``.
 
-    Tags: stage, task, git commit and dirty flag, and the DVC md5 of every path in ``data_paths`` (from
-    ``dvc.lock``). The run ends FINISHED, or FAILED if the block raises (the parent is marked FAILED too);
-    ``final`` marks the parent FINISHED when this (the task's last) stage succeeds. When the parent run is not
-    in the store (a fresh clone, another server), the stage run is logged at the top level, tagged with the
-    parent id.
+    Tags: stage, task, git commit and dirty flag, DVC experiment name, the process (host, pid) and the DVC
+    md5 of every path in ``data_paths`` (from ``dvc.lock``), which are also logged as dataset inputs. Runs of
+    the same stage and task left RUNNING by a process that no longer exists are marked KILLED first. The run
+    ends FINISHED, FAILED (exception; ``xpvision.error`` holds the message) or KILLED (SIGINT, SIGTERM), and
+    the parent with it; ``final`` marks the parent FINISHED when this (the task's last) stage succeeds. When
+    the parent run is not in the store (a fresh clone, another server), the stage run is logged at the top
+    level, tagged with the parent id.
     """
     parent = PipelineRun.read(pipeline_file)
     uri = resolve_tracking_uri(cfg)
     client = _client(uri)
     experiment_id = _experiment_id(client, uri, parent.experiment_name)
+    mark_abandoned_runs(client, experiment_id, parent.task, stage)
+    hashes = provenance.dvc_output_hashes(data_paths)
     tags = {"xpvision.task": parent.task, "xpvision.stage": stage, "xpvision.kind": "stage",
-            "xpvision.pipeline_run": parent.run_id, **git_tags(), **dvc_lineage_tags(data_paths)}
+            "xpvision.pipeline_run": parent.run_id, **_lineage_tags(),
+            **{f"dvc.md5.{path}": md5 for path, md5 in hashes.items()}}
     parent_id = parent.run_id if _run_exists(client, parent.run_id) else None
     if parent_id is not None:
         tags[PARENT_TAG] = parent_id
+        if client.get_run(parent_id).info.status != "RUNNING":  # a stage runs again under it
+            client.update_run(parent_id, status="RUNNING")
     with _logged_run(client, experiment_id, stage, tags, parent_id, final) as run:
+        run.log_datasets(hashes, stage)
         yield run
 
 
@@ -223,30 +319,98 @@ def stage_run(stage: str, pipeline_file: str | Path, cfg: TrackingConfig, *, dat
 def standalone_run(name: str, experiment_task: str, cfg: TrackingConfig, *,
                    data_paths: tuple[str, ...] = ()) -> Iterator[StageRun]:
     """A top-level run ``name`` in experiment ``<prefix>-<experiment_task>`` (a stage outside the tasks'
-    pipelines, such as the transfer-learning report), with the same tags as :func:`stage_run`."""
+    pipelines, such as the transfer-learning report), with the same tags and statuses as :func:`stage_run`."""
     uri = resolve_tracking_uri(cfg)
     client = _client(uri)
     experiment_id = _experiment_id(client, uri, f"{cfg.experiment_prefix}-{experiment_task}")
-    tags = {"xpvision.task": experiment_task, "xpvision.stage": name, "xpvision.kind": "stage", **git_tags(),
-            **dvc_lineage_tags(data_paths)}
+    mark_abandoned_runs(client, experiment_id, experiment_task, name)
+    hashes = provenance.dvc_output_hashes(data_paths)
+    tags = {"xpvision.task": experiment_task, "xpvision.stage": name, "xpvision.kind": "stage",
+            **_lineage_tags(), **{f"dvc.md5.{path}": md5 for path, md5 in hashes.items()}}
     with _logged_run(client, experiment_id, name, tags, None, False) as run:
+        run.log_datasets(hashes, name)
         yield run
 
 
 @contextlib.contextmanager
 def _logged_run(client, experiment_id: str, name: str, tags: dict[str, str], parent_id: str | None,
                 final: bool) -> Iterator[StageRun]:
-    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    run = client.create_run(experiment_id, run_name=_run_name(name),
+                            tags={**tags, **provenance.process_tags()})
+    run_id = run.info.run_id
     try:
-        yield StageRun(client, run.info.run_id)
-    except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
-        if parent_id is not None:
-            client.set_terminated(parent_id, "FAILED")
+        with _sigterm_raises():
+            yield StageRun(client, run_id, experiment_id)
+    except BaseException as e:
+        status = "KILLED" if isinstance(e, KeyboardInterrupt | Terminated) else "FAILED"
+        message = "interrupted by SIGINT" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        with _signals_held():  # a second Ctrl-C must not leave the run open
+            client.set_tag(run_id, ERROR_TAG, message[:MAX_TAG_LENGTH])
+            client.set_terminated(run_id, status)
+            if parent_id is not None:
+                client.set_terminated(parent_id, status)
         raise
-    client.set_terminated(run.info.run_id, "FINISHED")
+    client.set_terminated(run_id, "FINISHED")
     if final and parent_id is not None:
         client.set_terminated(parent_id, "FINISHED")
+
+
+def mark_abandoned_runs(client, experiment_id: str, task: str, stage: str) -> list[str]:
+    """Mark KILLED the runs of ``stage`` of ``task`` still RUNNING although the process that opened them on
+    this host has ended (SIGKILL, a crash of the machine); their parent runs too. Return their ids.
+
+    Runs of live processes (another pipeline running the same stage at this moment) and of other hosts are
+    left alone.
+    """
+    filter_string = (f"attributes.status = 'RUNNING' and tags.`xpvision.task` = '{task}' "
+                     f"and tags.`xpvision.stage` = '{stage}'")
+    marked = []
+    for run in client.search_runs([experiment_id], filter_string=filter_string):
+        tags = run.data.tags
+        if not provenance.process_gone(tags):
+            continue
+        client.set_tag(run.info.run_id, ERROR_TAG,
+                       f"process {tags['xpvision.pid']} on {tags['xpvision.host']} ended without closing the "
+                       "run (killed); marked when the stage next started")
+        client.set_terminated(run.info.run_id, "KILLED")
+        parent_id = tags.get(PARENT_TAG)
+        if parent_id is not None and _run_exists(client, parent_id) and (
+                client.get_run(parent_id).info.status == "RUNNING"):
+            client.set_terminated(parent_id, "KILLED")
+        marked.append(run.info.run_id)
+    return marked
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the block runs (in the main thread), SIGTERM raises :class:`Terminated` instead of ending the
+    process on the spot, so the run can be closed as KILLED."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored while the block runs (main thread only), then restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run_exists(client, run_id: str) -> bool:
@@ -256,36 +420,6 @@ def _run_exists(client, run_id: str) -> bool:
         return client.get_run(run_id).info.lifecycle_stage == "active"
     except MlflowException:
         return False
-
-
-# -- lineage -------------------------------------------------------------------------------------------------
-def git_tags(cwd: str | Path = ".") -> dict[str, str]:
-    """``mlflow.source.git.commit`` and ``xpvision.git_dirty`` (tracked files modified); empty outside git."""
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True)
-        return done.stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.CalledProcessError):
-        return {}
-    return {"mlflow.source.git.commit": commit, "xpvision.git_dirty": str(dirty).lower()}
-
-
-def dvc_lineage_tags(paths: tuple[str, ...], lock_path: str | Path = "dvc.lock") -> dict[str, str]:
-    """``dvc.md5.<path>``: the md5 DVC recorded in ``dvc.lock`` for each path (an earlier stage's output).
-
-    A stage's own entry in dvc.lock is written only after it succeeds, so the hashes of the data it reads are
-    taken from the stages that produced them. Paths DVC has not recorded yet are tagged ``unknown``.
-    """
-    hashes: dict[str, str] = {}
-    with contextlib.suppress(FileNotFoundError):
-        lock = yaml.safe_load(Path(lock_path).read_text(encoding="utf-8")) or {}
-        for entry in (lock.get("stages") or {}).values():
-            for out in entry.get("outs") or ():
-                hashes[out["path"]] = out.get("md5", "unknown")
-    return {f"dvc.md5.{path}": hashes.get(path, "unknown") for path in paths}
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
@@ -311,6 +445,12 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def _numbers(values: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numeric entries of a (nested) mapping, flattened to dotted names."""
+    return {key: float(value) for key, value in _flatten(values).items()
+            if _is_number(value) and math.isfinite(float(value))}
 
 
 def _is_number(value: Any) -> bool:
@@ -368,3 +508,7 @@ class Untracked:
     def set_tags(self, tags: dict) -> None: ...
     def log_artifact(self, path: Any, artifact_path: str | None = None) -> None: ...
     def on_epoch_end(self, epoch: int, metrics: dict) -> None: ...
+
+    @contextlib.contextmanager
+    def system_metrics(self, interval_s: float = 10.0) -> Iterator[None]:
+        yield

@@ -7,10 +7,15 @@
   predictions on the same images must equal those of :func:`xpvision.export.inference.predict`.
 * ``reports/<task>/export.json``: the measured error (DVC metrics).
 
-This is the task's last stage: it marks the pipeline's parent MLflow run FINISHED.
+With ``tracking.log_models``, the pyfunc model is logged and registered as a new version of the MLflow
+registered model ``<prefix>-<task>`` carrying the test metrics of ``reports/<task>/metrics.json`` (the evaluate
+stage's, a dependency of this stage) as tags, with the alias ``candidate`` moved onto it. This is the task's
+last stage: it marks the pipeline's parent MLflow run FINISHED.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 
@@ -27,7 +32,8 @@ def run(params: Params, task: str) -> None:
 
     cfg = params.export[task]
     paths = TaskPaths(task)
-    with tracking.stage_run("export", paths.pipeline_run, params.tracking, final=True) as stage:
+    with tracking.stage_run("export", paths.pipeline_run, params.tracking, final=True,
+                            data_paths=(str(paths.processed),)) as stage:
         stage.log_params(block_dict(cfg))
         model, meta = load_trained_model(paths.model_dir)
         test_set = ShardDataset(paths.processed / "test")
@@ -49,10 +55,15 @@ def run(params: Params, task: str) -> None:
         atomic.write_json(paths.reports / "export.json", report)
         stage.log_metrics(report)
         stage.log_artifact(paths.model_dir / "model.onnx", "model")
+        registered = ""
         if params.tracking.log_models:
             stage.log_artifact(pyfunc_dir, "mlflow_model")
+            metrics = json.loads((paths.reports / "metrics.json").read_text(encoding="utf-8"))
+            name = f"{params.tracking.experiment_prefix}-{task}"
+            version = stage.register_model(name, "mlflow_model", {f"test_{k}": v for k, v in metrics.items()})
+            registered = f", registered as {name} version {version} (@{tracking.CANDIDATE_ALIAS})"
         print(f"{task}: ONNX opset {cfg.opset} max abs error {error:.2e} on {count} test images; "
-              f"MLflow model {pyfunc_dir}")
+              f"MLflow model {pyfunc_dir}{registered}")
 
 
 def check_pyfunc(pyfunc_dir, model, meta: dict, pixels: np.ndarray) -> None:

@@ -81,9 +81,10 @@ def run(params: Params, task: str) -> None:
                           epochs=cfg.epochs, checkpoint_path=checkpoint_path(paths, key, comm),
                           scheduler=schedule, seed=cfg.seed, grad_clip=cfg.grad_clip, callbacks=[stage],
                           parallel=distributed.DataParallel(comm, model) if comm.size > 1 else None)
-        history = trainer.fit(*distributed.loaders(
-            Subset(augmented, train_idx), Subset(originals, val_idx), cfg.batch_size, comm, seed=cfg.seed,
-            normalization=normalization, device=cfg.device))
+        with stage.system_metrics():  # CPU, memory (and GPU) use while training, in the MLflow run
+            history = trainer.fit(*distributed.loaders(
+                Subset(augmented, train_idx), Subset(originals, val_idx), cfg.batch_size, comm,
+                seed=cfg.seed, normalization=normalization, device=cfg.device))
         if not comm.is_root:
             return
         save_model(paths.model_dir, model.to("cpu"), meta)
