@@ -6,7 +6,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 export PATH := $(BIN):$(PATH)
 
-.PHONY: pipeline test lint bench fashion-mnist clean-venv gpu-check
+.PHONY: pipeline test lint bench fashion-mnist clean-venv gpu-check tracking-server tracking-server-stop
 
 $(VENV)/.pipeline: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,14 @@ lint: $(VENV)/.test
 ## Benchmarks against PyTorch on this machine (not part of the tests).
 bench: $(VENV)/.test
 	$(BIN)/python bench/bench_convnet.py
+
+## The team's MLflow server: PostgreSQL + `mlflow server` on 127.0.0.1 (scripts/tracking-server documents it).
+tracking-server: $(VENV)/.pipeline
+	$(BIN)/pip install -q -e '.[team]'
+	scripts/tracking-server start
+
+tracking-server-stop:
+	scripts/tracking-server stop
 
 clean-venv:
 	rm -rf $(VENV)

@@ -79,6 +79,7 @@ def test_process_gone_tells_a_live_process_from_an_ended_one():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     assert provenance.process_gone({**tags, "xpvision.pid": str(child.pid)})
-    assert provenance.process_gone({**tags, "xpvision.pid_start": "1.000"})  # the pid now names another process
-    assert not provenance.process_gone({**tags, "xpvision.host": "another-host", "xpvision.pid": str(child.pid)})
+    assert provenance.process_gone({**tags, "xpvision.pid_start": "1.000"})  # the pid names another process
+    other_host = {**tags, "xpvision.host": "another-host", "xpvision.pid": str(child.pid)}
+    assert not provenance.process_gone(other_host)
     assert not provenance.process_gone({})

@@ -8,9 +8,9 @@
 * ``reports/<task>/export.json``: the measured error (DVC metrics).
 
 With ``tracking.log_models``, the pyfunc model is logged and registered as a new version of the MLflow
-registered model ``<prefix>-<task>`` carrying the test metrics of ``reports/<task>/metrics.json`` (the evaluate
-stage's, a dependency of this stage) as tags, with the alias ``candidate`` moved onto it. This is the task's
-last stage: it marks the pipeline's parent MLflow run FINISHED.
+registered model ``<prefix>-<task>`` carrying the test metrics of ``reports/<task>/metrics.json`` (the
+evaluate stage's, a dependency of this stage) as tags, with the alias ``candidate`` moved onto it. This is
+the task's last stage: it marks the pipeline's parent MLflow run FINISHED.
 """
 
 from __future__ import annotations
