@@ -156,7 +156,8 @@ def _lineage_tags() -> dict[str, str]:
 
 
 def _run_name(name: str) -> str:
-    """``name``, followed by the DVC experiment's name inside ``dvc exp run``."""
+    """``name``, followed by the DVC experiment's name inside ``dvc exp run`` (parent runs; stage runs keep
+    the stage's name and carry the experiment in their ``dvc.exp.name`` tag)."""
     experiment = provenance.experiment_tags().get("dvc.exp.name")
     return f"{name} ({experiment})" if experiment else name
 
@@ -335,8 +336,7 @@ def standalone_run(name: str, experiment_task: str, cfg: TrackingConfig, *,
 @contextlib.contextmanager
 def _logged_run(client, experiment_id: str, name: str, tags: dict[str, str], parent_id: str | None,
                 final: bool) -> Iterator[StageRun]:
-    run = client.create_run(experiment_id, run_name=_run_name(name),
-                            tags={**tags, **provenance.process_tags()})
+    run = client.create_run(experiment_id, run_name=name, tags={**tags, **provenance.process_tags()})
     run_id = run.info.run_id
     try:
         with _sigterm_raises():
