@@ -28,7 +28,7 @@ import numpy as np
 
 from xpvision import backend
 from xpvision.nn import functional as F
-from xpvision.nn.parallel import run_chunks
+from xpvision.nn.parallel import ordered_sum, run_chunks
 
 DEAD = 4
 """Added to a pool index where the fused ReLU zeroed the output: such a position receives no gradient."""
@@ -370,17 +370,18 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
         dconv_block = conv_output_grad(start, stop, worker)
         for s in range(0, stop - start, chunk):
             e = min(s + chunk, stop - start)
-            chunk_grads(start + s, start + e, dconv_block[s:e], worker)
+            chunk_grads(start + s, start + e, dconv_block[s:e], worker, start // block)
 
-    def chunk_grads(start: int, stop: int, dconv, worker: int) -> None:
+    def chunk_grads(start: int, stop: int, dconv, worker: int, part: int) -> None:
+        """Gradients of one chunk; its weight gradient is added to block ``part``'s partial sum."""
         m = stop - start
         dmat = dconv.reshape(-1, o)  # (rows, O), rows in the order of the forward's im2col
         if need_params:
             cols = _im2col(scratch, worker, "cols", patches, start, stop, chunk, need_bias)  # (rows, K[+1])
-            if worker not in dw_parts:
-                dw_parts[worker] = xp.zeros((cols.shape[1], o), dtype=dtype)
+            if part not in dw_parts:
+                dw_parts[part] = xp.zeros((cols.shape[1], o), dtype=dtype)
             # (K[+1], O): with the ones column, the bias gradient is the last row
-            _gemm_tn_add(cols, dmat, dw_parts[worker], scratch, worker)
+            _gemm_tn_add(cols, dmat, dw_parts[part], scratch, worker)
         if need_input and transposed:
             dpad = scratch.get(worker, "dpad", (chunk, oh + 2 * q0, ow + 2 * q1, o), dtype, xp, fill=0)
             interior = dpad[:m, q0:q0 + oh, q1:q1 + ow]  # (m, OH, OW, O)
@@ -404,7 +405,7 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
     run_chunks(work, n, block, xp)
     dw = db = None
     if need_params:
-        dw = sum(dw_parts[key] for key in sorted(dw_parts))  # (K[+1], O)
+        dw = ordered_sum(dw_parts)  # (K[+1], O), blocks added in order
         if need_bias:
             dw, db = dw[:-1], dw[-1]
     if dxpad is not None:

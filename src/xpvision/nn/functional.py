@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 
 from xpvision import backend
-from xpvision.nn.parallel import get_num_threads
 
 CHUNK_ELEMENTS = 160 * 1024
 """Values per im2col + GEMM chunk on the CPU (cache blocking: 640 KiB of float32, in a core's L2 with the
@@ -25,6 +24,10 @@ GEMM's other operands). Rows per chunk are ``CHUNK_ELEMENTS / K``: ~1,100 for ``
 Measured at 1 thread on DeepConvNet: 3-6 % faster steps than a fixed 1,024 or 2,048 rows."""
 BLOCK_ROWS = 8192
 """Output pixels per block of element-wise work on the CPU (fewer, larger NumPy calls)."""
+PARALLEL_BLOCKS = 8
+"""Least number of blocks a batch is cut into when it holds that many GEMM chunks: up to 8 cores can share
+a layer, and 1, 2, 4 or 8 threads get equal shares (a property of the core counts targeted, 2-16; the same
+for every thread count actually used, so results do not depend on it)."""
 
 
 # -- layout --------------------------------------------------------------------------------------------------
@@ -49,15 +52,17 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, 
 
 def block_and_chunk(n: int, rows_per_sample: int, xp, row_elements: int) -> tuple[int, int]:
     """``(block, chunk)`` sample counts: element-wise work runs on blocks of about :data:`BLOCK_ROWS` rows,
-    each split into GEMM chunks of :func:`chunk_size` (``row_elements``: the im2col row length ``K``); the
-    block a multiple of the chunk. Both are the whole batch on the GPU."""
+    each split into equal GEMM chunks of about :func:`chunk_size` (``row_elements``: the im2col row length
+    ``K``). A batch with enough chunks is cut into at least :data:`PARALLEL_BLOCKS` equal blocks, so that
+    threads can share it. Both depend on the shapes alone, never on the thread count (results do not change
+    with it); both are the whole batch on the GPU."""
     chunk = chunk_size(n, rows_per_sample, xp, row_elements)
+    if xp is not np:
+        return chunk, chunk
     block = min(n, chunk * max(1, BLOCK_ROWS // (chunk * max(rows_per_sample, 1))))
-    if xp is np:  # a multiple of the thread count of equal blocks, and equal chunks in a block
-        threads = get_num_threads()
-        blocks = -(-n // block)
-        block = -(-n // (-(-blocks // threads) * threads))
-        chunk = -(-block // -(-block // chunk))
+    blocks = max(-(-n // block), min(PARALLEL_BLOCKS, -(-n // chunk)))
+    block = -(-n // blocks)  # equal blocks (the last may be shorter)
+    chunk = -(-block // -(-block // chunk))  # equal chunks in a block
     return block, min(chunk, block)
 
 
