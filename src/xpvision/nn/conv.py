@@ -9,11 +9,11 @@ import numpy as np
 
 from xpvision import backend
 from xpvision.errors import ShapeError
+from xpvision.nn import engine, init
 from xpvision.nn import functional as F
-from xpvision.nn import init
 from xpvision.nn.activation import ReLU
 from xpvision.nn.base import Layer
-from xpvision.nn.convblock import ConvGeometry, Scratch, conv_backward, conv_forward
+from xpvision.nn.convblock import ConvGeometry, Scratch
 from xpvision.nn.parallel import single_threaded_blas
 from xpvision.nn.pooling import MaxPool2d
 from xpvision.nn.validate import forward_done, grad_like, image_input, pair, positive_int, unpair
@@ -83,35 +83,24 @@ class Conv2d(Layer):
         if pool and min(oh, ow) < 2:
             raise ShapeError(f"MaxPool2d input {(x4.shape[0], self.out_ch, oh, ow)} is smaller than its "
                              f"kernel (2, 2) (padding (0, 0))")
-        n, h, w, c = x4.shape
-        padded_shape = (n, h + 2 * self.padding[0], w + 2 * self.padding[1], c)
-        xp = backend.get_array_module(x4)
-        padded = self.padding != (0, 0)
-        # (N, Hp, Wp, I) with a zero border; conv_forward copies the interior in, block by block
-        xpad = self._scratch.get(0, "xpad", padded_shape, x4.dtype, xp, fill=0) if padded else x4
         geom = ConvGeometry(self.kernel_size, self.stride, self.dilation, self.padding, x4.shape[1:3],
                             (oh, ow))
-        w_mat = F.conv_weight_matrix(self.params["W"])  # (kh*kw*I, O)
-        bias = self.params["b"].copy() if "b" in self.params else None  # (O,), as used here
-        # in evaluation the pool skips its index; a backward (rare there) recomputes it
-        y, pool_index = conv_forward(xpad, w_mat, bias, geom, relu=relu, pool=pool, scratch=self._scratch,
-                                     need_index=self.training, source=x4 if padded else None)
-        self._cache = (xpad, w_mat, bias, geom, relu, pool, y if relu and not pool else None, pool_index,
-                       y.shape)
+        kernels = engine.get_engine()
+        y, saved = engine.kernel("conv2d", kernels)(
+            x4, self.params["W"], self.params.get("b"), geom, relu=relu, pool=pool, training=self.training,
+            scratch=self._scratch)
+        self._cache = (kernels, saved, y.shape)
         return F.nchw(y)
 
     def backward(self, dout):
         forward_done(type(self).__name__, self._cache)
-        xpad, w_mat, bias, geom, relu, pool, relu_out, pool_index, y_shape = self._cache
+        kernels, saved, y_shape = self._cache
         dy = F.nhwc(grad_like(type(self).__name__, dout, (y_shape[0], y_shape[3], y_shape[1], y_shape[2])))
-        if pool and pool_index is None:
-            _, pool_index = conv_forward(xpad, w_mat, bias, geom, relu=relu, pool=True, scratch=self._scratch)
-        dx, dw, db = conv_backward(dy, xpad, w_mat, geom, relu_out=relu_out, pool_index=pool_index,
-                                   need_params=self.trainable,
-                                   need_bias=self.trainable and "b" in self.params,
-                                   need_input=self.needs_input_grad, scratch=self._scratch)
+        dx, dw, db = engine.kernel("conv2d_backward", kernels)(
+            dy, saved, need_params=self.trainable, need_bias=self.trainable and "b" in self.params,
+            need_input=self.needs_input_grad, scratch=self._scratch)
         if dw is not None:
-            self.grads["W"][...] = F.conv_weight_from_matrix(dw, self.kernel_size)
+            self.grads["W"][...] = dw
         if db is not None:
             self.grads["b"][...] = db
         return None if dx is None else F.nchw(dx)  # (N, I, H, W)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from xpvision import backend
+from xpvision.nn import engine
 from xpvision.nn import functional as F
 from xpvision.nn.parallel import ordered_sum, run_chunks
 
@@ -413,4 +414,37 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
     return dx, dw, db
 
 
-__all__ = ["ConvGeometry", "Scratch", "conv_backward", "conv_forward", "max_pool2x2", "max_unpool2x2"]
+
+
+@engine.register("tuned", "conv2d")
+def conv2d(x, w, b, geom: ConvGeometry, *, relu: bool, pool: bool, training: bool, scratch: Scratch):
+    """The tuned ``conv2d`` kernel of :mod:`xpvision.nn.engine`: :func:`conv_forward` on a reused
+    zero-bordered padded buffer whose interior is copied in block by block; in evaluation (``training``
+    false) the pool keeps no index (a backward recomputes it)."""
+    xp = backend.get_array_module(x)
+    (n, h, w_in, c), (p0, p1) = x.shape, geom.padding
+    padded = geom.padding != (0, 0)
+    # (N, Hp, Wp, I) with a zero border; conv_forward copies the interior in, block by block
+    xpad = scratch.get(0, "xpad", (n, h + 2 * p0, w_in + 2 * p1, c), x.dtype, xp, fill=0) if padded else x
+    w_mat = F.conv_weight_matrix(w)  # (kh*kw*I, O)
+    bias = None if b is None else b.copy()  # (O,), as used here
+    y, pool_index = conv_forward(xpad, w_mat, bias, geom, relu=relu, pool=pool, scratch=scratch,
+                                 need_index=training, source=x if padded else None)
+    return y, (xpad, w_mat, bias, geom, relu, pool, y if relu and not pool else None, pool_index)
+
+
+@engine.register("tuned", "conv2d_backward")
+def conv2d_backward_kernel(dy, saved, *, need_params: bool, need_bias: bool, need_input: bool,
+                           scratch: Scratch):
+    """The tuned ``conv2d_backward`` kernel of :mod:`xpvision.nn.engine` (:func:`conv_backward`)."""
+    xpad, w_mat, bias, geom, relu, pool, relu_out, pool_index = saved
+    if pool and pool_index is None:
+        _, pool_index = conv_forward(xpad, w_mat, bias, geom, relu=relu, pool=True, scratch=scratch)
+    dx, dw, db = conv_backward(dy, xpad, w_mat, geom, relu_out=relu_out, pool_index=pool_index,
+                               need_params=need_params, need_bias=need_bias, need_input=need_input,
+                               scratch=scratch)
+    return dx, None if dw is None else F.conv_weight_from_matrix(dw, geom.kernel), db
+
+
+__all__ = ["ConvGeometry", "Scratch", "conv2d", "conv2d_backward_kernel", "conv_backward", "conv_forward",
+           "max_pool2x2", "max_unpool2x2"]
