@@ -21,7 +21,8 @@ import numpy as np
 from xpvision.data.digits import write_digits
 from xpvision.data.mnist import load_mnist_split
 from xpvision.data.scenes import SceneConfig, render_scene
-from xpvision.nn import SoftmaxCrossEntropy, functional as F, rng
+from xpvision.nn import SoftmaxCrossEntropy, rng
+from xpvision.nn import functional as F
 from xpvision.segmentation.fcn import build_fcn
 from xpvision.segmentation.metrics import eval_semantic_segmentation
 
@@ -74,7 +75,8 @@ def fit_ceiling(masks, steps: int, lr: float) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--digit-size", type=int, nargs=2, default=(32, 64))
     parser.add_argument("--occlusion", type=float, default=0.1)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from xpvision.errors import ConfigError
-from xpvision.nn import BatchNorm2d, Conv2d, MaxPool2d, ReLU, Sequential, engine, rng
+from xpvision.nn import BatchNorm2d, Conv2d, ConvTranspose2d, MaxPool2d, ReLU, Sequential, engine, rng
 from xpvision.nn.convblock import ConvGeometry, Scratch
 from xpvision.nn.functional import conv_output_size
 
@@ -78,6 +78,69 @@ def test_conv2d_kernels_match(case, tail, dtype, bias, training):
             assert_close(tuned, ref, dtype, what)
 
 
+TRANSPOSED_CASES = [  # (N, H, W, I), O, kernel, stride, padding
+    ((2, 5, 4, 3), 4, (4, 4), (2, 2), (1, 1)),
+    ((2, 6, 7, 2), 3, (3, 3), (1, 1), (1, 1)),
+    ((1, 4, 5, 3), 2, (3, 5), (3, 2), (0, 2)),
+    ((2, 4, 4, 2), 2, (2, 2), (2, 2), (2, 1)),  # padding > kernel - 1: the spread input is cropped
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", TRANSPOSED_CASES, ids=[str(c[0]) for c in TRANSPOSED_CASES])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_conv_transpose2d_kernels_match(case, dtype, frozen):
+    shape, o, kernel, stride, padding = case
+    rs = np.random.default_rng(sum(shape))
+    x = rs.standard_normal(shape).astype(dtype)
+    w = rs.standard_normal((shape[3], o, *kernel)).astype(dtype)
+    b = rs.standard_normal(o).astype(dtype)
+    _compare_transposed(x, w, b, stride, padding, frozen, dtype)
+
+
+@pytest.mark.parametrize("factor", [2, 8])
+def test_frozen_bilinear_upsampling_kernels_match(factor):
+    """The tuned engine's separable per-channel path against the reference's dense transposed convolution."""
+    from xpvision.nn import init
+
+    w = init.bilinear_upsampling_(ConvTranspose2d(3, 3, 2 * factor, stride=factor,
+                                                  padding=factor // 2)).params["W"].astype(np.float64)
+    x = np.random.default_rng(0).standard_normal((2, 5, 4, 3))
+    _, saved = _compare_transposed(x, w, np.zeros(3), (factor, factor), (factor // 2, factor // 2), True,
+                                   np.float64)
+    assert isinstance(saved[2], list)  # the tuned kernel took the separable path
+
+
+def _upsampling(w, x, stride, padding, frozen):
+    """What ConvTranspose2d hands its kernel: the 1-D matrices of a frozen separable ``w``, else ``None``."""
+    if not frozen:
+        return None
+    layer = ConvTranspose2d(w.shape[0], w.shape[1], w.shape[2:], stride=stride, padding=padding)
+    layer.params["W"] = w
+    return layer._frozen_matrices(x.shape[1:3], x.dtype)
+
+
+def _compare_transposed(x, w, b, stride, padding, frozen, dtype):
+    results, tuned_saved = {}, None
+    for name in engine.ENGINES:
+        upsampling = _upsampling(w, x, stride, padding, frozen)
+        y, saved = engine.kernel("conv_transpose2d", name)(x, w, b, stride, padding, upsampling=upsampling,
+                                                           scratch=Scratch())
+        dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+        grads = engine.kernel("conv_transpose2d_backward", name)(dy, saved, need_params=True, need_bias=True,
+                                                                  scratch=Scratch())
+        results[name] = [np.array(a) for a in (y, *grads)]
+        tuned_saved = saved if name == "tuned" else tuned_saved
+    expected_shape = tuple((n - 1) * s - 2 * p + k for n, k, s, p in zip(
+        x.shape[1:3], w.shape[2:], stride, padding, strict=True))
+    assert results["reference"][0].shape == (x.shape[0], *expected_shape, w.shape[1])
+    for what, ref, tuned in zip(("y", "dx", "dw", "db"), results["reference"], results["tuned"],
+                                strict=True):
+        assert ref.shape == tuned.shape and ref.dtype == tuned.dtype == dtype, what
+        assert_close(tuned, ref, dtype, what)
+    return results, tuned_saved
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("training", [True, False])
 def test_batch_norm_kernels_match(dtype, training):
@@ -102,7 +165,7 @@ def test_batch_norm_kernels_match(dtype, training):
 
 def _model():
     return Sequential(Conv2d(3, 8, 3, padding=1), BatchNorm2d(8), ReLU(), Conv2d(8, 8, 3, padding=1), ReLU(),
-                      MaxPool2d(2), Conv2d(8, 4, 3, stride=2))
+                      MaxPool2d(2), Conv2d(8, 4, 3, stride=2), ConvTranspose2d(4, 3, 4, stride=2, padding=1))
 
 
 @pytest.mark.parametrize("training", [True, False])

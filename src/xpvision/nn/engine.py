@@ -5,8 +5,9 @@ Two engines implement the same functional interface (same arguments, same shapes
 
 * ``"reference"`` (:mod:`xpvision.nn.reference`): the textbook, one step per line - im2col of the whole
   batch and one GEMM, ReLU and pooling as separate passes, batch statistics as plain means. Read it first.
-* ``"tuned"`` (the default: :mod:`xpvision.nn.convblock`, :mod:`xpvision.nn.norm`): the same arithmetic
-  rearranged for speed - cache-sized chunks on several threads, fused ReLU and pooling, reused buffers.
+* ``"tuned"`` (the default: :mod:`xpvision.nn.convblock`, :mod:`xpvision.nn.conv`, :mod:`xpvision.nn.norm`):
+  the same arithmetic rearranged for speed - cache-sized chunks on several threads, fused ReLU and pooling,
+  reused buffers, a separable path for fixed bilinear upsampling.
 
 Tests run both on random inputs and compare them (bit for bit where the arithmetic is the same, within a
 stated tolerance where the order of additions differs). The engine is chosen by :func:`set_engine` or the
@@ -21,6 +22,12 @@ Kernels (``x``: channels-last ``(N, H, W, C)``; ``geom``: :class:`xpvision.nn.co
   backward needs.
 * ``conv2d_backward(dy, saved, *, need_params, need_bias, need_input, scratch) -> (dx, dw, db)``: ``dx``
   ``(N, H, W, I)``, ``dw`` ``(O, I, kh, kw)``, ``db`` ``(O,)``, each ``None`` when not needed.
+* ``conv_transpose2d(x, w, b, stride, padding, *, upsampling, scratch) -> (y, saved)``: transposed
+  convolution of ``x`` ``(N, H, W, I)`` with ``w`` ``(I, O, kh, kw)`` -> ``(N, (H - 1) * S - 2P + K, ...,
+  O)``; ``upsampling``: ``None``, or ``(U_h, U_w)`` ``(OH, H)``, ``(OW, W)`` when ``w`` is frozen and one
+  separable kernel on the channel diagonal (``y[n, :, :, c] = U_h @ x[n, :, :, c] @ U_w^T``), which a kernel
+  may use.
+* ``conv_transpose2d_backward(dy, saved, *, need_params, need_bias, scratch) -> (dx, dw, db)``.
 * ``batch_norm(x2, gamma, beta, running_mean, running_var, *, momentum, eps, training) -> (y2, saved)``: per
   channel of ``x2`` ``(M, C)``; in training the running statistics are updated in place.
 * ``batch_norm_backward(dy2, saved, gamma) -> (dx2, dgamma, dbeta)``.
@@ -36,7 +43,8 @@ from xpvision.errors import ConfigError
 ENGINES = ("reference", "tuned")
 ENV_ENGINE = "XPVISION_ENGINE"
 """Environment variable choosing the engine (``reference`` or ``tuned``)."""
-KERNELS = ("conv2d", "conv2d_backward", "batch_norm", "batch_norm_backward")
+KERNELS = ("conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward", "batch_norm",
+           "batch_norm_backward")
 
 _registry: dict[str, dict[str, Callable]] = {engine: {} for engine in ENGINES}
 _state: dict[str, str | None] = {"engine": None}

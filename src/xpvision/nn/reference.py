@@ -109,3 +109,41 @@ def batch_norm_backward(dy2, saved, gamma, group_sum=None):
     total = group_total(group_sum, backend.get_array_module(dy2).concatenate([dbeta, dgamma]))[0]
     dx2 = (m * dy2 - total[:c] - xhat * total[c:]) * (gamma * inv_std / m)
     return dx2, dgamma, dbeta
+
+
+@engine.register("reference", "conv_transpose2d")
+def conv_transpose2d(x, w, b, stride, padding, *, upsampling=None, scratch=None):
+    """Transposed convolution as the study guide defines it: spread the input pixels ``stride`` apart, pad
+    ``kernel - 1`` around, remove ``padding``, then convolve with the flipped, in/out-swapped kernel.
+    ``x`` ``(N, H, W, I)``, ``w`` ``(I, O, kh, kw)`` -> ``(y, saved)``, ``y`` ``(N, OH, OW, O)``; the dense
+    sum whatever ``upsampling`` says (see :mod:`xpvision.nn.engine`)."""
+    from xpvision.nn.convblock import ConvGeometry
+
+    xp = backend.get_array_module(x)
+    (n, h, w_in, i_ch), (sh, sw), (kh, kw) = x.shape, stride, w.shape[2:]
+    spread = xp.zeros((n, (h - 1) * sh + 1, (w_in - 1) * sw + 1, i_ch), dtype=x.dtype)
+    spread[:, ::sh, ::sw] = x
+    edges = [(k - 1 - p) for k, p in zip((kh, kw), padding, strict=True)]  # < 0: crop instead of padding
+    cropped = spread[:, max(0, -edges[0]):spread.shape[1] - max(0, -edges[0]),
+                     max(0, -edges[1]):spread.shape[2] - max(0, -edges[1])]
+    pad = (max(0, edges[0]), max(0, edges[1]))
+    w_conv = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]  # (O, I, kh, kw), flipped
+    out_hw = tuple(size + 2 * p - k + 1 for size, p, k in zip(cropped.shape[1:3], pad, (kh, kw), strict=True))
+    geom = ConvGeometry((kh, kw), (1, 1), (1, 1), pad, cropped.shape[1:3], out_hw)
+    y, conv_saved = conv2d(xp.ascontiguousarray(cropped), w_conv, b, geom, relu=False, pool=False,
+                           training=True)
+    return y, (conv_saved, spread.shape, edges, stride)
+
+
+@engine.register("reference", "conv_transpose2d_backward")
+def conv_transpose2d_backward(dy, saved, *, need_params: bool, need_bias: bool, scratch=None):
+    """Gradients of :func:`conv_transpose2d`: back through the convolution, the crop and the spreading."""
+    conv_saved, spread_shape, edges, (sh, sw) = saved
+    dcropped, dw_conv, db = conv2d_backward(dy, conv_saved, need_params=need_params, need_bias=need_bias,
+                                            need_input=True)
+    xp = backend.get_array_module(dy)
+    dspread = xp.zeros(spread_shape, dtype=dcropped.dtype)
+    c0, c1 = max(0, -edges[0]), max(0, -edges[1])
+    dspread[:, c0:spread_shape[1] - c0, c1:spread_shape[2] - c1] = dcropped
+    dw = None if dw_conv is None else dw_conv[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (I, O, kh, kw)
+    return dspread[:, ::sh, ::sw], dw, db
