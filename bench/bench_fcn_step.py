@@ -23,7 +23,7 @@ import numpy as np
 from xpvision import optim
 from xpvision.nn import engine, parallel, rng
 from xpvision.segmentation.fcn import build_fcn
-from xpvision.segmentation.task import SegmentationTask
+from xpvision.tasks import SegmentationTask
 
 NUM_CLASSES = 11
 VARIANTS = (("tuned, fused encoder", "tuned", True), ("tuned, layer by layer", "tuned", False),

@@ -23,7 +23,8 @@ from xpvision.nn import (
     parallel,
     rng,
 )
-from xpvision.train import ClassificationTask, Trainer
+from xpvision.tasks import ClassificationTask
+from xpvision.train import Trainer
 
 
 @pytest.fixture
