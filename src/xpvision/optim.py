@@ -28,6 +28,11 @@ with ``out=`` into preallocated buffers. Consequences:
 * Frozen layers (``trainable = False``) are left out and keep their own arrays.
 * ``model.load_state_dict`` copies in place, so loading weights after building the optimizer is fine.
 
+Under the reference engine (:mod:`xpvision.nn.engine`) every parameter is a bucket of its own, so each update
+rule runs once per parameter, as the textbook writes it; the arithmetic per element is the same, and so are
+the results, bit for bit (the optimizer state is saved per bucket: a checkpoint resumes under the engine
+that wrote it).
+
 All arrays (buffers, state) live on the device of the parameters: the same code runs on NumPy and CuPy.
 """
 
@@ -41,6 +46,7 @@ import numpy as np
 
 from xpvision import backend
 from xpvision.errors import ConfigError, TrainingError, WeightsError
+from xpvision.nn import engine
 from xpvision.nn.base import Layer
 
 ParamRef = tuple[Layer, str]
@@ -117,6 +123,7 @@ class Optimizer:
         self.param_groups: list[dict[str, Any]] = []
         self._buckets: list[_Bucket] = []
         self.step_count = 0
+        packed = engine.get_engine() == "tuned"  # reference: one bucket, one update, per parameter
         seen: set[tuple[int, str]] = set()
         for index, group in enumerate(_as_groups(params)):
             unknown = set(group) - set(defaults) - {"params"}
@@ -133,10 +140,11 @@ class Optimizer:
                 refs.append((layer, key))
                 names.append(name)
             self.param_groups.append({"params": refs, "names": names, **hyper})
-            by_kind: dict[tuple[str, str], list[int]] = {}
+            by_kind: dict[tuple, list[int]] = {}
             for i, (layer, key) in enumerate(refs):
                 value = layer.params[key]
-                by_kind.setdefault((backend.device_of(value), str(value.dtype)), []).append(i)
+                kind = (backend.device_of(value), str(value.dtype)) if packed else (i,)
+                by_kind.setdefault(kind, []).append(i)
             for indices in by_kind.values():
                 self._buckets.append(_Bucket(index, [refs[i] for i in indices], [names[i] for i in indices]))
         if not self._buckets:

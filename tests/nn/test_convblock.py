@@ -86,7 +86,7 @@ def test_fused_convnet_matches_torch(torch, rng):
 
 
 def test_threads_give_the_same_results(rng):
-    """Batch 12 of 28x28 images makes several cache-sized chunks, so two threads split them."""
+    """Batch 12 of 28x28 images makes several cache-sized chunks, so two threads split them: the same bits."""
     def layers():
         return [Conv2d(3, 8, 3, padding=1), ReLU(), MaxPool2d(2), Conv2d(8, 4, 3, stride=2)]
 
@@ -99,12 +99,12 @@ def test_threads_give_the_same_results(rng):
             model, _ = _pair(layers)
             results.append(_run(model, x, dout))
     finally:
-        parallel.set_num_threads(2)
+        parallel.set_num_threads(None)
     (y1, dx1, g1), (y2, dx2, g2) = results
     np.testing.assert_array_equal(y1, y2)
-    np.testing.assert_allclose(dx1, dx2, atol=1e-5)
+    np.testing.assert_array_equal(dx1, dx2)
     for name in g1:
-        np.testing.assert_allclose(g1[name], g2[name], rtol=1e-5, atol=1e-4)
+        np.testing.assert_array_equal(g1[name], g2[name])
 
 
 def test_skipping_the_input_gradient(rng):
@@ -201,7 +201,7 @@ def test_evaluation_pool_without_index_then_backward(shape, tail, rng):
     y_train, dx_train, g_train = _run(model, x, dout)
     model.eval()
     y_eval, dx_eval, g_eval = _run(model, x, dout)
-    assert model[0]._cache[7] is None  # the forward kept no pool index: the backward recomputed it
+    assert model[0]._cache[1][7] is None  # the forward kept no pool index: the backward recomputed it
     np.testing.assert_array_equal(y_eval, y_train)
     np.testing.assert_array_equal(dx_eval, dx_train)
     for name in g_train:

@@ -58,3 +58,34 @@ def test_softmax_and_log_softmax(axis, xp, rng):
     np.testing.assert_allclose(to_numpy(F.log_softmax(x, axis)), to_numpy(xp.log(p)), atol=1e-9)
     big = F.log_softmax(xp.asarray([[1000.0, 0.0]]), axis=1)
     np.testing.assert_allclose(to_numpy(big), [[0.0, -1000.0]])
+
+
+GPU = object()  # any array module other than NumPy takes the GPU sizing
+
+
+@pytest.mark.parametrize("n, rows, k", [(1000, 784, 146), (1000, 196, 289), (256, 49, 577), (3, 784, 10)])
+def test_gpu_chunks_bound_the_im2col_matrix(n, rows, k):
+    """DeepConvNet's second convolution at batch 1000 would need a 455 MB im2col matrix in one piece."""
+    block, chunk = F.block_and_chunk(n, rows, GPU, k)
+    assert block == n  # one block: the GPU runs it on the caller's thread
+    assert chunk * rows * k <= max(F.GPU_CHUNK_ELEMENTS, rows * k)  # at most one sample over the bound
+    pieces = -(-n // chunk)
+    assert chunk == -(-n // pieces)  # equal chunks
+    if n * rows * k > F.GPU_CHUNK_ELEMENTS:
+        assert pieces > 1
+
+
+@pytest.mark.parametrize("n, rows, k", [(100, 784, 146), (256, 49, 577), (1000, 196, 289), (7, 49, 577)])
+def test_cpu_blocks_depend_on_shapes_alone(n, rows, k):
+    from xpvision.nn import parallel
+
+    sizes = set()
+    try:
+        for threads in (1, 2, 3, 16):
+            parallel.set_num_threads(threads)
+            sizes.add(F.block_and_chunk(n, rows, np, k))
+    finally:
+        parallel.set_num_threads(None)
+    ((block, chunk),) = sizes
+    assert 1 <= chunk <= block <= n
+    assert -(-n // block) >= min(F.PARALLEL_BLOCKS, -(-n // F.chunk_size(n, rows, np, k)))

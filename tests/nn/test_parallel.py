@@ -1,13 +1,43 @@
+"""The thread pool of the CPU engine: default thread count, its overrides, and results that do not depend on
+the thread count (a small network trained for two epochs with 1-4 threads ends with the same bits)."""
+
+import os
 import threading
 
 import numpy as np
 import pytest
 
-from xpvision.nn import parallel
+from xpvision import optim
+from xpvision.data.loader import DataLoader, ListDataset
+from xpvision.errors import ConfigError
+from xpvision.nn import (
+    BatchNorm2d,
+    Conv2d,
+    ConvTranspose2d,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Sequential,
+    convblock,
+    parallel,
+    rng,
+)
+from xpvision.tasks import ClassificationTask
+from xpvision.train import Trainer
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_run_chunks_covers_every_sample_once(threads):
+@pytest.fixture
+def default_threads(monkeypatch):
+    """Each test starts from the default thread count and leaves it so."""
+    monkeypatch.delenv(parallel.ENV_THREADS, raising=False)
+    parallel.set_num_threads(None)
+    yield
+    parallel.set_num_threads(None)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_run_chunks_covers_every_sample_once(threads, default_threads):
     seen = np.zeros(23, np.int64)
     workers = set()
     lock = threading.Lock()
@@ -17,18 +47,104 @@ def test_run_chunks_covers_every_sample_once(threads):
             seen[start:stop] += 1
             workers.add(worker)
 
-    try:
-        parallel.set_num_threads(threads)
-        used = parallel.run_chunks(work, 23, 5, np)
-    finally:
-        parallel.set_num_threads(2)
+    parallel.set_num_threads(threads)
+    used = parallel.run_chunks(work, 23, 5, np)
     np.testing.assert_array_equal(seen, 1)
-    assert workers == set(range(used))
-    if threads == 2 and parallel._blas_controller() is not None:
-        assert used == 2
+    assert workers <= set(range(used))
+    if parallel._blas_controller() is not None:
+        assert used == threads
 
 
-def test_bad_thread_count():
-    with pytest.raises(ValueError, match="positive integer"):
-        parallel.set_num_threads(0)
+def test_default_is_the_available_cores(default_threads):
+    assert parallel.get_num_threads() == len(os.sched_getaffinity(0)) == parallel.available_cores()
+
+
+def test_environment_overrides_the_default(default_threads, monkeypatch):
+    monkeypatch.setenv(parallel.ENV_THREADS, "3")
+    parallel.set_num_threads(None)
+    assert parallel.get_num_threads() == 3
+    parallel.set_num_threads(5)  # the setting wins over the environment
+    assert parallel.get_num_threads() == 5
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])
+def test_bad_environment_value(default_threads, monkeypatch, value):
+    monkeypatch.setenv(parallel.ENV_THREADS, value)
+    parallel.set_num_threads(None)
+    with pytest.raises(ConfigError, match="XPVISION_NUM_THREADS: expected a positive integer"):
+        parallel.get_num_threads()
+
+
+def test_bad_thread_count(default_threads):
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            parallel.set_num_threads(bad)
     assert parallel.get_num_threads() >= 1
+
+
+def test_ordered_sum_adds_in_block_order():
+    parts = {2: np.float32([1e8]), 0: np.float32([1.0]), 1: np.float32([-1e8])}
+    # (1 + -1e8) + 1e8 = 0 in float32; another order (1e8 + -1e8) + 1 would give 1
+    np.testing.assert_array_equal(parallel.ordered_sum(parts), np.float32([0.0]))
+    assert parts[0][0] == 1.0  # the parts are left as they were
+
+
+def _scenes(n: int) -> ListDataset:
+    """32x32 RGB images whose class is the brightest quadrant: conv layers with many GEMM chunks per batch."""
+    rs = np.random.default_rng(0)
+    samples = []
+    for i in range(n):
+        image = rs.integers(0, 100, (32, 32, 3)).astype(np.uint8)
+        label = i % 4
+        r, c = divmod(label, 2)
+        image[16 * r:16 * r + 16, 16 * c:16 * c + 16] += 80
+        samples.append({"image": image, "label": label})
+    return ListDataset(samples, classes=["0", "1", "2", "3"])
+
+
+def _network() -> Sequential:
+    """Every kind of threaded conv path: plain, fused ReLU + pool, stride 2 (col2im input gradient), batch
+    norm, a trainable transposed convolution."""
+    return Sequential(
+        ("conv1", Conv2d(3, 16, 3, padding=1)), ("relu1", ReLU()),
+        ("conv2", Conv2d(16, 16, 3, padding=1)), ("relu2", ReLU()), ("pool2", MaxPool2d(2)),
+        ("conv3", Conv2d(16, 24, 3, stride=2, padding=1)), ("bn3", BatchNorm2d(24)), ("relu3", ReLU()),
+        ("up", ConvTranspose2d(24, 8, 2, stride=2)),
+        ("conv4", Conv2d(8, 8, 3, stride=2, padding=1)), ("relu4", ReLU()),
+        ("flatten", Flatten()), ("fc", Linear(8 * 8 * 8, 4)))
+
+
+def _train(threads: int, tmp_path) -> dict[str, np.ndarray]:
+    parallel.set_num_threads(threads)
+    rng.manual_seed(0)
+    model = _network()
+    opt = optim.Adam(model, lr=0.003)
+    trainer = Trainer(model, ClassificationTask(4), opt, epochs=2, seed=1, grad_clip=5.0, progress=False,
+                      checkpoint_path=tmp_path / f"{threads}.npz")
+    trainer.fit(DataLoader(_scenes(48), 24, shuffle=True, seed=2))
+    return {k: np.array(v) for k, v in model.state_dict().items()}
+
+
+def test_training_gives_the_same_bits_with_1_to_4_threads(tmp_path, default_threads, monkeypatch):
+    workers_used = []
+    real_run_chunks = convblock.run_chunks
+
+    def counting_run_chunks(*args):
+        workers_used.append(real_run_chunks(*args))
+        return workers_used[-1]
+
+    monkeypatch.setattr(convblock, "run_chunks", counting_run_chunks)
+    weights = {threads: _train(threads, tmp_path) for threads in (1, 2, 3, 4)}
+    if parallel._blas_controller() is not None:
+        assert max(workers_used) == 4  # the layers really were split over the threads
+    initial = _train_initial()
+    for threads in (2, 3, 4):
+        assert weights[threads].keys() == weights[1].keys()
+        for name, value in weights[1].items():
+            np.testing.assert_array_equal(weights[threads][name], value, err_msg=f"{name}, {threads} threads")
+    assert any(not np.array_equal(weights[1][k], initial[k]) for k in initial)  # it did train
+
+
+def _train_initial() -> dict[str, np.ndarray]:
+    rng.manual_seed(0)
+    return {k: np.array(v) for k, v in _network().state_dict().items()}

@@ -206,3 +206,34 @@ def test_head_on_the_backbone_scores_at_stride_8():
     errors = layer_gradient_errors(small, generator.standard_normal((2, 2, 13, 11)), max_entries=25)
     assert {"input", "score8.W", "extra.fc6.W", "upsample.W"} <= set(errors)
     assert max(errors.values()) < 1e-6, errors
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("encoder", [{}, {"encoder_stride": 16, "extra_channels": [8]}])
+def test_fused_encoder_equals_layer_by_layer(frozen, encoder):
+    """Encoder convolutions absorb their ReLU and pool (never past a skip tap): the same outputs and
+    gradients as running every layer alone, with the backbone trained or frozen."""
+    rng.manual_seed(0)
+    model = build_fcn("8s", num_classes=3, **encoder)
+    if frozen:
+        model["features"].freeze()
+        model.needs_input_grad = False
+    steps = model._encoder_steps()
+    assert any(stop > start for start, stop in steps)  # something was fused
+    assert {model.taps[s] for s in model.skip_strides} <= {stop for _, stop in steps}
+    x = np.random.default_rng(0).random((2, 3, 40, 36), dtype=np.float32)
+    dout = np.random.default_rng(1).standard_normal((2, 3, 40, 36)).astype(np.float32)
+    results = []
+    for fusion in (True, False):
+        model.fusion = fusion
+        y = np.array(model.forward(x))
+        dx = model.backward(dout)
+        grads = {name: layer.grads[key].copy() for name, layer, key in model.named_parameters(True)}
+        results.append((y, None if dx is None else np.array(dx), grads))
+    (y1, dx1, g1), (y2, dx2, g2) = results
+    np.testing.assert_allclose(y1, y2, rtol=0, atol=1e-5)
+    assert (dx1 is None) == (dx2 is None) == frozen
+    if dx1 is not None:
+        np.testing.assert_allclose(dx1, dx2, rtol=0, atol=1e-5)
+    for name in g2:
+        np.testing.assert_allclose(g1[name], g2[name], rtol=1e-4, atol=1e-5, err_msg=name)

@@ -3,7 +3,7 @@
 Layers keep ``(N, C, H, W)`` shapes at their boundaries and channels-last memory inside (see :mod:`.base`).
 """
 
-from xpvision.nn import functional, init, rng
+from xpvision.nn import engine, functional, init, reference, rng
 from xpvision.nn.activation import Identity, LeakyReLU, ReLU, Sigmoid
 from xpvision.nn.base import LAYERS, Layer, Sequential, build_layer, evaluating
 from xpvision.nn.conv import Conv2d, ConvTranspose2d
@@ -18,5 +18,5 @@ __all__ = [
     "LAYERS", "AvgPool2d", "BCEWithLogits", "BatchNorm1d", "BatchNorm2d", "Conv2d", "ConvTranspose2d",
     "Dropout", "Flatten", "GlobalAvgPool2d", "Identity", "Layer", "LeakyReLU", "Linear", "Loss", "MaxPool2d",
     "ReLU", "ResidualBlock", "Sequential", "Sigmoid", "SmoothL1Loss", "SoftmaxCrossEntropy", "build_layer",
-    "evaluating", "functional", "init", "log_softmax", "rng", "softmax",
+    "engine", "evaluating", "functional", "init", "log_softmax", "reference", "rng", "softmax",
 ]

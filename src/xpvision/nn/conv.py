@@ -9,11 +9,11 @@ import numpy as np
 
 from xpvision import backend
 from xpvision.errors import ShapeError
+from xpvision.nn import engine, init
 from xpvision.nn import functional as F
-from xpvision.nn import init
 from xpvision.nn.activation import ReLU
 from xpvision.nn.base import Layer
-from xpvision.nn.convblock import ConvGeometry, Scratch, conv_backward, conv_forward
+from xpvision.nn.convblock import ConvGeometry, Scratch
 from xpvision.nn.parallel import single_threaded_blas
 from xpvision.nn.pooling import MaxPool2d
 from xpvision.nn.validate import forward_done, grad_like, image_input, pair, positive_int, unpair
@@ -83,35 +83,24 @@ class Conv2d(Layer):
         if pool and min(oh, ow) < 2:
             raise ShapeError(f"MaxPool2d input {(x4.shape[0], self.out_ch, oh, ow)} is smaller than its "
                              f"kernel (2, 2) (padding (0, 0))")
-        n, h, w, c = x4.shape
-        padded_shape = (n, h + 2 * self.padding[0], w + 2 * self.padding[1], c)
-        xp = backend.get_array_module(x4)
-        padded = self.padding != (0, 0)
-        # (N, Hp, Wp, I) with a zero border; conv_forward copies the interior in, block by block
-        xpad = self._scratch.get(0, "xpad", padded_shape, x4.dtype, xp, fill=0) if padded else x4
         geom = ConvGeometry(self.kernel_size, self.stride, self.dilation, self.padding, x4.shape[1:3],
                             (oh, ow))
-        w_mat = F.conv_weight_matrix(self.params["W"])  # (kh*kw*I, O)
-        bias = self.params["b"].copy() if "b" in self.params else None  # (O,), as used here
-        # in evaluation the pool skips its index; a backward (rare there) recomputes it
-        y, pool_index = conv_forward(xpad, w_mat, bias, geom, relu=relu, pool=pool, scratch=self._scratch,
-                                     need_index=self.training, source=x4 if padded else None)
-        self._cache = (xpad, w_mat, bias, geom, relu, pool, y if relu and not pool else None, pool_index,
-                       y.shape)
+        kernels = engine.get_engine()
+        y, saved = engine.kernel("conv2d", kernels)(
+            x4, self.params["W"], self.params.get("b"), geom, relu=relu, pool=pool, training=self.training,
+            scratch=self._scratch)
+        self._cache = (kernels, saved, y.shape)
         return F.nchw(y)
 
     def backward(self, dout):
         forward_done(type(self).__name__, self._cache)
-        xpad, w_mat, bias, geom, relu, pool, relu_out, pool_index, y_shape = self._cache
+        kernels, saved, y_shape = self._cache
         dy = F.nhwc(grad_like(type(self).__name__, dout, (y_shape[0], y_shape[3], y_shape[1], y_shape[2])))
-        if pool and pool_index is None:
-            _, pool_index = conv_forward(xpad, w_mat, bias, geom, relu=relu, pool=True, scratch=self._scratch)
-        dx, dw, db = conv_backward(dy, xpad, w_mat, geom, relu_out=relu_out, pool_index=pool_index,
-                                   need_params=self.trainable,
-                                   need_bias=self.trainable and "b" in self.params,
-                                   need_input=self.needs_input_grad, scratch=self._scratch)
+        dx, dw, db = engine.kernel("conv2d_backward", kernels)(
+            dy, saved, need_params=self.trainable, need_bias=self.trainable and "b" in self.params,
+            need_input=self.needs_input_grad, scratch=self._scratch)
         if dw is not None:
-            self.grads["W"][...] = F.conv_weight_from_matrix(dw, self.kernel_size)
+            self.grads["W"][...] = dw
         if db is not None:
             self.grads["b"][...] = db
         return None if dx is None else F.nchw(dx)  # (N, I, H, W)
@@ -165,24 +154,13 @@ class ConvTranspose2d(Layer):
         if oh < 1 or ow < 1:
             raise ShapeError(f"{type(self).__name__} input {tuple(x.shape)} gives an empty output "
                              f"({oh}, {ow})")
-        mats = None if self.trainable else self._frozen_matrices(x4.shape[1:3], x4.dtype)
-        if mats is not None:
-            y = _apply_per_channel(x4, *mats)  # (N, OH, OW, C)
-            if "b" in self.params:
-                y += self.params["b"]
-            self._cache = (x4, mats, y.shape, True)
-            return F.nchw(y)
-        w_mat = F.conv_weight_matrix(self.params["W"])  # (kh*kw*O, I): the matching convolution maps O -> I
-        padded_hw = (oh + 2 * self.padding[0], ow + 2 * self.padding[1])
-        with single_threaded_blas(backend.get_array_module(x4)):
-            # (N, OHp, OWp, O)
-            ypad = F.conv2d_grad_input(x4, w_mat, padded_hw, self.kernel_size, self.stride)
-        y = F.crop_nhwc(ypad, self.padding)
-        if self.padding != (0, 0):
-            y = y.copy()  # contiguous (N, OH, OW, O)
-        if "b" in self.params:
-            y += self.params["b"]
-        self._cache = (x4, w_mat, y.shape, False)
+        kernels = engine.get_engine()
+        # a frozen per-channel separable W (bilinear upsampling): its 1-D matrices, found once per W
+        upsampling = None if self.trainable else self._frozen_matrices(x4.shape[1:3], x4.dtype)
+        y, saved = engine.kernel("conv_transpose2d", kernels)(
+            x4, self.params["W"], self.params.get("b"), self.stride, self.padding, upsampling=upsampling,
+            scratch=self._scratch)
+        self._cache = (kernels, saved, y.shape)
         return F.nchw(y)
 
     def _frozen_matrices(self, hw: tuple[int, int], dtype):
@@ -206,25 +184,68 @@ class ConvTranspose2d(Layer):
 
     def backward(self, dout):
         forward_done(type(self).__name__, self._cache)
-        x4, weights, y_shape, separable = self._cache
+        kernels, saved, y_shape = self._cache
         dy = F.nhwc(grad_like(type(self).__name__, dout, (y_shape[0], y_shape[3], y_shape[1], y_shape[2])))
-        xp = backend.get_array_module(dy)
-        dypad = dy
-        if self.padding != (0, 0) and (self.trainable or not separable):
-            (p0, p1), (n, h, w, c) = self.padding, dy.shape
-            buffer = self._scratch.get(0, "dypad", (n, h + 2 * p0, w + 2 * p1, c), dy.dtype, xp, fill=0)
-            dypad = F.pad_nhwc(dy, self.padding, out=buffer)  # (N, OHp, OWp, O), border zero
-        with single_threaded_blas(xp):
-            if self.trainable:  # (a layer frozen at the forward and unfrozen since gets its gradient too)
-                dw = F.conv2d_grad_weight(dypad, x4, self.kernel_size, self.stride)  # (kh*kw*O, I)
-                self.grads["W"][...] = F.conv_weight_from_matrix(dw, self.kernel_size)
-                if "b" in self.params:
-                    self.grads["b"][...] = dy.reshape(-1, self.out_ch).sum(axis=0)
-            if separable:  # weights holds (U_h, U_w)
-                u_h, u_w = weights
-                return F.nchw(_apply_per_channel(dy, u_h.T, u_w.T))  # (N, H, W, C)
-            dx = F.conv2d_nhwc(dypad, weights, self.kernel_size, self.stride)  # (N, H, W, I)
-        return F.nchw(dx)
+        # a layer frozen at the forward and unfrozen since gets its gradients too
+        dx, dw, db = engine.kernel("conv_transpose2d_backward", kernels)(
+            dy, saved, need_params=self.trainable, need_bias=self.trainable and "b" in self.params,
+            scratch=self._scratch)
+        if dw is not None:
+            self.grads["W"][...] = dw
+        if db is not None:
+            self.grads["b"][...] = db
+        return F.nchw(dx)  # (N, I, H, W)
+
+
+@engine.register("tuned", "conv_transpose2d")
+def conv_transpose2d(x, w, b, stride, padding, *, upsampling, scratch: Scratch):
+    """The tuned ``conv_transpose2d`` kernel of :mod:`xpvision.nn.engine`: the input gradient of the
+    convolution with the same weights (no spread zeros); with ``upsampling`` (the 1-D matrices of a frozen
+    ``W`` that is one separable kernel on the channel diagonal) two small matrix products per channel."""
+    kernel = w.shape[2:]
+    oh, ow = ((size - 1) * s - 2 * p + k for size, k, s, p in zip(x.shape[1:3], kernel, stride, padding,
+                                                                  strict=True))
+    if upsampling is not None:
+        mats = list(upsampling)  # (OH, H), (OW, W)
+        with single_threaded_blas(backend.get_array_module(x)):
+            y = _apply_per_channel(x, *mats)  # (N, OH, OW, C)
+        if b is not None:
+            y += b
+        return y, (x, w, mats, stride, padding)
+    w_mat = F.conv_weight_matrix(w)  # (kh*kw*O, I): the matching convolution maps O -> I
+    padded_hw = (oh + 2 * padding[0], ow + 2 * padding[1])
+    with single_threaded_blas(backend.get_array_module(x)):
+        ypad = F.conv2d_grad_input(x, w_mat, padded_hw, kernel, stride)  # (N, OHp, OWp, O)
+    y = F.crop_nhwc(ypad, padding)
+    if padding != (0, 0):
+        y = y.copy()  # contiguous (N, OH, OW, O)
+    if b is not None:
+        y += b
+    return y, (x, w, w_mat, stride, padding)
+
+
+@engine.register("tuned", "conv_transpose2d_backward")
+def conv_transpose2d_backward(dy, saved, *, need_params: bool, need_bias: bool, scratch: Scratch):
+    """The tuned ``conv_transpose2d_backward`` kernel: ``dx`` is the convolution of ``dy`` with ``W``."""
+    x, w, weights, stride, padding = saved
+    kernel = w.shape[2:]
+    xp = backend.get_array_module(dy)
+    separable = isinstance(weights, list)
+    dypad = dy
+    if padding != (0, 0) and (need_params or not separable):
+        (p0, p1), (n, h, w_out, c) = padding, dy.shape
+        buffer = scratch.get(0, "dypad", (n, h + 2 * p0, w_out + 2 * p1, c), dy.dtype, xp, fill=0)
+        dypad = F.pad_nhwc(dy, padding, out=buffer)  # (N, OHp, OWp, O), border zero
+    dw = db = None
+    with single_threaded_blas(xp):
+        if need_params:
+            dw = F.conv_weight_from_matrix(F.conv2d_grad_weight(dypad, x, kernel, stride), kernel)
+        if need_bias:
+            db = dy.reshape(-1, dy.shape[3]).sum(axis=0)
+        if separable:  # weights holds (U_h, U_w)
+            u_h, u_w = weights
+            return _apply_per_channel(dy, u_h.T, u_w.T), dw, db  # (N, H, W, C)
+        return F.conv2d_nhwc(dypad, weights, kernel, stride), dw, db  # (N, H, W, I)
 
 
 def _separable_factors(w):

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from xpvision import backend
+from xpvision.nn import engine
 from xpvision.nn import functional as F
-from xpvision.nn.parallel import run_chunks
+from xpvision.nn.parallel import ordered_sum, run_chunks
 
 DEAD = 4
 """Added to a pool index where the fused ReLU zeroed the output: such a position receives no gradient."""
@@ -370,17 +371,18 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
         dconv_block = conv_output_grad(start, stop, worker)
         for s in range(0, stop - start, chunk):
             e = min(s + chunk, stop - start)
-            chunk_grads(start + s, start + e, dconv_block[s:e], worker)
+            chunk_grads(start + s, start + e, dconv_block[s:e], worker, start // block)
 
-    def chunk_grads(start: int, stop: int, dconv, worker: int) -> None:
+    def chunk_grads(start: int, stop: int, dconv, worker: int, part: int) -> None:
+        """Gradients of one chunk; its weight gradient is added to block ``part``'s partial sum."""
         m = stop - start
         dmat = dconv.reshape(-1, o)  # (rows, O), rows in the order of the forward's im2col
         if need_params:
             cols = _im2col(scratch, worker, "cols", patches, start, stop, chunk, need_bias)  # (rows, K[+1])
-            if worker not in dw_parts:
-                dw_parts[worker] = xp.zeros((cols.shape[1], o), dtype=dtype)
+            if part not in dw_parts:
+                dw_parts[part] = xp.zeros((cols.shape[1], o), dtype=dtype)
             # (K[+1], O): with the ones column, the bias gradient is the last row
-            _gemm_tn_add(cols, dmat, dw_parts[worker], scratch, worker)
+            _gemm_tn_add(cols, dmat, dw_parts[part], scratch, worker)
         if need_input and transposed:
             dpad = scratch.get(worker, "dpad", (chunk, oh + 2 * q0, ow + 2 * q1, o), dtype, xp, fill=0)
             interior = dpad[:m, q0:q0 + oh, q1:q1 + ow]  # (m, OH, OW, O)
@@ -404,7 +406,7 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
     run_chunks(work, n, block, xp)
     dw = db = None
     if need_params:
-        dw = sum(dw_parts[key] for key in sorted(dw_parts))  # (K[+1], O)
+        dw = ordered_sum(dw_parts)  # (K[+1], O), blocks added in order
         if need_bias:
             dw, db = dw[:-1], dw[-1]
     if dxpad is not None:
@@ -412,4 +414,37 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
     return dx, dw, db
 
 
-__all__ = ["ConvGeometry", "Scratch", "conv_backward", "conv_forward", "max_pool2x2", "max_unpool2x2"]
+
+
+@engine.register("tuned", "conv2d")
+def conv2d(x, w, b, geom: ConvGeometry, *, relu: bool, pool: bool, training: bool, scratch: Scratch):
+    """The tuned ``conv2d`` kernel of :mod:`xpvision.nn.engine`: :func:`conv_forward` on a reused
+    zero-bordered padded buffer whose interior is copied in block by block; in evaluation (``training``
+    false) the pool keeps no index (a backward recomputes it)."""
+    xp = backend.get_array_module(x)
+    (n, h, w_in, c), (p0, p1) = x.shape, geom.padding
+    padded = geom.padding != (0, 0)
+    # (N, Hp, Wp, I) with a zero border; conv_forward copies the interior in, block by block
+    xpad = scratch.get(0, "xpad", (n, h + 2 * p0, w_in + 2 * p1, c), x.dtype, xp, fill=0) if padded else x
+    w_mat = F.conv_weight_matrix(w)  # (kh*kw*I, O)
+    bias = None if b is None else b.copy()  # (O,), as used here
+    y, pool_index = conv_forward(xpad, w_mat, bias, geom, relu=relu, pool=pool, scratch=scratch,
+                                 need_index=training, source=x if padded else None)
+    return y, (xpad, w_mat, bias, geom, relu, pool, y if relu and not pool else None, pool_index)
+
+
+@engine.register("tuned", "conv2d_backward")
+def conv2d_backward_kernel(dy, saved, *, need_params: bool, need_bias: bool, need_input: bool,
+                           scratch: Scratch):
+    """The tuned ``conv2d_backward`` kernel of :mod:`xpvision.nn.engine` (:func:`conv_backward`)."""
+    xpad, w_mat, bias, geom, relu, pool, relu_out, pool_index = saved
+    if pool and pool_index is None:
+        _, pool_index = conv_forward(xpad, w_mat, bias, geom, relu=relu, pool=True, scratch=scratch)
+    dx, dw, db = conv_backward(dy, xpad, w_mat, geom, relu_out=relu_out, pool_index=pool_index,
+                               need_params=need_params, need_bias=need_bias, need_input=need_input,
+                               scratch=scratch)
+    return dx, None if dw is None else F.conv_weight_from_matrix(dw, geom.kernel), db
+
+
+__all__ = ["ConvGeometry", "Scratch", "conv2d", "conv2d_backward_kernel", "conv_backward", "conv_forward",
+           "max_pool2x2", "max_unpool2x2"]

@@ -6,9 +6,9 @@ PyTorch's ``(O, I, kh, kw)`` layout by the layers and used here as a ``(kh * kw 
 (:func:`conv_weight_matrix`), so one convolution is one GEMM ``(rows, kh * kw * I) @ (kh * kw * I, O)`` whose
 ``(rows, O)`` result already is the ``(N, OH, OW, O)`` output.
 
-Every function works on NumPy and CuPy arrays (``xp = backend.get_array_module(x)``). On the CPU the batch is
-processed in chunks whose im2col matrix holds about :data:`CHUNK_ELEMENTS` values, so that it stays in
-cache; on the GPU one chunk holds the whole batch.
+Every function works on NumPy and CuPy arrays (``xp = backend.get_array_module(x)``). The batch is processed
+in chunks whose im2col matrix holds about :data:`CHUNK_ELEMENTS` values on the CPU, so that it stays in
+cache, and at most about :data:`GPU_CHUNK_ELEMENTS` on the GPU, so that memory stays bounded.
 """
 
 from __future__ import annotations
@@ -16,15 +16,24 @@ from __future__ import annotations
 import numpy as np
 
 from xpvision import backend
-from xpvision.nn.parallel import get_num_threads
 
 CHUNK_ELEMENTS = 160 * 1024
 """Values per im2col + GEMM chunk on the CPU (cache blocking: 640 KiB of float32, in a core's L2 with the
 GEMM's other operands). Rows per chunk are ``CHUNK_ELEMENTS / K``: ~1,100 for ``K = 145``, ~280 for ``K =
 577``, ~16,000 for a one-channel input (``K = 10``, whose per-call costs would dominate in short chunks).
 Measured at 1 thread on DeepConvNet: 3-6 % faster steps than a fixed 1,024 or 2,048 rows."""
+GPU_CHUNK_ELEMENTS = 16 * 1024 * 1024
+"""Values per im2col chunk on the GPU: 64 MiB of float32, a bounded workspace small against any CUDA device's
+memory (DeepConvNet's second convolution at batch 1000 would need 455 MB in one piece) and ~100,000 rows per
+GEMM for ``K <= 160``, enough to fill the device."""
 BLOCK_ROWS = 8192
-"""Output pixels per block of element-wise work on the CPU (fewer, larger NumPy calls)."""
+"""Output pixels per block of element-wise work on the CPU: with 16-64 channels a block's arrays (0.5-2 MiB)
+stay in a core's L2 / its share of L3 between the GEMMs and the ReLU / pool passes, while each NumPy call
+(a few microseconds of overhead) still covers ~10^5 values."""
+PARALLEL_BLOCKS = 8
+"""Least number of blocks a batch is cut into when it holds that many GEMM chunks: up to 8 cores can share
+a layer, and 1, 2, 4 or 8 threads get equal shares (a property of the core counts targeted, 2-16; the same
+for every thread count actually used, so results do not depend on it)."""
 
 
 # -- layout --------------------------------------------------------------------------------------------------
@@ -49,24 +58,26 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, 
 
 def block_and_chunk(n: int, rows_per_sample: int, xp, row_elements: int) -> tuple[int, int]:
     """``(block, chunk)`` sample counts: element-wise work runs on blocks of about :data:`BLOCK_ROWS` rows,
-    each split into GEMM chunks of :func:`chunk_size` (``row_elements``: the im2col row length ``K``); the
-    block a multiple of the chunk. Both are the whole batch on the GPU."""
+    each split into equal GEMM chunks of about :func:`chunk_size` (``row_elements``: the im2col row length
+    ``K``). A batch with enough chunks is cut into at least :data:`PARALLEL_BLOCKS` equal blocks, so that
+    threads can share it. Both depend on the shapes alone, never on the thread count (results do not change
+    with it). On the GPU the block is the whole batch, cut into equal chunks of :func:`chunk_size`."""
     chunk = chunk_size(n, rows_per_sample, xp, row_elements)
-    block = min(n, chunk * max(1, BLOCK_ROWS // (chunk * max(rows_per_sample, 1))))
-    if xp is np:  # a multiple of the thread count of equal blocks, and equal chunks in a block
-        threads = get_num_threads()
-        blocks = -(-n // block)
-        block = -(-n // (-(-blocks // threads) * threads))
-        chunk = -(-block // -(-block // chunk))
+    if xp is np:
+        block = min(n, chunk * max(1, BLOCK_ROWS // (chunk * max(rows_per_sample, 1))))
+        blocks = max(-(-n // block), min(PARALLEL_BLOCKS, -(-n // chunk)))
+        block = -(-n // blocks)  # equal blocks (the last may be shorter)
+    else:
+        block = n
+    chunk = -(-block // -(-block // chunk))  # equal chunks in a block
     return block, min(chunk, block)
 
 
 def chunk_size(n: int, rows_per_sample: int, xp, row_elements: int) -> int:
-    """Samples per cache-blocked chunk: about ``CHUNK_ELEMENTS / row_elements`` im2col rows of
-    ``row_elements`` values on the CPU (at least one sample), the whole batch on the GPU."""
-    if xp is not np:
-        return max(n, 1)
-    rows = CHUNK_ELEMENTS // max(row_elements, 1)
+    """Samples per chunk (at least one): about ``CHUNK_ELEMENTS / row_elements`` im2col rows of
+    ``row_elements`` values on the CPU, ``GPU_CHUNK_ELEMENTS / row_elements`` on the GPU."""
+    elements = CHUNK_ELEMENTS if xp is np else GPU_CHUNK_ELEMENTS
+    rows = elements // max(row_elements, 1)
     return max(1, min(n, rows // max(rows_per_sample, 1)))
 
 

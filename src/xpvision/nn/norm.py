@@ -20,10 +20,12 @@ import numpy as np
 
 from xpvision import backend
 from xpvision.errors import ConfigError, ShapeError
+from xpvision.nn import engine
 from xpvision.nn import functional as F
 from xpvision.nn.activation import ReLU
 from xpvision.nn.base import Layer
 from xpvision.nn.parallel import single_threaded_blas
+from xpvision.nn.reference import group_total
 from xpvision.nn.validate import forward_done, grad_like, image_input, matrix_input, positive_int
 
 
@@ -50,67 +52,77 @@ class _BatchNorm(Layer):
         return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}
 
     def _forward_rows(self, x2):
-        """Normalise ``x2`` ``(M, C)`` (M = values per channel) -> ``(M, C)``.
-
-        Training caches the centred input and ``1 / std``, from which the backward rebuilds ``xhat``; the
-        per-channel sums are GEMVs and the per-channel affine maps run on wide rows (:func:`_wide`).
-        """
-        xp = backend.get_array_module(x2)
-        gamma, beta = self.params["gamma"], self.params["beta"]
-        if self.training:
-            sums, m = self._group_sums(_channel_sum(x2), x2.shape[0])
-            if m < 2:
-                raise ShapeError(f"{type(self).__name__} needs more than 1 value per channel in training, "
-                                 f"got {m}")
-            mean = sums / m  # (C,)
-            centred = _affine(x2, None, -mean)  # (M, C)
-            var = self._group_sums(_channel_sum(centred * centred))[0] / m  # (C,) biased
-            inv_std = 1 / xp.sqrt(var + self.eps)
-            running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
-            running_mean *= 1 - self.momentum
-            running_mean += self.momentum * mean
-            running_var *= 1 - self.momentum
-            running_var += (self.momentum * m / (m - 1)) * var
-            self._cache = (centred, inv_std, m)
-            return _affine(centred, gamma * inv_std, beta)
-        inv_std = 1 / xp.sqrt(self.buffers["running_var"] + self.eps)
-        scale = gamma * inv_std  # (C,)
-        self._cache = (x2, inv_std, None)
-        return _affine(x2, scale, beta - self.buffers["running_mean"] * scale)
-
-    def _group_sums(self, sums, count: int = 0):
-        """``(sums, count)`` over every process when :attr:`group_sum` is set, else as given."""
-        if self.group_sum is None:
-            return sums, count
-        xp = backend.get_array_module(sums)
-        total = self.group_sum(xp.concatenate([sums, xp.asarray([count], dtype=sums.dtype)]))
-        return total[:-1], round(float(total[-1]))
+        """Normalise ``x2`` ``(M, C)`` (M = values per channel) -> ``(M, C)``, through the engine's kernel."""
+        if self.training and self.group_sum is None and x2.shape[0] < 2:
+            raise ShapeError(f"{type(self).__name__} needs more than 1 value per channel in training, "
+                             f"got {x2.shape[0]}")
+        kernels = engine.get_engine()
+        y2, saved = engine.kernel("batch_norm", kernels)(
+            x2, self.params["gamma"], self.params["beta"], self.buffers["running_mean"],
+            self.buffers["running_var"], momentum=self.momentum, eps=self.eps, training=self.training,
+            group_sum=self.group_sum)
+        self._cache = (kernels, saved, x2.shape)
+        return y2
 
     def _backward_rows(self, dy2):
         """Gradient w.r.t. the input rows ``(M, C)`` from ``dy2`` ``(M, C)``; fills ``gamma``/``beta`` grads.
         """
-        x2, inv_std, m = self._cache  # m: values per channel in the (whole) batch, None in eval mode
-        training = m is not None
-        gamma = self.params["gamma"]
-        dbeta = _channel_sum(dy2)  # (C,)
-        if training:  # x2 is the centred input: xhat = x2 * inv_std
-            dgamma = _channel_sum(dy2 * x2) * inv_std  # (C,)
-        else:
-            dgamma = _channel_sum(dy2 * _affine(x2, inv_std, -self.buffers["running_mean"] * inv_std))
+        kernels, saved, _ = self._cache
+        dx2, dgamma, dbeta = engine.kernel("batch_norm_backward", kernels)(dy2, saved, self.params["gamma"],
+                                                                            group_sum=self.group_sum)
         if self.trainable:
             self.grads["gamma"][...] = dgamma
             self.grads["beta"][...] = dbeta
-        scale = gamma * inv_std  # (C,)
-        if not training:
-            return _affine(dy2, scale, None)
-        if self.group_sum is not None:
-            c = self.num_features
-            total = self._group_sums(backend.get_array_module(dy2).concatenate([dbeta, dgamma]))[0]
-            dbeta, dgamma = total[:c], total[c:]
-        # (gamma * inv_std / m) * (m * dy - dbeta - xhat * dgamma), xhat = centred * inv_std
-        dx = _affine(x2, -scale * inv_std * dgamma / m, -scale * dbeta / m)  # (M, C)
-        dx += _affine(dy2, scale, None)
-        return dx
+        return dx2
+
+
+@engine.register("tuned", "batch_norm")
+def batch_norm(x2, gamma, beta, running_mean, running_var, *, momentum: float, eps: float, training: bool,
+               group_sum=None):
+    """The tuned ``batch_norm`` kernel of :mod:`xpvision.nn.engine`: per-channel sums as GEMVs and affine
+    maps on wide rows (:func:`_wide`). Training saves the centred input and ``1 / std``, from which the
+    backward rebuilds ``xhat``; evaluation saves the input and the running mean."""
+    xp = backend.get_array_module(x2)
+    if training:
+        sums, m = group_total(group_sum, _channel_sum(x2), x2.shape[0])
+        if m < 2:
+            raise ShapeError(f"BatchNorm needs more than 1 value per channel in training, got {m}")
+        mean = sums / m  # (C,)
+        centred = _affine(x2, None, -mean)  # (M, C)
+        var = group_total(group_sum, _channel_sum(centred * centred))[0] / m  # (C,) biased
+        inv_std = 1 / xp.sqrt(var + eps)
+        running_mean *= 1 - momentum
+        running_mean += momentum * mean
+        running_var *= 1 - momentum
+        running_var += (momentum * m / (m - 1)) * var
+        return _affine(centred, gamma * inv_std, beta), (centred, inv_std, None, m)
+    inv_std = 1 / xp.sqrt(running_var + eps)
+    scale = gamma * inv_std  # (C,)
+    return _affine(x2, scale, beta - running_mean * scale), (x2, inv_std, running_mean.copy(), None)
+
+
+@engine.register("tuned", "batch_norm_backward")
+def batch_norm_backward(dy2, saved, gamma, group_sum=None):
+    """The tuned ``batch_norm_backward`` kernel of :mod:`xpvision.nn.engine` -> ``(dx2, dgamma, dbeta)``."""
+    x2, inv_std, running_mean, m = saved  # m: values per channel in the (whole) batch
+    training = running_mean is None
+    dbeta = _channel_sum(dy2)  # (C,)
+    if training:  # x2 is the centred input: xhat = x2 * inv_std
+        dgamma = _channel_sum(dy2 * x2) * inv_std  # (C,)
+    else:
+        dgamma = _channel_sum(dy2 * _affine(x2, inv_std, -running_mean * inv_std))
+    scale = gamma * inv_std  # (C,)
+    if not training:
+        return _affine(dy2, scale, None), dgamma, dbeta
+    total_dbeta, total_dgamma = dbeta, dgamma  # dx needs them over every process; the parameters their own
+    if group_sum is not None:
+        c = dbeta.shape[0]
+        total = group_total(group_sum, backend.get_array_module(dy2).concatenate([dbeta, dgamma]))[0]
+        total_dbeta, total_dgamma = total[:c], total[c:]
+    # (gamma * inv_std / m) * (m * dy - dbeta - xhat * dgamma), xhat = centred * inv_std
+    dx = _affine(x2, -scale * inv_std * total_dgamma / m, -scale * total_dbeta / m)  # (M, C)
+    dx += _affine(dy2, scale, None)
+    return dx, dgamma, dbeta
 
 
 def _wide(a2, *vectors):
@@ -190,6 +202,6 @@ class BatchNorm1d(_BatchNorm):
 
     def backward(self, dout):
         forward_done(type(self).__name__, self._cache)
-        grad_like(type(self).__name__, dout, self._cache[0].shape)
+        grad_like(type(self).__name__, dout, self._cache[2])
         with single_threaded_blas(backend.get_array_module(dout)):
             return self._backward_rows(dout)

@@ -1,27 +1,59 @@
-"""Splitting a layer's batch over CPU threads.
+"""Splitting a layer's batch over CPU threads, with results that do not depend on how many.
 
-NumPy releases the GIL inside GEMMs, copies and element-wise loops, so two Python threads, each running its
-own cache-sized chunks of the batch with BLAS at one thread, keep both cores busy through the element-wise
-work too (a multi-threaded BLAS alone leaves them single-threaded). BLAS threads are limited with
-``threadpoolctl`` for the duration of a threaded region; without it the chunks run one after another on the
-caller's thread. On the GPU everything runs on the caller's thread (one chunk holds the whole batch).
+NumPy releases the GIL inside GEMMs, copies and element-wise loops, so Python threads, each running its own
+blocks of the batch with BLAS at one thread, keep every core busy through the element-wise work too (a
+multi-threaded BLAS alone leaves it single-threaded). BLAS threads are limited with ``threadpoolctl`` for the
+duration of a threaded region; without it the blocks run one after another on the caller's thread. On the GPU
+everything runs on the caller's thread.
+
+Thread count: by default the number of cores this process may run on (its CPU affinity, what
+``os.sched_getaffinity`` reports: a container's or ``taskset``'s limit, not the machine's core count);
+``XPVISION_NUM_THREADS`` in the environment, or :func:`set_num_threads`, overrides it.
+
+Results are bit-identical for every thread count: callers cut the batch into blocks whose boundaries depend
+on the shapes alone (:func:`xpvision.nn.functional.block_and_chunk`), and each block's partial sums are kept
+apart and reduced in block order (:func:`ordered_sum`), whichever thread computed them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-_state: dict = {"threads": min(2, os.cpu_count() or 1), "pool": None, "blas": None}
+from xpvision.errors import ConfigError
+
+ENV_THREADS = "XPVISION_NUM_THREADS"
+"""Environment variable overriding the default thread count (a positive integer)."""
+
+_state: dict = {"threads": None, "pool": None, "blas": None}
 
 
-def set_num_threads(threads: int) -> None:
-    """Use ``threads`` CPU threads per layer (1 disables threading)."""
-    if not isinstance(threads, int) or threads < 1:
+def available_cores() -> int:
+    """CPU cores this process may run on: its affinity mask (``os.cpu_count()`` where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # platforms without sched_getaffinity (macOS, Windows)
+        return os.cpu_count() or 1
+
+
+def default_num_threads() -> int:
+    """``XPVISION_NUM_THREADS`` when set, else :func:`available_cores`; a bad value raises ``ConfigError``."""
+    value = os.environ.get(ENV_THREADS, "").strip()
+    if not value:
+        return available_cores()
+    if not value.isdecimal() or int(value) < 1:
+        raise ConfigError(f"environment variable {ENV_THREADS}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def set_num_threads(threads: int | None) -> None:
+    """Use ``threads`` CPU threads per layer (1 disables threading; ``None``: back to the default)."""
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     if _state["pool"] is not None:
         _state["pool"].shutdown(wait=True)
@@ -29,6 +61,9 @@ def set_num_threads(threads: int) -> None:
 
 
 def get_num_threads() -> int:
+    """The thread count in use (the default of :func:`default_num_threads` until one is set)."""
+    if _state["threads"] is None:
+        _state["threads"] = default_num_threads()
     return _state["threads"]
 
 
@@ -55,31 +90,47 @@ def single_threaded_blas(xp=np):
 
 
 def run_chunks(work: Callable[[int, int, int], None], n: int, step: int, xp) -> int:
-    """Call ``work(start, stop, worker)`` for the chunks ``[start, stop)`` of ``range(n)`` of length ``step``.
+    """Call ``work(start, stop, worker)`` for the blocks ``[start, stop)`` of ``range(n)`` of length ``step``.
 
-    On the CPU, BLAS is limited to one thread (the chunks' GEMMs are small: a multi-threaded BLAS spends more
-    on waking its threads than it gains, badly so on a busy machine). With more than one thread and more than
-    one chunk, the chunks are dealt round-robin to the threads (``worker`` = thread index, so a worker may
-    keep per-thread scratch buffers and partial sums), which run concurrently. Returns the number of workers
-    used.
+    BLAS runs at one thread (the blocks' GEMMs are small: a multi-threaded BLAS spends more on waking its
+    threads than it gains, badly so on a busy machine). With more than one thread and more than one block, the
+    threads take the blocks in order as they become free (``worker`` = thread index, so a worker may keep
+    per-thread scratch buffers); which thread runs a block must not change its result, so partial sums are
+    kept per block (index ``start // step``), not per worker. Returns the number of workers used.
     """
-    chunks = [(start, min(start + step, n)) for start in range(0, n, step)]
-    threads = min(_state["threads"], len(chunks))
+    blocks = [(start, min(start + step, n)) for start in range(0, n, step)]
+    threads = min(get_num_threads(), len(blocks))
     controller = _blas_controller() if xp is np else None
     if controller is None or threads == 1:
         with single_threaded_blas(xp):
-            for start, stop in chunks:
+            for start, stop in blocks:
                 work(start, stop, 0)
         return 1
     if _state["pool"] is None:
-        _state["pool"] = ThreadPoolExecutor(_state["threads"], thread_name_prefix="xpvision-nn")
+        _state["pool"] = ThreadPoolExecutor(get_num_threads(), thread_name_prefix="xpvision-nn")
+    queue = iter(blocks)
+    lock = threading.Lock()
 
     def run_worker(worker: int) -> None:
-        for start, stop in chunks[worker::threads]:
-            work(start, stop, worker)
+        while True:
+            with lock:
+                block = next(queue, None)
+            if block is None:
+                return
+            work(*block, worker)
 
     with controller.limit(limits=1):
         futures = [_state["pool"].submit(run_worker, w) for w in range(threads)]
         for future in futures:
             future.result()
     return threads
+
+
+def ordered_sum(parts: dict[int, object]):
+    """Sum of the per-block partial results ``parts`` (block index -> array), added in block order: the same
+    bits whichever threads computed them."""
+    keys = sorted(parts)
+    total = parts[keys[0]].copy()
+    for key in keys[1:]:
+        total += parts[key]
+    return total

@@ -139,6 +139,7 @@ class FCN(Layer):
         self._build_decoder()
         self._check_alignment()
         self._plans: dict[tuple[int, int], _Plan] = {}
+        self.fusion = True  # encoder layers absorb their ReLU / pool (an execution detail, as in Sequential)
         self._cache: tuple | None = None
 
     # -- construction --------------------------------------------------------------------------------------
@@ -293,10 +294,12 @@ class FCN(Layer):
         out = F.nchw(padded)
         tap_index = {i: s for s, i in self.taps.items()}
         taps = {}
-        for i, (_, layer) in enumerate(self._encoder):
-            out = layer.forward(out)
-            if i in tap_index:
-                taps[tap_index[i]] = out
+        for start, stop in self._encoder_steps():
+            layer = self._encoder[start][1]
+            absorbed = [layer for _, layer in self._encoder[start + 1:stop + 1]]
+            out = layer.forward_fused(out, absorbed) if absorbed else layer.forward(out)
+            if stop in tap_index:
+                taps[tap_index[stop]] = out
         score = self.scores[self.encoder_stride].forward(out)
         fused_shapes = []
         for s, (fusion_h, fusion_w) in zip(self.skip_strides, plan.fusions, strict=True):
@@ -314,6 +317,22 @@ class FCN(Layer):
         logits = xp.ascontiguousarray(full[:, sh:sh + h, sw:sw + w])  # (N, H, W, K)
         self._cache = (x.shape, plan, fused_shapes, full.shape)
         return F.nchw(logits)
+
+    def _encoder_steps(self) -> list[tuple[int, int]]:
+        """The encoder run as ``(start, stop)`` steps: layer ``start`` computes itself and absorbs layers
+        ``start + 1 .. stop`` when it can (a convolution's ReLU and 2x2 max pool, see
+        :meth:`xpvision.nn.Layer.fusable`; unless ``fusion`` is false), never past a layer whose output a skip
+        connection taps."""
+        layers = [layer for _, layer in self._encoder]
+        tapped = set(self.taps.values())
+        steps, i = [], 0
+        while i < len(layers):
+            count = layers[i].fusable(layers[i + 1:]) if self.fusion else 0
+            inner_taps = [j for j in tapped if i <= j < i + count]
+            stop = min(inner_taps) if inner_taps else i + count
+            steps.append((i, stop))
+            i = stop + 1
+        return steps
 
     def backward(self, dout):
         """Gradient of the loss w.r.t. the logits ``(N, K, H, W)`` -> w.r.t. the input ``(N, C, H, W)``, or
@@ -345,11 +364,13 @@ class FCN(Layer):
         grad = self.scores[self.encoder_stride].backward(dscore)
         # without needs_input_grad, layers before the first trainable one are skipped
         first = 0 if self.needs_input_grad else first_trainable([layer for _, layer in self._encoder])
-        for i in reversed(range(first, len(self._encoder))):
-            if i in dtaps:
-                grad = grad + dtaps[i]
-            layer = self._encoder[i][1]
-            layer.needs_input_grad = i > first or self.needs_input_grad
+        for start, stop in reversed(self._encoder_steps()):
+            if stop < first:
+                break
+            if stop in dtaps:
+                grad = grad + dtaps[stop]
+            layer = self._encoder[start][1]
+            layer.needs_input_grad = start > first or self.needs_input_grad
             grad = layer.backward(grad)
         if not self.needs_input_grad:
             return None

@@ -1,0 +1,85 @@
+"""The seam between layers and kernels: a layer calls its kernel by name, the engine setting picks which
+implementation answers.
+
+Two engines implement the same functional interface (same arguments, same shapes, same layouts):
+
+* ``"reference"`` (:mod:`xpvision.nn.reference`): the textbook, one step per line - im2col of the whole
+  batch and one GEMM, ReLU and pooling as separate passes, batch statistics as plain means. Read it first.
+* ``"tuned"`` (the default: :mod:`xpvision.nn.convblock`, :mod:`xpvision.nn.conv`, :mod:`xpvision.nn.norm`):
+  the same arithmetic rearranged for speed - cache-sized chunks on several threads, fused ReLU and pooling,
+  reused buffers, a separable path for fixed bilinear upsampling.
+
+Tests run both on random inputs and compare them (bit for bit where the arithmetic is the same, within a
+stated tolerance where the order of additions differs). The engine is chosen by :func:`set_engine` or the
+environment variable ``XPVISION_ENGINE``, never by timing: two runs on one machine always take the same path.
+Optimizers follow the same setting (:mod:`xpvision.optim`: one update per parameter, or one per flat buffer).
+
+Kernels (``x``: channels-last ``(N, H, W, C)``; ``geom``: :class:`xpvision.nn.convblock.ConvGeometry`):
+
+* ``conv2d(x, w, b, geom, *, relu, pool, training, scratch) -> (y, saved)``: convolution of the unpadded
+  ``x`` with ``w`` ``(O, I, kh, kw)`` and ``b`` ``(O,)`` or ``None``, then a ReLU and a 2x2 stride-2 max pool
+  when asked -> ``y`` ``(N, OH, OW, O)`` (pooled: ``(N, OH // 2, OW // 2, O)``); ``saved``: what the
+  backward needs.
+* ``conv2d_backward(dy, saved, *, need_params, need_bias, need_input, scratch) -> (dx, dw, db)``: ``dx``
+  ``(N, H, W, I)``, ``dw`` ``(O, I, kh, kw)``, ``db`` ``(O,)``, each ``None`` when not needed.
+* ``conv_transpose2d(x, w, b, stride, padding, *, upsampling, scratch) -> (y, saved)``: transposed
+  convolution of ``x`` ``(N, H, W, I)`` with ``w`` ``(I, O, kh, kw)`` -> ``(N, (H - 1) * S - 2P + K, ...,
+  O)``; ``upsampling``: ``None``, or ``(U_h, U_w)`` ``(OH, H)``, ``(OW, W)`` when ``w`` is frozen and one
+  separable kernel on the channel diagonal (``y[n, :, :, c] = U_h @ x[n, :, :, c] @ U_w^T``), which a kernel
+  may use.
+* ``conv_transpose2d_backward(dy, saved, *, need_params, need_bias, scratch) -> (dx, dw, db)``.
+* ``batch_norm(x2, gamma, beta, running_mean, running_var, *, momentum, eps, training) -> (y2, saved)``: per
+  channel of ``x2`` ``(M, C)``; in training the running statistics are updated in place.
+* ``batch_norm_backward(dy2, saved, gamma) -> (dx2, dgamma, dbeta)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from xpvision.errors import ConfigError
+
+ENGINES = ("reference", "tuned")
+ENV_ENGINE = "XPVISION_ENGINE"
+"""Environment variable choosing the engine (``reference`` or ``tuned``)."""
+KERNELS = ("conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward", "batch_norm",
+           "batch_norm_backward")
+
+_registry: dict[str, dict[str, Callable]] = {engine: {} for engine in ENGINES}
+_state: dict[str, str | None] = {"engine": None}
+
+
+def register(engine: str, name: str) -> Callable[[Callable], Callable]:
+    """Decorator: the function implements kernel ``name`` for ``engine``."""
+    if engine not in ENGINES or name not in KERNELS:
+        raise ValueError(f"unknown engine {engine!r} or kernel {name!r}")
+
+    def add(function: Callable) -> Callable:
+        _registry[engine][name] = function
+        return function
+
+    return add
+
+
+def set_engine(engine: str | None) -> None:
+    """Use ``engine`` (``'reference'`` or ``'tuned'``) from now on; ``None``: back to the default."""
+    if engine is not None and engine not in ENGINES:
+        raise ConfigError(f"engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
+    _state["engine"] = engine
+
+
+def get_engine() -> str:
+    """The engine in use: the one set, else ``XPVISION_ENGINE``, else ``'tuned'``."""
+    if _state["engine"] is None:
+        value = os.environ.get(ENV_ENGINE, "").strip() or "tuned"
+        if value not in ENGINES:
+            raise ConfigError(f"environment variable {ENV_ENGINE}: expected one of {', '.join(ENGINES)}, "
+                              f"got {value!r}")
+        _state["engine"] = value
+    return _state["engine"]
+
+
+def kernel(name: str, engine: str | None = None) -> Callable:
+    """The implementation of kernel ``name`` in ``engine`` (default: the engine in use)."""
+    return _registry[engine or get_engine()][name]

@@ -1,0 +1,149 @@
+"""The reference engine: each kernel of :mod:`xpvision.nn.engine` as the textbook writes it.
+
+A convolution is im2col of the whole padded batch and one GEMM (Deep Learning from Scratch, ch. 7), the ReLU
+and the max pool separate passes after it; its backward is one GEMM for the weights, the bias gradient a
+column sum, and one GEMM + col2im scatter for the input. Batch norm is the plain mean / variance / xhat
+formula. No chunks, no threads, no reused buffers: memory grows with the batch (im2col of DeepConvNet's second
+convolution at batch 1000 holds 114 M values), which is what the tuned engine avoids.
+
+Arrays are channels-last, as everywhere inside the layers (see :mod:`xpvision.nn.engine` for the shapes).
+"""
+
+from __future__ import annotations
+
+from xpvision import backend
+from xpvision.nn import engine
+from xpvision.nn import functional as F
+
+POOL = ((2, 2), (2, 2))
+"""Kernel and stride of the max pool a convolution may be followed by."""
+
+
+@engine.register("reference", "conv2d")
+def conv2d(x, w, b, geom, *, relu: bool, pool: bool, training: bool, scratch=None):
+    """Convolution (+ bias) (+ ReLU) (+ 2x2 max pool) of ``x`` ``(N, H, W, I)`` -> ``(y, saved)``."""
+    xp = backend.get_array_module(x)
+    n, o = x.shape[0], w.shape[0]
+    xpad = F.pad_nhwc(x, geom.padding)  # (N, Hp, Wp, I)
+    cols = F.im2col(xpad, geom.kernel, geom.stride, geom.dilation, geom.out_hw)  # (N*OH*OW, kh*kw*I)
+    w_mat = F.conv_weight_matrix(w)  # (kh*kw*I, O)
+    y = cols @ w_mat  # (N*OH*OW, O)
+    if b is not None:
+        y = y + b
+    y = y.reshape(n, *geom.out_hw, o)  # (N, OH, OW, O)
+    if relu:
+        y = xp.maximum(y, 0)
+    conv_out, index = y, None
+    if pool:
+        y, index = F.max_pool_nhwc(y, *POOL, (geom.out_hw[0] // 2, geom.out_hw[1] // 2))
+    return y, (xpad.shape, cols, w_mat, geom, relu, conv_out, index)
+
+
+@engine.register("reference", "conv2d_backward")
+def conv2d_backward(dy, saved, *, need_params: bool, need_bias: bool, need_input: bool, scratch=None):
+    """Gradients of :func:`conv2d` from ``dy``, the gradient of its output -> ``(dx, dw, db)``."""
+    padded_shape, cols, w_mat, geom, relu, conv_out, index = saved
+    xp = backend.get_array_module(dy)
+    if index is not None:  # route each pooled gradient to its window's maximum
+        dy = F.max_pool_backward(dy, index, conv_out.shape[1:3], *POOL)  # (N, OH, OW, O)
+    if relu:
+        dy = dy * (conv_out > 0)
+    dmat = dy.reshape(-1, w_mat.shape[1])  # (N*OH*OW, O)
+    dw = db = dx = None
+    if need_params:
+        dw = F.conv_weight_from_matrix(cols.T @ dmat, geom.kernel)  # (O, I, kh, kw)
+    if need_bias:
+        db = dmat.sum(axis=0)  # (O,)
+    if need_input:
+        kh, kw = geom.kernel
+        i_ch = w_mat.shape[0] // (kh * kw)
+        dcols = (dmat @ w_mat.T).reshape(-1, *geom.out_hw, kh, kw, i_ch)  # (N, OH, OW, kh, kw, I)
+        dxpad = xp.zeros(padded_shape, dtype=dmat.dtype)  # (N, Hp, Wp, I)
+        F.col2im_add(dxpad, dcols, geom.kernel, geom.stride, geom.dilation)
+        dx = F.crop_nhwc(dxpad, geom.padding)  # (N, H, W, I)
+    return dx, dw, db
+
+
+def group_total(group_sum, sums, count: int = 0):
+    """``(sums, count)`` added over every process by ``group_sum`` (synchronised batch norm), or as given
+    when it is ``None``."""
+    if group_sum is None:
+        return sums, count
+    xp = backend.get_array_module(sums)
+    total = group_sum(xp.concatenate([sums, xp.asarray([count], dtype=sums.dtype)]))
+    return total[:-1], round(float(total[-1]))
+
+
+@engine.register("reference", "batch_norm")
+def batch_norm(x2, gamma, beta, running_mean, running_var, *, momentum: float, eps: float, training: bool,
+               group_sum=None):
+    """``gamma * (x - mean) / sqrt(var + eps) + beta`` per channel of ``x2`` ``(M, C)`` -> ``(y2, saved)``.
+
+    Training uses the batch mean and biased variance and moves the running statistics (unbiased variance)
+    towards them by ``momentum``; evaluation uses the running statistics.
+    """
+    xp = backend.get_array_module(x2)
+    m = None
+    if training:  # with group_sum, the statistics of the whole batch over every process
+        sums, m = group_total(group_sum, x2.sum(axis=0), x2.shape[0])
+        mean = sums / m  # (C,)
+        var = group_total(group_sum, ((x2 - mean) ** 2).sum(axis=0))[0] / m  # (C,) biased
+        running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+        running_var[...] = (1 - momentum) * running_var + momentum * var * m / (m - 1)
+    else:
+        mean, var = running_mean, running_var
+    inv_std = 1 / xp.sqrt(var + eps)  # (C,)
+    xhat = (x2 - mean) * inv_std  # (M, C)
+    return gamma * xhat + beta, (xhat, inv_std, m)
+
+
+@engine.register("reference", "batch_norm_backward")
+def batch_norm_backward(dy2, saved, gamma, group_sum=None):
+    """Gradients of :func:`batch_norm` from ``dy2`` ``(M, C)`` -> ``(dx2, dgamma, dbeta)``."""
+    xhat, inv_std, m = saved  # m: values per channel of the (whole) batch, None in evaluation
+    dbeta = dy2.sum(axis=0)  # (C,)
+    dgamma = (dy2 * xhat).sum(axis=0)  # (C,)
+    if m is None:  # the statistics are constants
+        return dy2 * gamma * inv_std, dgamma, dbeta
+    c = dbeta.shape[0]  # dx needs the sums over every process (group_sum); the parameters keep their own
+    total = group_total(group_sum, backend.get_array_module(dy2).concatenate([dbeta, dgamma]))[0]
+    dx2 = (m * dy2 - total[:c] - xhat * total[c:]) * (gamma * inv_std / m)
+    return dx2, dgamma, dbeta
+
+
+@engine.register("reference", "conv_transpose2d")
+def conv_transpose2d(x, w, b, stride, padding, *, upsampling=None, scratch=None):
+    """Transposed convolution as the study guide defines it: spread the input pixels ``stride`` apart, pad
+    ``kernel - 1`` around, remove ``padding``, then convolve with the flipped, in/out-swapped kernel.
+    ``x`` ``(N, H, W, I)``, ``w`` ``(I, O, kh, kw)`` -> ``(y, saved)``, ``y`` ``(N, OH, OW, O)``; the dense
+    sum whatever ``upsampling`` says (see :mod:`xpvision.nn.engine`)."""
+    from xpvision.nn.convblock import ConvGeometry
+
+    xp = backend.get_array_module(x)
+    (n, h, w_in, i_ch), (sh, sw), (kh, kw) = x.shape, stride, w.shape[2:]
+    spread = xp.zeros((n, (h - 1) * sh + 1, (w_in - 1) * sw + 1, i_ch), dtype=x.dtype)
+    spread[:, ::sh, ::sw] = x
+    edges = [(k - 1 - p) for k, p in zip((kh, kw), padding, strict=True)]  # < 0: crop instead of padding
+    cropped = spread[:, max(0, -edges[0]):spread.shape[1] - max(0, -edges[0]),
+                     max(0, -edges[1]):spread.shape[2] - max(0, -edges[1])]
+    pad = (max(0, edges[0]), max(0, edges[1]))
+    w_conv = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]  # (O, I, kh, kw), flipped
+    out_hw = tuple(size + 2 * p - k + 1 for size, p, k in zip(cropped.shape[1:3], pad, (kh, kw), strict=True))
+    geom = ConvGeometry((kh, kw), (1, 1), (1, 1), pad, cropped.shape[1:3], out_hw)
+    y, conv_saved = conv2d(xp.ascontiguousarray(cropped), w_conv, b, geom, relu=False, pool=False,
+                           training=True)
+    return y, (conv_saved, spread.shape, edges, stride)
+
+
+@engine.register("reference", "conv_transpose2d_backward")
+def conv_transpose2d_backward(dy, saved, *, need_params: bool, need_bias: bool, scratch=None):
+    """Gradients of :func:`conv_transpose2d`: back through the convolution, the crop and the spreading."""
+    conv_saved, spread_shape, edges, (sh, sw) = saved
+    dcropped, dw_conv, db = conv2d_backward(dy, conv_saved, need_params=need_params, need_bias=need_bias,
+                                            need_input=True)
+    xp = backend.get_array_module(dy)
+    dspread = xp.zeros(spread_shape, dtype=dcropped.dtype)
+    c0, c1 = max(0, -edges[0]), max(0, -edges[1])
+    dspread[:, c0:spread_shape[1] - c0, c1:spread_shape[2] - c1] = dcropped
+    dw = None if dw_conv is None else dw_conv[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (I, O, kh, kw)
+    return dspread[:, ::sh, ::sw], dw, db
