@@ -118,6 +118,26 @@ class MPICommunicator:
         self.comm.Abort(code)
 
 
+UNIQUE_ID_BYTES = 128
+"""Size of NCCL's ``ncclUniqueId``."""
+
+
+def pack_unique_id(unique_id: bytes | tuple[int, ...]) -> np.ndarray:
+    """``cupy.cuda.nccl.get_unique_id()`` as ``(UNIQUE_ID_BYTES + 1,)`` int16 for an MPI broadcast: the bytes
+    as signed chars, then 1 when CuPy gave ``bytes`` (CuPy 14) or 0 for a tuple of ints (earlier CuPy)."""
+    is_bytes = isinstance(unique_id, bytes | bytearray)
+    chars = np.frombuffer(bytes(unique_id), dtype=np.int8) if is_bytes else np.asarray(unique_id)
+    if chars.shape != (UNIQUE_ID_BYTES,):
+        raise ValueError(f"an NCCL unique id has {UNIQUE_ID_BYTES} bytes, got {chars.shape}")
+    return np.concatenate([chars.astype(np.int16), [int(is_bytes)]]).astype(np.int16)
+
+
+def unpack_unique_id(packed: np.ndarray) -> bytes | tuple[int, ...]:
+    """The inverse of :func:`pack_unique_id`: the id in the form ``NcclCommunicator`` of that CuPy takes."""
+    chars = packed[:UNIQUE_ID_BYTES]
+    return chars.astype(np.int8).tobytes() if packed[UNIQUE_ID_BYTES] else tuple(int(v) for v in chars)
+
+
 class NCCLCommunicator(MPICommunicator):
     """MPI on the host plus an NCCL communicator for CuPy arrays; process ``r`` drives GPU ``local_rank``."""
 
@@ -129,12 +149,12 @@ class NCCLCommunicator(MPICommunicator):
             raise ConfigError(f"{self.local_size} processes on this host but only {count} GPUs: with "
                               f"device 'gpu' each process needs its own GPU")
         backend.use_gpu(self.local_rank)
-        unique_id = np.zeros(128, dtype=np.int64)
+        packed = np.zeros(UNIQUE_ID_BYTES + 1, dtype=np.int16)
         if self.rank == 0:
-            unique_id[:] = nccl.get_unique_id()
-        self.comm.Bcast(unique_id, root=0)
+            packed[:] = pack_unique_id(nccl.get_unique_id())
+        self.comm.Bcast(packed, root=0)
         self.nccl = nccl
-        self.nccl_comm = nccl.NcclCommunicator(self.size, tuple(int(v) for v in unique_id), self.rank)
+        self.nccl_comm = nccl.NcclCommunicator(self.size, unpack_unique_id(packed), self.rank)
 
     def _nccl_type(self, array: Any) -> int:
         types = {np.dtype(np.float32): self.nccl.NCCL_FLOAT32, np.dtype(np.float64): self.nccl.NCCL_FLOAT64,

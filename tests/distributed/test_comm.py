@@ -1,0 +1,23 @@
+"""The NCCL unique id crosses MPI as integers and comes back in the form the installed CuPy takes."""
+
+import numpy as np
+import pytest
+
+from xpvision.distributed.comm import UNIQUE_ID_BYTES, pack_unique_id, unpack_unique_id
+
+
+def test_a_bytes_id_as_cupy_14_gives_it_comes_back_as_the_same_bytes():
+    unique_id = bytes(np.random.default_rng(0).integers(0, 256, UNIQUE_ID_BYTES, dtype=np.uint8))
+    packed = pack_unique_id(unique_id)
+    assert packed.dtype == np.int16 and packed.shape == (UNIQUE_ID_BYTES + 1,)
+    assert unpack_unique_id(packed.copy()) == unique_id
+
+
+def test_a_tuple_id_as_earlier_cupy_gives_it_comes_back_as_the_same_tuple():
+    unique_id = tuple(int(v) for v in np.random.default_rng(1).integers(-128, 128, UNIQUE_ID_BYTES))
+    assert unpack_unique_id(pack_unique_id(unique_id)) == unique_id
+
+
+def test_an_id_of_the_wrong_length_is_refused():
+    with pytest.raises(ValueError, match="128 bytes"):
+        pack_unique_id(b"\x01" * 12)
