@@ -1,0 +1,102 @@
+"""The team's tracking server as scripts/tracking-server runs it: PostgreSQL + ``mlflow server``.
+
+CI (.ci/run) starts the server once and gives its URI in ``XPVISION_TRACKING_SERVER``; without it the test
+starts its own with scripts/tracking-server in a temporary folder (free ports) and stops it. A tiny pipeline
+run is logged through the server, then its REST API is asked for what the MLflow UI shows: the experiment's
+kind tag, the dataset inputs with their DVC digests, and the registered model version with its alias.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xpvision import tracking
+from xpvision.config import TrackingConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The URI of a tracking server on PostgreSQL (CI's, or one started here and stopped at the end)."""
+    if os.environ.get("XPVISION_TRACKING_SERVER"):
+        yield os.environ["XPVISION_TRACKING_SERVER"]
+        return
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    folder = Path(tempfile.mkdtemp(prefix="xpvision-server-", dir="/tmp"))
+    folder.chmod(0o755)  # the database runs as the postgres user when the tests run as root
+    env = {**os.environ, "XPVISION_SERVER_DIR": str(folder), "MLFLOW_PORT": str(free_port()),
+           "PG_PORT": str(free_port()), "MLFLOW_WORKERS": "1",
+           "MLFLOW": str(Path(sys.executable).parent / "mlflow")}
+    script = str(ROOT / "scripts" / "tracking-server")
+    started = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=300)
+    try:
+        assert started.returncode == 0, started.stderr
+        yield started.stdout.strip()
+    finally:
+        subprocess.run([script, "stop"], env=env, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def rest(uri: str, endpoint: str, **query) -> dict:
+    with urllib.request.urlopen(f"{uri}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}",
+                                timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_rest_api_shows_kind_tag_dataset_inputs_and_the_candidate_version(server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    prefix = f"ci-{uuid.uuid4().hex[:8]}"  # a shared server keeps earlier runs: names of this test's own
+    cfg = TrackingConfig(uri=server, experiment_prefix=prefix, on_unreachable="fail",
+                         local_uri="sqlite:///local.db", connect_timeout_s=5.0, log_models=True)
+    md5 = "0123456789abcdef0123456789abcdef.dir"
+    lock = {"schema": "2.0", "stages": {"download@classification": {"cmd": "x", "outs": [
+        {"path": "data/classification/processed", "md5": md5, "hash": "md5"}]}}}
+    Path("dvc.lock").write_text(yaml.safe_dump(lock))
+    parent = tracking.start_pipeline_run("classification", cfg, {"train.classification": {"lr": 0.01}})
+    parent.write("run.json")
+    assert parent.tracking_uri == server
+    with tracking.stage_run("train", "run.json", cfg, data_paths=("data/classification/processed",)) as stage:
+        stage.on_epoch_end(1, {"train_loss": 0.5})
+        train_id = stage.run_id
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "MLmodel").write_text("flavors: {}\n")
+    with tracking.stage_run("export", "run.json", cfg, final=True) as stage:
+        stage.log_artifact(tmp_path / "model", "mlflow_model")
+        version = stage.register_model(f"{prefix}-classification", "mlflow_model", {"test_accuracy": 0.9})
+
+    experiment = rest(server, "experiments/get-by-name", experiment_name=f"{prefix}-classification")
+    tags = {t["key"]: t["value"] for t in experiment["experiment"]["tags"]}
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    run = rest(server, "runs/get", run_id=train_id)["run"]
+    datasets = [i["dataset"] for i in run["inputs"]["dataset_inputs"]]
+    assert [(d["name"], d["digest"], d["source_type"]) for d in datasets] == [
+        ("data/classification/processed", md5, "dvc")]
+    assert [m["value"] for m in run["data"]["metrics"] if m["key"] == "train_loss"] == [0.5]
+    found = rest(server, "registered-models/alias", name=f"{prefix}-classification", alias="candidate")
+    model_version = found["model_version"]
+    assert model_version["version"] == version
+    assert {t["key"]: t["value"] for t in model_version["tags"]} == {"test_accuracy": "0.9"}
+    assert model_version["run_id"] == stage.run_id
+    parent_run = rest(server, "runs/get", run_id=parent.run_id)["run"]
+    assert parent_run["info"]["status"] == "FINISHED"
