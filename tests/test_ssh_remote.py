@@ -100,7 +100,7 @@ def test_push_from_one_clone_and_pull_into_others_recomputes_nothing(sshd, tmp_p
     run(a, log_a, dvc, "init", "-q")
     run(a, log_a, dvc, "config", "core.analytics", "false")
     run(a, log_a, dvc, "remote", "add", "-d", "team", f"ssh://{getpass.getuser()}@127.0.0.1:{port}{remote}")
-    run(a, log_a, dvc, "remote", "modify", "team", "keyfile", str(key))
+    run(a, log_a, dvc, "remote", "modify", "--local", "team", "keyfile", str(key))  # each clone its own key
     run(a, log_a, dvc, "repro")
     assert log_a.read_text().split() == ["make", "count"]
     run(a, log_a, "git", "add", "-A")
@@ -111,6 +111,7 @@ def test_push_from_one_clone_and_pull_into_others_recomputes_nothing(sshd, tmp_p
     b, log_b = tmp_path / "b", tmp_path / "ran_b.log"
     run(tmp_path, log_b, "git", "clone", "-q", str(a), str(b))
     assert not (b / "count.txt").exists()
+    run(b, log_b, dvc, "remote", "modify", "--local", "team", "keyfile", str(key))
     run(b, log_b, dvc, "pull")
     assert (b / "count.txt").read_text() == "1000"
     output = run(b, log_b, dvc, "repro")
@@ -118,6 +119,7 @@ def test_push_from_one_clone_and_pull_into_others_recomputes_nothing(sshd, tmp_p
 
     c, log_c = tmp_path / "c", tmp_path / "ran_c.log"
     run(tmp_path, log_c, "git", "clone", "-q", str(a), str(c))
+    run(c, log_c, dvc, "remote", "modify", "--local", "team", "keyfile", str(key))
     output = run(c, log_c, dvc, "repro", "--pull")
     assert (c / "count.txt").read_text() == "1000"
     assert not log_c.exists(), output
