@@ -100,3 +100,30 @@ def test_rest_api_shows_kind_tag_dataset_inputs_and_the_candidate_version(server
     assert model_version["run_id"] == stage.run_id
     parent_run = rest(server, "runs/get", run_id=parent.run_id)["run"]
     assert parent_run["info"]["status"] == "FINISHED"
+
+
+def test_tiny_repro_logs_every_stage_through_the_server(server, tmp_path):
+    """``dvc repro`` of the classification chain with ``tracking.uri`` on the server: its parent and stage
+    runs, metrics and artifacts are on the server (uploaded through it), and the model version under
+    ``@candidate``; nothing is written to a local store."""
+    from mlflow import MlflowClient
+
+    from test_dvc_experiments import STAGES, TARGET, make_project
+    from test_pipeline import BIN, run
+
+    prefix = f"ci-{uuid.uuid4().hex[:8]}"
+    project = make_project(tmp_path, uri=server, experiment_prefix=prefix)
+    run(project, str(BIN / "dvc"), "repro", TARGET)
+    client = MlflowClient(server)
+    experiment = client.get_experiment_by_name(f"{prefix}-classification")
+    runs = client.search_runs([experiment.experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("xpvision.kind") == "pipeline"]
+    nested = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(nested) == STAGES and len(runs) == len(STAGES) + 1
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert "test_accuracy" in nested["evaluate"].data.metrics
+    assert {a.path for a in client.list_artifacts(nested["train"].info.run_id, "model")} == {
+        "model/model.json", "model/model.npz"}
+    candidate = client.get_model_version_by_alias(f"{prefix}-classification", "candidate")
+    assert candidate.run_id == nested["export"].info.run_id
+    assert not (project / "mlflow.db").exists()
