@@ -127,3 +127,37 @@ def test_tiny_repro_logs_every_stage_through_the_server(server, tmp_path):
     candidate = client.get_model_version_by_alias(f"{prefix}-classification", "candidate")
     assert candidate.run_id == nested["export"].info.run_id
     assert not (project / "mlflow.db").exists()
+
+
+def test_two_pipelines_logging_to_the_server_at_once_lose_nothing(server, tmp_path):
+    """Two projects run ``dvc repro`` at the same time into the same experiment (created by whichever comes
+    first): both complete with their parent and five stage runs, and two model versions are registered."""
+    import json
+    import subprocess
+
+    from mlflow import MlflowClient
+
+    from test_dvc_experiments import STAGES, TARGET, make_project
+    from test_pipeline import BIN
+
+    prefix = f"ci-{uuid.uuid4().hex[:8]}"
+    projects = [make_project(tmp_path / name, uri=server, experiment_prefix=prefix) for name in "ab"]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MPLBACKEND": "Agg"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    processes = [subprocess.Popen([str(BIN / "dvc"), "repro", TARGET], cwd=project, text=True,
+                                  env={**env, "PYTHONPATH": str(project / "src")},
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for project in projects]
+    for process in processes:
+        output = process.communicate(timeout=500)[0]
+        assert process.returncode == 0, output[-3000:]
+    client = MlflowClient(server)
+    experiment = client.get_experiment_by_name(f"{prefix}-classification")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 2 * (len(STAGES) + 1)
+    for project in projects:
+        parent_id = json.loads((project / "reports/classification/pipeline_run.json").read_text())["run_id"]
+        nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
+        assert sorted(r.info.run_name for r in nested) == sorted(STAGES)
+        assert client.get_run(parent_id).info.status == "FINISHED"
+    versions = client.search_model_versions(f"name = '{prefix}-classification'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
