@@ -6,13 +6,12 @@ must land in the project's ``mlflow.db``, not in the copy's. A tiny classificati
 dvc.yaml and params.yaml shrunk as in test_pipeline) is run up to ``export@classification``.
 """
 
-import shutil
 import time
 
 import pytest
 import yaml
 
-from test_pipeline import BIN, ROOT, run, tiny_params
+from test_pipeline import BIN, ROOT, make_tiny_project, run, tiny_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 TARGET = "export@classification"
@@ -22,19 +21,10 @@ STAGES = {"download", "augment", "train", "evaluate", "export"}
 def make_project(project, **tracking):
     """A git + DVC project of the real dvc.yaml with tiny params in ``project``; ``tracking`` updates the
     ``tracking`` block."""
-    shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy2(ROOT / name, project / name)
     params = tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     params["download"]["classification"]["max_images"] = 100
     params["tracking"].update(tracking)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(project, "git", "init", "-q")
-    run(project, str(BIN / "dvc"), "init", "-q")
-    run(project, str(BIN / "dvc"), "config", "core.analytics", "false")
-    run(project, "git", "add", "-A")
-    run(project, "git", "commit", "-qm", "tiny project")
-    return project
+    return make_tiny_project(project, params)
 
 
 @pytest.fixture(scope="module")

@@ -56,19 +56,25 @@ def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
+def make_tiny_project(project: Path, params: dict) -> Path:
+    """A committed git + DVC project in ``project``: the real ``src/`` and ``dvc.yaml`` with ``params`` as its
+    ``params.yaml``."""
+    shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy2(ROOT / name, project / name)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(project, "git", "init", "-q")
+    run(project, str(BIN / "dvc"), "init", "-q")
+    run(project, str(BIN / "dvc"), "config", "core.analytics", "false")
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-qm", "tiny project")
+    return project
+
+
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory):
-    clone = tmp_path_factory.mktemp("clone")
-    shutil.copytree(ROOT / "src", clone / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy2(ROOT / name, clone / name)
-    params = tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(clone, "git", "init", "-q")
-    run(clone, str(BIN / "dvc"), "init", "-q")
-    run(clone, str(BIN / "dvc"), "config", "core.analytics", "false")
-    run(clone, "git", "add", "-A")
-    run(clone, "git", "commit", "-qm", "tiny project")
+    clone = make_tiny_project(tmp_path_factory.mktemp("clone"),
+                              tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text())))
     output = run(clone, str(BIN / "dvc"), "repro")
     run(clone, "git", "add", "-A")
     run(clone, "git", "commit", "-qm", "first run")

@@ -3,48 +3,11 @@
 import numpy as np
 import pytest
 
+from test_optim import gradient_sequence, max_diff, set_grads, torch_params, toy_model
 from xpvision import optim, schedules
 from xpvision.errors import ConfigError
-from xpvision.nn.base import Layer, Sequential
 
 torch = pytest.importorskip("torch")
-
-
-class Toy(Layer):
-    """A parameter holder (no computation): ``W (3, 4)`` and ``b (4,)``."""
-
-    registered = False
-
-    def __init__(self, rng):
-        super().__init__()
-        for key, shape in {"W": (3, 4), "b": (4,)}.items():
-            self.add_param(key, rng.standard_normal(shape))
-
-
-def toy_model(seed=0):
-    rng = np.random.default_rng(seed)
-    return Sequential(("a", Toy(rng)), ("b", Toy(rng)))
-
-
-def torch_params(model):
-    return [torch.tensor(layer.params[key].copy(), requires_grad=True)
-            for _, layer, key in model.named_parameters()]
-
-
-def gradient_sequence(model, steps, seed=1):
-    rng = np.random.default_rng(seed)
-    return [[rng.standard_normal(layer.params[key].shape) for _, layer, key in model.named_parameters()]
-            for _ in range(steps)]
-
-
-def set_grads(model, grads):
-    for (_, layer, key), g in zip(model.named_parameters(), grads, strict=True):
-        layer.grads[key][...] = g
-
-
-def max_diff(model, tparams):
-    return max(float(np.abs(layer.params[key] - t.detach().numpy()).max())
-               for (_, layer, key), t in zip(model.named_parameters(), tparams, strict=True))
 
 
 def run_schedule(schedule_factory, torch_factory, epochs, steps_per_epoch=2):
