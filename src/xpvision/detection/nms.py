@@ -35,9 +35,9 @@ CPU algorithm. Greedy NMS is the lexicographically-first maximal independent set
   part, a walk over Python integers), and removes every later box that a kept one suppresses: IoU ``> t``
   needs ``t·a_max < a_min`` for the two areas, so later boxes are kept sorted by area and each group of 16
   kept boxes is compared, as one contiguous block of IoUs, with the boxes in its area window only. Rounds
-  stop when no box is left undecided; when, by the measured time per round, building the sparse graph of
-  the undecided boxes is cheaper, that finishes the job (greedy NMS of the undecided boxes is the greedy
-  result of the rest).
+  stop when no box is left undecided; when, by the work counted so far per decided box, building the
+  sparse graph of the undecided boxes is cheaper, that finishes the job (greedy NMS of the undecided boxes
+  is the greedy result of the rest).
 
 On the GPU a CuPy ``RawKernel`` computes the 64-bit suppression bitmask of every pair of 64-box blocks, and a
 second single-block kernel walks it in score order (the algorithm of torchvision's and ChainerCV's CUDA NMS).
@@ -61,8 +61,7 @@ _WINDOW_SLACK = 1e-3
 # Above this many candidate pairs per box the graph may be dense and blocked greedy rounds start. Their work
 # so far (IoU entries computed per decided box), against the work of building the sparse graph of the boxes
 # still undecided, decides when to switch. Work is counted in IoU entries of a dense block: a candidate pair
-# of
-# the sparse graph (gather, IoU, edge list, greedy walk) costs about _PAIR_COST of them, and a round has a
+# of the sparse graph (gather, IoU, edge list, greedy walk) costs about _PAIR_COST of them, and a round has a
 # fixed cost of about _ROUND_COST (its head's bitmask walk and NumPy call overheads). Both are ratios of NumPy
 # operation costs, so the choice depends on the input alone, never on timing.
 _DENSE_PAIRS_PER_BOX = 32

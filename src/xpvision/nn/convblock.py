@@ -35,9 +35,8 @@ DEAD = 4
 """Added to a pool index where the fused ReLU zeroed the output: such a position receives no gradient."""
 SMALL_GEMM = 1_000_000
 """``rows * K * N`` up to which OpenBLAS (0.3.x, x86-64 AVX-512 builds) multiplies without packing its
-operands: measured on this project's (SkylakeX) build, a ``(rows, 145) @ (145, 16)`` GEMM runs at 120-130
-GFLOP/s in pieces of 392-431 rows against 90-95 in one piece of 1,568, ``(rows, 289) @ (289, 32)`` at ~135
-in 64-108-row pieces against ~115."""
+operands, so narrow GEMMs run faster in pieces of at most this size (a property of the BLAS build and the
+core's cache; bench/README.md has the measurements)."""
 MIN_SMALL_GEMM_ROWS = 64
 """Below this many rows per piece (large ``K * N``) the calls cost more than the packing they save."""
 
