@@ -380,6 +380,23 @@ def test_data_a_stage_read_are_dataset_inputs_with_dvc_digests(tmp_path, monkeyp
         ("data/classification/processed", md5, "dvc")]  # augmented: not hashed by DVC yet, left out
     assert {t.key: t.value for t in inputs[0].tags} == {"mlflow.data.context": "train"}
     assert run.data.tags["dvc.md5.data/classification/augmented"] == "unknown"
+    with tracking.stage_run("evaluate", "run.json", cfg, data_paths=("data/classification/processed",)):
+        pass
+    parent = runs_by_name("sqlite:///mlflow.db", "test-classification")["classification pipeline"]
+    assert [(i.dataset.name, i.dataset.digest) for i in parent.inputs.dataset_inputs] == [
+        ("data/classification/processed", md5)]  # the UI's runs table shows parents: listed there, once
+
+
+def test_ui_url_opens_the_model_training_view_that_the_installed_mlflow_ui_reads():
+    import mlflow
+
+    url = tracking.ui_url("http://127.0.0.1:5000/", "7")
+    assert url == "http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning"
+    assert tracking.ui_url("sqlite:////tmp/mlflow.db", "7") is None
+    bundle = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
+    ui_code = "".join(path.read_text(encoding="utf-8") for path in bundle.glob("main.*.js"))
+    key, value = tracking.MODEL_TRAINING_VIEW.split("=")
+    assert f'get("{key}")' in ui_code and f'"{value}"' in ui_code
 
 
 def test_registered_version_carries_metrics_and_the_candidate_alias(tmp_path, monkeypatch):

@@ -47,8 +47,11 @@ PARENT_TAG = "mlflow.parentRunId"
 ERROR_TAG = "xpvision.error"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
 MAX_TAG_LENGTH = 5000  # under MLflow's limit on a tag value
-# Opens an experiment on its training runs and charts in the MLflow 3 UI (not the GenAI traces overview).
+# Marks each experiment as model training (not GenAI) for MLflow clients and UIs that read the tag. The
+# MLflow 3.17 UI ignores it and follows its own "GenAI | Model training" switch instead: see ui_url.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# The MLflow UI's query parameter that selects its model-training view (runs table and charts).
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 CANDIDATE_ALIAS = "candidate"
 
 
@@ -162,6 +165,15 @@ def _run_name(name: str) -> str:
     return f"{name} ({experiment})" if experiment else name
 
 
+def ui_url(tracking_uri: str, experiment_id: str) -> str | None:
+    """The MLflow UI page of an experiment's runs table on the tracking server ``tracking_uri``, in the
+    UI's model-training view (its default is the GenAI overview); ``None`` for a local store, which has
+    no UI until ``mlflow ui`` serves it."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}?{MODEL_TRAINING_VIEW}"
+
+
 # -- parent run ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PipelineRun:
@@ -239,17 +251,8 @@ class StageRun:
             self.client.set_tag(self.run_id, key, str(value))
 
     def log_datasets(self, hashes: Mapping[str, str], context: str) -> None:
-        """The data this stage read as MLflow dataset inputs: named after the DVC output (``data/<task>/
-        processed``), the DVC md5 as digest, ``context`` (the stage) as the input's context. Outputs DVC has
-        not hashed yet are left out (their ``dvc.md5.*`` tags say ``unknown``)."""
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-
-        inputs = [DatasetInput(Dataset(name=path, digest=md5, source_type="dvc",
-                                       source=json.dumps({"path": path, "md5": md5})),
-                               tags=[InputTag("mlflow.data.context", context)])
-                  for path, md5 in hashes.items() if md5 != "unknown"]
-        if inputs:
-            self.client.log_inputs(self.run_id, datasets=inputs)
+        """The data this stage read as MLflow dataset inputs of its run (see :func:`_log_datasets`)."""
+        _log_datasets(self.client, self.run_id, hashes, context)
 
     def register_model(self, name: str, artifact_path: str, metrics: Mapping[str, Any]) -> str:
         """Register the MLflow model logged at ``artifact_path`` of this run as a new version of ``name``,
@@ -313,6 +316,8 @@ def stage_run(stage: str, pipeline_file: str | Path, cfg: TrackingConfig, *, dat
             client.update_run(parent_id, status="RUNNING")
     with _logged_run(client, experiment_id, stage, tags, parent_id, final) as run:
         run.log_datasets(hashes, stage)
+        if parent_id is not None:  # the UI lists parents: their Dataset column shows all data read
+            _log_datasets(client, parent_id, hashes, stage)
         yield run
 
 
@@ -331,6 +336,21 @@ def standalone_run(name: str, experiment_task: str, cfg: TrackingConfig, *,
     with _logged_run(client, experiment_id, name, tags, None, False) as run:
         run.log_datasets(hashes, name)
         yield run
+
+
+def _log_datasets(client, run_id: str, hashes: Mapping[str, str], context: str) -> None:
+    """Log ``hashes`` (DVC output path -> md5) as MLflow dataset inputs of ``run_id``: named after the DVC
+    output (``data/<task>/processed``), the DVC md5 as digest, ``context`` (the stage) as the input's context.
+    Outputs DVC has not hashed yet are left out (their ``dvc.md5.*`` tags say ``unknown``); a dataset the run
+    already has is not added twice (MLflow keeps the first context)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = [DatasetInput(Dataset(name=path, digest=md5, source_type="dvc",
+                                   source=json.dumps({"path": path, "md5": md5})),
+                           tags=[InputTag("mlflow.data.context", context)])
+              for path, md5 in hashes.items() if md5 != "unknown"]
+    if inputs:
+        client.log_inputs(run_id, datasets=inputs)
 
 
 @contextlib.contextmanager

@@ -32,3 +32,6 @@ def run(params: Params, task: str) -> None:
     parent.write(paths.pipeline_run)
     print(f"{task}: MLflow parent run {parent.run_id} in experiment {parent.experiment_name} "
           f"({parent.tracking_uri})")
+    url = tracking.ui_url(parent.tracking_uri, parent.experiment_id)
+    if url:
+        print(f"{task}: runs in the MLflow UI: {url}")
