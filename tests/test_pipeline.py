@@ -115,9 +115,19 @@ def test_changing_one_tasks_params_reruns_only_that_task(clone):
     params["evaluate"]["segmentation"]["sample_images"] = 3
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     output = run(clone, str(BIN / "dvc"), "repro")
-    # a new parent run, the data re-made identically, then only the stage whose parameters changed:
-    assert ran_stages(output) == {"start_run@segmentation", "download@segmentation", "evaluate@segmentation"}
+    # a new parent run, the data re-made identically, the stage whose parameters changed, and export, which
+    # closes the new parent run (its test metrics are unchanged, so only the parent run brings it back):
+    assert ran_stages(output) == {"start_run@segmentation", "download@segmentation", "evaluate@segmentation",
+                                  "export@segmentation"}
     assert len(list((clone / "reports/segmentation/figures").glob("overlay_*[0-9].png"))) == 3
+    parent = json.loads((clone / "reports/segmentation/pipeline_run.json").read_text())["run_id"]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{clone / 'mlflow.db'}")
+    assert client.get_run(parent).info.status == "FINISHED"
+    stages = client.search_runs([client.get_run(parent).info.experiment_id],
+                                f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert {r.info.run_name for r in stages} == {"download", "evaluate", "export"}
     run(clone, "git", "checkout", "--", "params.yaml")
     run(clone, str(BIN / "dvc"), "checkout")
 
