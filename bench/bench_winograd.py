@@ -3,7 +3,8 @@
 For every convolution of ``deep_convnet()`` on 1x28x28 inputs (with its fused ReLU / 2x2 max pool) and every
 case of bench_convnet.py (a training step's forward + backward at batch 100 and 256, inference at batch
 1000), both kernels of the tuned engine run on the same float32 inputs, one after the other in each repeat;
-the table shows medians and the ratio Winograd / im2col (below 1: Winograd is faster). The training
+the table shows medians and best times and the ratios Winograd / im2col of each (below 1: Winograd is
+faster; on a shared machine the best of the repeats is the least disturbed figure). The training
 backward computes the input gradient except for conv1, as in training (``needs_input_grad = False``).
 
     python bench/bench_winograd.py                 # 2 threads, 9 repeats
@@ -94,14 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"DeepConvNet 3x3 convolutions, float32, {args.threads} threads, median of {args.repeats} "
           f"interleaved repeats (ms); load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} CPUs")
-    print(f"{'layer':<7}{'I->O':>7}{'H x W':>8}{'fused':>11}{'case':>18}{'im2col':>10}{'winograd':>10}"
-          f"{'ratio':>8}")
+    print(f"{'layer':<7}{'I->O':>7}{'H x W':>8}{'fused':>11}{'case':>18}{'median im2col':>15}{'winograd':>10}"
+          f"{'ratio':>7}{'best im2col':>13}{'winograd':>10}{'ratio':>7}")
     for name, layer, relu, pool, hw in layers:
         fused = "+".join(t for t, on in (("relu", relu), ("pool", pool)) if on) or "-"
         for kind, batch in CASES:
-            ms = [statistics.median(times[(name, kind, batch, label)]) * 1e3 for label in METHODS]
+            cells = ""
+            for stat, width in ((statistics.median, 15), (min, 13)):
+                ms = [stat(times[(name, kind, batch, label)]) * 1e3 for label in METHODS]
+                cells += f"{ms[0]:>{width}.2f}{ms[1]:>10.2f}{ms[1] / ms[0]:>7.2f}"
             print(f"{name:<7}{f'{layer.in_ch}->{layer.out_ch}':>7}{f'{hw[0]}x{hw[1]}':>8}{fused:>11}"
-                  f"{f'{kind} batch {batch}':>18}{ms[0]:>10.2f}{ms[1]:>10.2f}{ms[1] / ms[0]:>8.2f}")
+                  f"{f'{kind} batch {batch}':>18}{cells}")
     return 0
 
 

@@ -63,14 +63,14 @@ A = A_T.T
 BIAS_ENTRY = 5
 """``k`` of ``M[1, 1]``, the entry every output of a tile takes with coefficient 1."""
 
-MODES = ("auto", "on", "off")
+MODES = ("off", "on")
 ENV_MODE = "XPVISION_WINOGRAD"
-"""Environment variable: ``auto`` (default: the shapes of :func:`chosen`), ``on`` (every convolution it can
-compute) or ``off`` (im2col + GEMM everywhere)."""
-MIN_CHANNELS = 32
-"""``auto`` takes convolutions with at least this many input and output channels: with fewer, the 16 GEMMs
-(inner dimension ``I``) run far below the BLAS's peak and the transforms, whose cost grows with the pixels,
-not the channels, outweigh the multiplications saved (bench/README.md has the per-layer measurements)."""
+"""Environment variable: ``off`` (the default: im2col + GEMM everywhere) or ``on`` (Winograd for the
+convolutions of :func:`chosen`). Off by default because it did not run faster than im2col on the CPU it was
+measured on (bench/README.md, ``bench/bench_winograd.py``)."""
+MIN_CHANNELS = 16
+"""Fewest input channels ``on`` takes: the 16 GEMMs' inner dimension is the input channel count, far too
+small below this for the BLAS (DeepConvNet's one-channel first layer ran 5-7x slower than im2col)."""
 TILE_ELEMENTS_PER_PIXEL = 4
 """Values of ``V`` (and of ``M``) per output pixel and channel: 16 per tile of four pixels."""
 
@@ -78,16 +78,16 @@ _state: dict[str, str | None] = {"mode": None}
 
 
 def set_mode(mode: str | None) -> None:
-    """Use ``mode`` (``'auto'``, ``'on'`` or ``'off'``) from now on; ``None``: back to the default."""
+    """Use ``mode`` (``'off'`` or ``'on'``) from now on; ``None``: back to the default."""
     if mode is not None and mode not in MODES:
         raise ConfigError(f"winograd mode: expected one of {', '.join(MODES)}, got {mode!r}")
     _state["mode"] = mode
 
 
 def get_mode() -> str:
-    """The mode in use: the one set, else ``XPVISION_WINOGRAD``, else ``'auto'``."""
+    """The mode in use: the one set, else ``XPVISION_WINOGRAD``, else ``'off'``."""
     if _state["mode"] is None:
-        value = os.environ.get(ENV_MODE, "").strip() or "auto"
+        value = os.environ.get(ENV_MODE, "").strip() or "off"
         if value not in MODES:
             raise ConfigError(f"environment variable {ENV_MODE}: expected one of {', '.join(MODES)}, "
                               f"got {value!r}")
@@ -102,14 +102,11 @@ def applicable(geom: ConvGeometry) -> bool:
             and max(geom.padding) <= 2)
 
 
-def chosen(geom: ConvGeometry, in_ch: int, out_ch: int, xp) -> bool:
-    """Whether the tuned engine computes this convolution here (else by im2col + GEMM): in mode ``on`` every
-    :func:`applicable` one on the CPU, in ``auto`` those with at least :data:`MIN_CHANNELS` input and output
-    channels. The GPU keeps im2col (not measured there)."""
-    mode = get_mode()
-    if mode == "off" or xp is not np or not applicable(geom):
-        return False
-    return mode == "on" or min(in_ch, out_ch) >= MIN_CHANNELS
+def chosen(geom: ConvGeometry, in_ch: int, xp) -> bool:
+    """Whether the tuned engine computes this convolution here (else by im2col + GEMM): in mode ``on``, every
+    :func:`applicable` one on the CPU with at least :data:`MIN_CHANNELS` input channels. The GPU keeps im2col
+    (not measured there)."""
+    return get_mode() == "on" and xp is np and applicable(geom) and in_ch >= MIN_CHANNELS
 
 
 # -- the transforms ------------------------------------------------------------------------------------------
