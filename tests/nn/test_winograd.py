@@ -23,6 +23,7 @@ TOL = {np.float64: 1e-11, np.float32: 1e-5}
 def mode(monkeypatch):
     """``mode(value)`` sets the Winograd mode for one test (the environment variable cleared)."""
     monkeypatch.delenv(winograd.ENV_MODE, raising=False)
+    winograd.set_mode(None)  # forget a mode read from the environment earlier
     yield winograd.set_mode
     winograd.set_mode(None)
 
