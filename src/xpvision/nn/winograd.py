@@ -56,6 +56,8 @@ from xpvision.nn import functional as F
 from xpvision.nn.convblock import ConvGeometry, Scratch, pool4, unpool4
 from xpvision.nn.parallel import ordered_sum, run_chunks
 
+# The matrices of the formulas above. The transforms below are their products written out as additions and
+# subtractions of whole arrays; tests/nn/test_winograd.py checks each against the matrix product.
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
@@ -70,7 +72,7 @@ convolutions of :func:`chosen`). Off by default because it did not run faster th
 measured on (bench/README.md, ``bench/bench_winograd.py``)."""
 MIN_CHANNELS = 16
 """Fewest input channels ``on`` takes: the 16 GEMMs' inner dimension is the input channel count, far too
-small below this for the BLAS (DeepConvNet's one-channel first layer ran 5-7x slower than im2col)."""
+small below this for the BLAS (DeepConvNet's one-channel first layer ran 5-9x slower than im2col)."""
 TILE_ELEMENTS_PER_PIXEL = 4
 """Values of ``V`` (and of ``M``) per output pixel and channel: 16 per tile of four pixels."""
 
