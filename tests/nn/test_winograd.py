@@ -161,6 +161,25 @@ def test_many_blocks_and_only_the_needed_gradients():
         assert_close(wino[i], ref[i], np.float32, what)
 
 
+def test_input_gradient_alone():
+    """A frozen layer: no weight or bias gradient, the input gradient as with them."""
+    rs = np.random.default_rng(8)
+    x = rs.standard_normal((3, 7, 6, 4))
+    w, b = rs.standard_normal((5, 4, 3, 3)), rs.standard_normal(5)
+    geom = geometry((7, 6), (1, 2))
+    y, saved = winograd.conv2d(x, w, b, geom, relu=True, pool=False, training=True, scratch=Scratch())
+    dy = rs.standard_normal(y.shape)
+    dx, dw, db = winograd.conv2d_backward(dy, saved, need_params=False, need_bias=False, need_input=True,
+                                          scratch=Scratch())
+    assert dw is None and db is None
+    reference = engine.kernel("conv2d", "reference")
+    ref_y, ref_saved = reference(x, w, b, geom, relu=True, pool=False, training=True)
+    ref_dx = engine.kernel("conv2d_backward", "reference")(dy, ref_saved, need_params=False, need_bias=False,
+                                                          need_input=True)[0]
+    assert_close(y, ref_y, np.float64, "y")
+    assert_close(dx, ref_dx, np.float64, "dx")
+
+
 def test_the_same_bits_with_1_to_3_threads():
     rs = np.random.default_rng(6)
     x = rs.standard_normal((20, 14, 14, 32)).astype(np.float32)
