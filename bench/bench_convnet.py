@@ -8,7 +8,7 @@ implementation in turn (so drifts of the machine's speed hit all of them alike) 
     python bench/bench_convnet.py              # CPU, 2 threads on both sides (--threads)
     python bench/bench_convnet.py --quick      # smoke run: 2 repeats
     python bench/bench_convnet.py --device gpu # CuPy vs PyTorch CUDA
-    python bench/bench_convnet.py --winograd   # also xpvision with XPVISION_WINOGRAD=on, in the same rounds
+    python bench/bench_convnet.py --winograd on  # also xpvision with XPVISION_WINOGRAD=on, in the same rounds
 
 Benchmarks are not tests: the numbers depend on the machine and on what else runs on it.
 """
@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 repeats, 1 warm-up")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for both xpvision and PyTorch")
-    parser.add_argument("--winograd", action="store_true",
-                        help="also time xpvision with Winograd F(2x2, 3x3) on (XPVISION_WINOGRAD=on)")
+    parser.add_argument("--winograd", choices=winograd.MODES,
+                        help="also time xpvision in this Winograd F(2x2, 3x3) mode (XPVISION_WINOGRAD)")
     args = parser.parse_args(argv)
     try:
         import torch
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         parallel.set_num_threads(args.threads)
         impls = {"xpvision (NumPy)": xpvision_runners(np, lambda: None)}
         if args.winograd:
-            impls["xpvision Winograd"] = xpvision_runners(np, lambda: None, "on")
+            impls[f"xpvision Winograd {args.winograd}"] = xpvision_runners(np, lambda: None, args.winograd)
         impls |= {"torch NCHW": torch_runners(torch, "cpu", False),
                  "torch channels_last": torch_runners(torch, "cpu", True)}
     repeats, warmup = (2, 1) if args.quick else (args.repeats, 2)
@@ -198,12 +198,12 @@ def main(argv: list[str] | None = None) -> int:
           f"ratio = xpvision / best torch; load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")
     print(f"{'case':<16}" + "".join(f"{name:>26}" for name in names) + "".join(
-        f"{'ratio' if i == 0 else 'ratio ' + name.split()[-1]:>18}" for i, name in enumerate(ours)))
+        f"{'ratio ' + name.split(maxsplit=1)[-1]:>22}" for name in ours))
     for case in CASES:
         row = {name: medians[name][case] * 1e3 for name in names}
         best_torch = min(v for name, v in row.items() if name not in ours)
         cells = "".join(f"{v:>26.1f}" for v in row.values())
-        ratios = "".join(f"{row[name] / best_torch:>18.2f}" for name in ours)
+        ratios = "".join(f"{row[name] / best_torch:>22.2f}" for name in ours)
         print(f"{case[0] + ' batch ' + str(case[1]):<16}{cells}{ratios}")
     return 0
 

@@ -211,18 +211,22 @@ def test_applicable_geometries():
 
 def test_chosen_by_mode_and_channels(mode):
     geom = geometry((8, 8), (1, 1))
-    wide, narrow = winograd.MIN_CHANNELS, winograd.MIN_CHANNELS - 1
-    assert winograd.get_mode() == "off"  # the default: it did not run faster here
-    assert not winograd.chosen(geom, wide, np)
+    wide, auto = winograd.MIN_CHANNELS, winograd.AUTO_CHANNELS
+    assert winograd.get_mode() == winograd.DEFAULT_MODE
+    mode("auto")
+    assert winograd.chosen(geom, auto, auto, np)
+    assert not winograd.chosen(geom, auto - 1, auto, np) and not winograd.chosen(geom, auto, auto - 1, np)
     mode("on")
-    assert winograd.chosen(geom, wide, np)
-    assert not winograd.chosen(geom, narrow, np)
+    assert winograd.chosen(geom, wide, 1, np)
+    assert not winograd.chosen(geom, wide - 1, auto, np)
     stride2 = ConvGeometry((3, 3), (2, 2), (1, 1), (1, 1), (8, 8), (4, 4))
-    assert not winograd.chosen(stride2, wide, np)
-    assert not winograd.chosen(geom, wide, object())  # not NumPy: the GPU keeps im2col
+    for setting in ("auto", "on"):
+        mode(setting)
+        assert not winograd.chosen(stride2, auto, auto, np)
+        assert not winograd.chosen(geom, auto, auto, object())  # not NumPy: the GPU keeps im2col
     mode("off")
-    assert not winograd.chosen(geom, wide, np)
-    with pytest.raises(ConfigError, match="winograd mode: expected one of off, on, got 'fast'"):
+    assert not winograd.chosen(geom, auto, auto, np)
+    with pytest.raises(ConfigError, match="winograd mode: expected one of off, auto, on, got 'fast'"):
         mode("fast")
 
 
@@ -234,11 +238,11 @@ def test_mode_from_the_environment(mode, monkeypatch):
     assert winograd.get_mode() == "off"
     monkeypatch.setenv(winograd.ENV_MODE, "always")
     mode(None)
-    with pytest.raises(ConfigError, match="XPVISION_WINOGRAD: expected one of off, on, got 'always'"):
+    with pytest.raises(ConfigError, match="XPVISION_WINOGRAD: expected one of off, auto, on, got 'always'"):
         winograd.get_mode()
 
 
-@pytest.mark.parametrize("setting", ["on", "off"])
+@pytest.mark.parametrize("setting", ["off", "auto", "on"])
 def test_layers_take_the_chosen_path_with_the_same_results(setting, mode, monkeypatch):
     """Through Conv2d and the tuned engine: each layer runs the method :func:`winograd.chosen` names, and the
     network's output and gradients match the reference engine's."""
@@ -246,7 +250,8 @@ def test_layers_take_the_chosen_path_with_the_same_results(setting, mode, monkey
     mode(setting)
     net = Sequential(("conv1", Conv2d(3, 16, 3, padding=1)), ("relu1", ReLU()),
                      ("conv2", Conv2d(16, 32, 3, padding=2)), ("relu2", ReLU()), ("pool", MaxPool2d(2)),
-                     ("conv3", Conv2d(32, 32, 3, padding=1)), ("conv4", Conv2d(32, 32, 3, stride=2)))
+                     ("conv3", Conv2d(32, 64, 3, padding=1)), ("conv4", Conv2d(64, 64, 3, padding=1)),
+                     ("conv5", Conv2d(64, 64, 3, stride=2)))
     net.astype(np.float64)
     x = np.random.default_rng(7).standard_normal((2, 3, 10, 10))
     results = {}
@@ -262,7 +267,8 @@ def test_layers_take_the_chosen_path_with_the_same_results(setting, mode, monkey
                            if isinstance(layer, Conv2d)}
     finally:
         engine.set_engine(None)
-    expected = {"on": {"conv2", "conv3"}, "off": set()}[setting]  # conv1: 3 channels, conv4: stride 2
+    # conv1: 3 input channels; conv5: stride 2
+    expected = {"off": set(), "auto": {"conv4"}, "on": {"conv2", "conv3", "conv4"}}[setting]
     assert {name for name, method in methods.items() if method is winograd} == expected
     assert all(method is convblock for name, method in methods.items() if name not in expected)
     (y, dx, grads), (y_t, dx_t, grads_t) = results["reference"], results["tuned"]

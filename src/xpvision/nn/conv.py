@@ -109,11 +109,10 @@ class Conv2d(Layer):
 @engine.register("tuned", "conv2d")
 def conv2d(x, w, b, geom: ConvGeometry, *, relu: bool, pool: bool, training: bool, scratch: Scratch):
     """The tuned ``conv2d`` kernel of :mod:`xpvision.nn.engine`: Winograd F(2x2, 3x3) (:mod:`.winograd`) for
-    the convolutions :func:`xpvision.nn.winograd.chosen` takes by their shapes (none unless
-    ``XPVISION_WINOGRAD=on``), im2col + GEMM (:mod:`.convblock`) for the others. ``saved`` records which of
-    the two ran."""
+    the convolutions :func:`xpvision.nn.winograd.chosen` takes by their shapes (``XPVISION_WINOGRAD``), im2col
+    + GEMM (:mod:`.convblock`) for the others. ``saved`` records which of the two ran."""
     xp = backend.get_array_module(x)
-    method = winograd if winograd.chosen(geom, w.shape[1], xp) else convblock
+    method = winograd if winograd.chosen(geom, w.shape[1], w.shape[0], xp) else convblock
     y, saved = method.conv2d(x, w, b, geom, relu=relu, pool=pool, training=training, scratch=scratch)
     return y, (method, saved)
 

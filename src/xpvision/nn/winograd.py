@@ -65,14 +65,18 @@ A = A_T.T
 BIAS_ENTRY = 5
 """``k`` of ``M[1, 1]``, the entry every output of a tile takes with coefficient 1."""
 
-MODES = ("off", "on")
+MODES = ("off", "auto", "on")
 ENV_MODE = "XPVISION_WINOGRAD"
-"""Environment variable: ``off`` (the default: im2col + GEMM everywhere) or ``on`` (Winograd for the
-convolutions of :func:`chosen`). Off by default because it did not run faster than im2col on the CPU it was
-measured on (bench/README.md, ``bench/bench_winograd.py``)."""
+"""Environment variable: ``off`` (im2col + GEMM everywhere), ``auto`` or ``on`` (Winograd for the
+convolutions :func:`chosen` names in that mode)."""
+DEFAULT_MODE = "off"
 MIN_CHANNELS = 16
 """Fewest input channels ``on`` takes: the 16 GEMMs' inner dimension is the input channel count, far too
 small below this for the BLAS (DeepConvNet's one-channel first layer ran 5-9x slower than im2col)."""
+AUTO_CHANNELS = 64
+"""Fewest input and output channels ``auto`` takes. The multiplications saved per pixel grow with ``I * O``,
+the transforms' passes with ``I + O``: at 64 and 64 channels a forward chunk is ~30% cheaper than im2col's,
+at 16-32 only 4-12%, which the rest of the layer and the backward's extra transforms eat (bench/README.md)."""
 TILE_ELEMENTS_PER_PIXEL = 4
 """Values of ``V`` (and of ``M``) per output pixel and channel: 16 per tile of four pixels."""
 
@@ -80,16 +84,16 @@ _state: dict[str, str | None] = {"mode": None}
 
 
 def set_mode(mode: str | None) -> None:
-    """Use ``mode`` (``'off'`` or ``'on'``) from now on; ``None``: back to the default."""
+    """Use ``mode`` (``'off'``, ``'auto'`` or ``'on'``) from now on; ``None``: back to the default."""
     if mode is not None and mode not in MODES:
         raise ConfigError(f"winograd mode: expected one of {', '.join(MODES)}, got {mode!r}")
     _state["mode"] = mode
 
 
 def get_mode() -> str:
-    """The mode in use: the one set, else ``XPVISION_WINOGRAD``, else ``'off'``."""
+    """The mode in use: the one set, else ``XPVISION_WINOGRAD``, else :data:`DEFAULT_MODE`."""
     if _state["mode"] is None:
-        value = os.environ.get(ENV_MODE, "").strip() or "off"
+        value = os.environ.get(ENV_MODE, "").strip() or DEFAULT_MODE
         if value not in MODES:
             raise ConfigError(f"environment variable {ENV_MODE}: expected one of {', '.join(MODES)}, "
                               f"got {value!r}")
@@ -104,11 +108,15 @@ def applicable(geom: ConvGeometry) -> bool:
             and max(geom.padding) <= 2)
 
 
-def chosen(geom: ConvGeometry, in_ch: int, xp) -> bool:
-    """Whether the tuned engine computes this convolution here (else by im2col + GEMM): in mode ``on``, every
-    :func:`applicable` one on the CPU with at least :data:`MIN_CHANNELS` input channels. The GPU keeps im2col
-    (not measured there)."""
-    return get_mode() == "on" and xp is np and applicable(geom) and in_ch >= MIN_CHANNELS
+def chosen(geom: ConvGeometry, in_ch: int, out_ch: int, xp) -> bool:
+    """Whether the tuned engine computes this convolution here (else by im2col + GEMM): an
+    :func:`applicable` one on the CPU with at least :data:`AUTO_CHANNELS` input and output channels in mode
+    ``auto``, at least :data:`MIN_CHANNELS` input channels in mode ``on``, none in mode ``off``. The GPU
+    keeps im2col (not measured there)."""
+    mode = get_mode()
+    if mode == "off" or xp is not np or not applicable(geom):
+        return False
+    return in_ch >= MIN_CHANNELS if mode == "on" else min(in_ch, out_ch) >= AUTO_CHANNELS
 
 
 # -- the transforms ------------------------------------------------------------------------------------------
