@@ -209,23 +209,25 @@ def test_applicable_geometries():
     assert not winograd.applicable(ConvGeometry((3, 3), (1, 1), (1, 1), (3, 3), (8, 8), (12, 12)))  # padding
 
 
-def test_chosen_by_mode_and_channels(mode):
-    geom = geometry((8, 8), (1, 1))
+def test_chosen_by_mode_channels_and_tiles(mode):
+    geom = geometry((8, 8), (1, 1))  # 4 x 4 tiles per image
     wide, auto = winograd.MIN_CHANNELS, winograd.AUTO_CHANNELS
-    assert winograd.get_mode() == winograd.DEFAULT_MODE
-    mode("auto")
-    assert winograd.chosen(geom, auto, auto, np)
-    assert not winograd.chosen(geom, auto - 1, auto, np) and not winograd.chosen(geom, auto, auto - 1, np)
+    batch = winograd.AUTO_TILES // 16  # just enough tiles
+    assert winograd.get_mode() == winograd.DEFAULT_MODE == "auto"
+    assert winograd.chosen(geom, batch, auto, auto, np)
+    assert not winograd.chosen(geom, batch - 1, auto, auto, np)
+    assert not winograd.chosen(geom, batch, auto - 1, auto, np)
+    assert not winograd.chosen(geom, batch, auto, auto - 1, np)
     mode("on")
-    assert winograd.chosen(geom, wide, 1, np)
-    assert not winograd.chosen(geom, wide - 1, auto, np)
+    assert winograd.chosen(geom, 1, wide, 1, np)
+    assert not winograd.chosen(geom, batch, wide - 1, auto, np)
     stride2 = ConvGeometry((3, 3), (2, 2), (1, 1), (1, 1), (8, 8), (4, 4))
     for setting in ("auto", "on"):
         mode(setting)
-        assert not winograd.chosen(stride2, auto, auto, np)
-        assert not winograd.chosen(geom, auto, auto, object())  # not NumPy: the GPU keeps im2col
+        assert not winograd.chosen(stride2, 4 * batch, auto, auto, np)
+        assert not winograd.chosen(geom, batch, auto, auto, object())  # not NumPy: the GPU keeps im2col
     mode("off")
-    assert not winograd.chosen(geom, auto, auto, np)
+    assert not winograd.chosen(geom, batch, auto, auto, np)
     with pytest.raises(ConfigError, match="winograd mode: expected one of off, auto, on, got 'fast'"):
         mode("fast")
 
@@ -247,6 +249,7 @@ def test_layers_take_the_chosen_path_with_the_same_results(setting, mode, monkey
     """Through Conv2d and the tuned engine: each layer runs the method :func:`winograd.chosen` names, and the
     network's output and gradients match the reference engine's."""
     monkeypatch.delenv(engine.ENV_ENGINE, raising=False)
+    monkeypatch.setattr(winograd, "AUTO_TILES", 18)  # conv4's: 2 images of 3 x 3 tiles
     mode(setting)
     net = Sequential(("conv1", Conv2d(3, 16, 3, padding=1)), ("relu1", ReLU()),
                      ("conv2", Conv2d(16, 32, 3, padding=2)), ("relu2", ReLU()), ("pool", MaxPool2d(2)),

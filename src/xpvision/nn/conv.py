@@ -112,7 +112,7 @@ def conv2d(x, w, b, geom: ConvGeometry, *, relu: bool, pool: bool, training: boo
     the convolutions :func:`xpvision.nn.winograd.chosen` takes by their shapes (``XPVISION_WINOGRAD``), im2col
     + GEMM (:mod:`.convblock`) for the others. ``saved`` records which of the two ran."""
     xp = backend.get_array_module(x)
-    method = winograd if winograd.chosen(geom, w.shape[1], w.shape[0], xp) else convblock
+    method = winograd if winograd.chosen(geom, x.shape[0], w.shape[1], w.shape[0], xp) else convblock
     y, saved = method.conv2d(x, w, b, geom, relu=relu, pool=pool, training=training, scratch=scratch)
     return y, (method, saved)
 

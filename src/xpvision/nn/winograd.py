@@ -67,9 +67,9 @@ BIAS_ENTRY = 5
 
 MODES = ("off", "auto", "on")
 ENV_MODE = "XPVISION_WINOGRAD"
-"""Environment variable: ``off`` (im2col + GEMM everywhere), ``auto`` or ``on`` (Winograd for the
-convolutions :func:`chosen` names in that mode)."""
-DEFAULT_MODE = "off"
+"""Environment variable: ``off`` (im2col + GEMM everywhere), ``auto`` (the default: the shapes where it was
+measured faster) or ``on`` (every convolution it can do with enough channels); see :func:`chosen`."""
+DEFAULT_MODE = "auto"
 MIN_CHANNELS = 16
 """Fewest input channels ``on`` takes: the 16 GEMMs' inner dimension is the input channel count, far too
 small below this for the BLAS (DeepConvNet's one-channel first layer ran 5-9x slower than im2col)."""
@@ -77,6 +77,10 @@ AUTO_CHANNELS = 64
 """Fewest input and output channels ``auto`` takes. The multiplications saved per pixel grow with ``I * O``,
 the transforms' passes with ``I + O``: at 64 and 64 channels a forward chunk is ~30% cheaper than im2col's,
 at 16-32 only 4-12%, which the rest of the layer and the backward's extra transforms eat (bench/README.md)."""
+AUTO_TILES = 4096
+"""Fewest 2x2 output tiles in the batch (``N * TH * TW``) ``auto`` takes: each call's fixed costs (three
+weight transforms of ``16 I O`` values, Python per chunk) must be spread over enough tiles. DeepConvNet's
+64-channel conv6 (4x4 tiles per image) was faster at batch 256 and 1000, not at 100 (bench/README.md)."""
 TILE_ELEMENTS_PER_PIXEL = 4
 """Values of ``V`` (and of ``M``) per output pixel and channel: 16 per tile of four pixels."""
 
@@ -108,15 +112,17 @@ def applicable(geom: ConvGeometry) -> bool:
             and max(geom.padding) <= 2)
 
 
-def chosen(geom: ConvGeometry, in_ch: int, out_ch: int, xp) -> bool:
+def chosen(geom: ConvGeometry, batch: int, in_ch: int, out_ch: int, xp) -> bool:
     """Whether the tuned engine computes this convolution here (else by im2col + GEMM): an
-    :func:`applicable` one on the CPU with at least :data:`AUTO_CHANNELS` input and output channels in mode
-    ``auto``, at least :data:`MIN_CHANNELS` input channels in mode ``on``, none in mode ``off``. The GPU
-    keeps im2col (not measured there)."""
+    :func:`applicable` one on the CPU with, in mode ``auto``, at least :data:`AUTO_CHANNELS` input and output
+    channels and :data:`AUTO_TILES` tiles in the ``batch``; in mode ``on``, at least :data:`MIN_CHANNELS`
+    input channels; none in mode ``off``. The GPU keeps im2col (not measured there)."""
     mode = get_mode()
     if mode == "off" or xp is not np or not applicable(geom):
         return False
-    return in_ch >= MIN_CHANNELS if mode == "on" else min(in_ch, out_ch) >= AUTO_CHANNELS
+    if mode == "on":
+        return in_ch >= MIN_CHANNELS
+    return min(in_ch, out_ch) >= AUTO_CHANNELS and batch * math.prod(tiles(geom.out_hw)) >= AUTO_TILES
 
 
 # -- the transforms ------------------------------------------------------------------------------------------
