@@ -8,6 +8,7 @@ implementation in turn (so drifts of the machine's speed hit all of them alike) 
     python bench/bench_convnet.py              # CPU, 2 threads on both sides (--threads)
     python bench/bench_convnet.py --quick      # smoke run: 2 repeats
     python bench/bench_convnet.py --device gpu # CuPy vs PyTorch CUDA
+    python bench/bench_convnet.py --winograd on  # also xpvision with XPVISION_WINOGRAD=on, in the same rounds
 
 Benchmarks are not tests: the numbers depend on the machine and on what else runs on it.
 """
@@ -25,7 +26,18 @@ import numpy as np
 
 from xpvision import backend
 from xpvision.models import deep_convnet
-from xpvision.nn import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, SoftmaxCrossEntropy, parallel, rng
+from xpvision.nn import (
+    Conv2d,
+    Dropout,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    SoftmaxCrossEntropy,
+    parallel,
+    rng,
+    winograd,
+)
 from xpvision.optim import Adam
 
 CASES = (("train", 100), ("train", 256), ("infer", 1000))
@@ -59,7 +71,11 @@ def torch_twin(model, torch):
     return nn.Sequential(*layers)
 
 
-def xpvision_runners(xp, sync: Callable[[], None]) -> dict[tuple[str, int], Callable[[], None]]:
+def xpvision_runners(xp, sync: Callable[[], None], winograd_mode: str | None = None
+                     ) -> dict[tuple[str, int], Callable[[], None]]:
+    """The cases on an xpvision DeepConvNet, each call run in Winograd mode ``winograd_mode`` (default: the
+    mode in use, as ``XPVISION_WINOGRAD`` sets it)."""
+    winograd_mode = winograd_mode or winograd.get_mode()
     rng.manual_seed(0)
     model = deep_convnet()
     if xp is not np:
@@ -74,6 +90,7 @@ def xpvision_runners(xp, sync: Callable[[], None]) -> dict[tuple[str, int], Call
         y = xp.asarray(data.integers(0, 10, batch))
 
         def train(x=x, y=y):
+            winograd.set_mode(winograd_mode)
             model.train()
             loss.forward(model.forward(x), y)
             model.backward(loss.backward())
@@ -81,6 +98,7 @@ def xpvision_runners(xp, sync: Callable[[], None]) -> dict[tuple[str, int], Call
             sync()
 
         def infer(x=x):
+            winograd.set_mode(winograd_mode)
             model.eval()
             model.forward(x)
             sync()
@@ -141,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 repeats, 1 warm-up")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for both xpvision and PyTorch")
+    parser.add_argument("--winograd", choices=winograd.MODES,
+                        help="also time xpvision in this Winograd F(2x2, 3x3) mode (XPVISION_WINOGRAD)")
     args = parser.parse_args(argv)
     try:
         import torch
@@ -164,21 +184,27 @@ def main(argv: list[str] | None = None) -> int:
     else:
         torch.set_num_threads(args.threads)
         parallel.set_num_threads(args.threads)
-        impls = {"xpvision (NumPy)": xpvision_runners(np, lambda: None),
-                 "torch NCHW": torch_runners(torch, "cpu", False),
+        impls = {"xpvision (NumPy)": xpvision_runners(np, lambda: None)}
+        if args.winograd:
+            impls[f"xpvision Winograd {args.winograd}"] = xpvision_runners(np, lambda: None, args.winograd)
+        impls |= {"torch NCHW": torch_runners(torch, "cpu", False),
                  "torch channels_last": torch_runners(torch, "cpu", True)}
     repeats, warmup = (2, 1) if args.quick else (args.repeats, 2)
     load_before = os.getloadavg()[0]
     medians = measure(impls, repeats, warmup)
     names = list(impls)
+    ours = [name for name in names if name.startswith("xpvision")]
     print(f"DeepConvNet, float32, {args.device}, median of {repeats} interleaved repeats (ms); "
           f"ratio = xpvision / best torch; load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")
-    print(f"{'case':<16}" + "".join(f"{name:>26}" for name in names) + f"{'ratio':>8}")
+    print(f"{'case':<16}" + "".join(f"{name:>26}" for name in names) + "".join(
+        f"{'ratio ' + name.split(maxsplit=1)[-1]:>22}" for name in ours))
     for case in CASES:
-        row = [medians[name][case] * 1e3 for name in names]
-        cells = "".join(f"{v:>26.1f}" for v in row)
-        print(f"{case[0] + ' batch ' + str(case[1]):<16}{cells}{row[0] / min(row[1:]):>8.2f}")
+        row = {name: medians[name][case] * 1e3 for name in names}
+        best_torch = min(v for name, v in row.items() if name not in ours)
+        cells = "".join(f"{v:>26.1f}" for v in row.values())
+        ratios = "".join(f"{row[name] / best_torch:>22.2f}" for name in ours)
+        print(f"{case[0] + ' batch ' + str(case[1]):<16}{cells}{ratios}")
     return 0
 
 

@@ -201,7 +201,7 @@ def test_evaluation_pool_without_index_then_backward(shape, tail, rng):
     y_train, dx_train, g_train = _run(model, x, dout)
     model.eval()
     y_eval, dx_eval, g_eval = _run(model, x, dout)
-    assert model[0]._cache[1][7] is None  # the forward kept no pool index: the backward recomputed it
+    assert model[0]._cache[1][1][7] is None  # (method, saved): no pool index kept, the backward recomputed it
     np.testing.assert_array_equal(y_eval, y_train)
     np.testing.assert_array_equal(dx_eval, dx_train)
     for name in g_train:

@@ -9,7 +9,7 @@ import numpy as np
 
 from xpvision import backend
 from xpvision.errors import ShapeError
-from xpvision.nn import engine, init
+from xpvision.nn import convblock, engine, init, winograd
 from xpvision.nn import functional as F
 from xpvision.nn.activation import ReLU
 from xpvision.nn.base import Layer
@@ -104,6 +104,25 @@ class Conv2d(Layer):
         if db is not None:
             self.grads["b"][...] = db
         return None if dx is None else F.nchw(dx)  # (N, I, H, W)
+
+
+@engine.register("tuned", "conv2d")
+def conv2d(x, w, b, geom: ConvGeometry, *, relu: bool, pool: bool, training: bool, scratch: Scratch):
+    """The tuned ``conv2d`` kernel of :mod:`xpvision.nn.engine`: Winograd F(2x2, 3x3) (:mod:`.winograd`) for
+    the convolutions :func:`xpvision.nn.winograd.chosen` takes by their shapes (``XPVISION_WINOGRAD``), im2col
+    + GEMM (:mod:`.convblock`) for the others. ``saved`` records which of the two ran."""
+    xp = backend.get_array_module(x)
+    method = winograd if winograd.chosen(geom, x.shape[0], w.shape[1], w.shape[0], xp) else convblock
+    y, saved = method.conv2d(x, w, b, geom, relu=relu, pool=pool, training=training, scratch=scratch)
+    return y, (method, saved)
+
+
+@engine.register("tuned", "conv2d_backward")
+def conv2d_backward(dy, saved, *, need_params: bool, need_bias: bool, need_input: bool, scratch: Scratch):
+    """The tuned ``conv2d_backward`` kernel: the backward of the method :func:`conv2d` used."""
+    method, state = saved
+    return method.conv2d_backward(dy, state, need_params=need_params, need_bias=need_bias,
+                                  need_input=need_input, scratch=scratch)
 
 
 class ConvTranspose2d(Layer):

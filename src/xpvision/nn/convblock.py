@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from xpvision import backend
-from xpvision.nn import engine
 from xpvision.nn import functional as F
 from xpvision.nn.parallel import ordered_sum, run_chunks
 
@@ -171,7 +170,7 @@ def _im2col(scratch: Scratch, worker: int, name: str, patches: tuple[bool, list]
     return buf
 
 
-def _pool4(taps, out, index, relu: bool) -> None:
+def pool4(taps, out, index, relu: bool) -> None:
     """Max of the four pool taps ``(0, 0), (0, 1), (1, 0), (1, 1)`` (arrays of ``out``'s shape) into ``out``,
     with ``index`` (uint8) the tap ``2a + b`` of the *first* maximum in that order (PyTorch's tie rule): the
     max of each row pair (ties go left), then of the two rows (ties go up). With ``relu`` the result is
@@ -239,8 +238,8 @@ def _gemm_tn_add(a, d, acc, scratch: Scratch, worker: int) -> None:
         acc += a[main:].T @ d[main:]
 
 
-def _unpool4(dy, index, targets) -> None:
-    """Gradient of :func:`_pool4`: ``dy`` goes to ``targets[t]`` where ``index == t``, zero elsewhere."""
+def unpool4(dy, index, targets) -> None:
+    """Gradient of :func:`pool4`: ``dy`` goes to ``targets[t]`` where ``index == t``, zero elsewhere."""
     xp = backend.get_array_module(dy)
     for tap, target in enumerate(targets):
         xp.multiply(dy, index == tap, out=target)
@@ -248,16 +247,16 @@ def _unpool4(dy, index, targets) -> None:
 
 def max_pool2x2(y, out, index, relu: bool) -> None:
     """2x2 stride-2 max pool of ``y`` ``(n, OH, OW, C)`` (spatial order) into ``out`` ``(n, OH // 2, OW // 2,
-    C)`` with the uint8 ``index`` of :func:`_pool4` (none when ``index`` is ``None``)."""
+    C)`` with the uint8 ``index`` of :func:`pool4` (none when ``index`` is ``None``)."""
     ph, pw = out.shape[1:3]
-    _pool4([y[:, a:2 * ph:2, b:2 * pw:2] for a in (0, 1) for b in (0, 1)], out, index, relu)
+    pool4([y[:, a:2 * ph:2, b:2 * pw:2] for a in (0, 1) for b in (0, 1)], out, index, relu)
 
 
 def max_unpool2x2(dy, index, dconv) -> None:
     """Gradient of :func:`max_pool2x2`: route ``dy`` ``(n, PH, PW, C)`` to the recorded maxima, writing all of
     ``dconv`` ``(n, OH, OW, C)`` (rows/columns outside the pooled area get zero)."""
     ph, pw = dy.shape[1:3]
-    _unpool4(dy, index, [dconv[:, a:2 * ph:2, b:2 * pw:2] for a in (0, 1) for b in (0, 1)])
+    unpool4(dy, index, [dconv[:, a:2 * ph:2, b:2 * pw:2] for a in (0, 1) for b in (0, 1)])
     _zero_unpooled_edge(dconv, ph, pw)
 
 
@@ -278,7 +277,7 @@ def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: boo
     (and on the block's thread).
 
     Returns ``(out, pool_index)``: ``out`` ``(N, OH, OW, O)``, or ``(N, OH // 2, OW // 2, O)`` with ``pool``;
-    and the uint8 pool index of :func:`_pool4` (``None`` without ``pool`` or without ``need_index``: the
+    and the uint8 pool index of :func:`pool4` (``None`` without ``pool`` or without ``need_index``: the
     index-free pool is cheaper, and the index can be recomputed by a second call, bit for bit).
     """
     xp = backend.get_array_module(xpad)
@@ -312,7 +311,7 @@ def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: boo
             _gemm(cols, w_mat, y[s:e].reshape(-1, o))  # (rows, O), bias included
         if pool:
             taps = [y[:, a, b] for a in (0, 1) for b in (0, 1)]  # 4 x (m, PH, PW, O)
-            _pool4(taps, out[start:stop], None if index is None else index[start:stop], relu)
+            pool4(taps, out[start:stop], None if index is None else index[start:stop], relu)
         elif relu:
             xp.maximum(y, 0, out=y)
 
@@ -357,7 +356,7 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
         if pooled:
             dconv = scratch.get(worker, "dconv", (block, 2, 2, ph, pw, o), dtype, xp)[:m]
             blocks = [dconv[:, a, b] for a in (0, 1) for b in (0, 1)]  # 4 x (m, PH, PW, O)
-            _unpool4(dout[start:stop], pool_index[start:stop], blocks)
+            unpool4(dout[start:stop], pool_index[start:stop], blocks)
             return dconv
         if relu_out is not None:
             dconv = scratch.get(worker, "dconv", (block, oh, ow, o), dtype, xp)[:m]
@@ -413,13 +412,11 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
     return dx, dw, db
 
 
-
-
-@engine.register("tuned", "conv2d")
 def conv2d(x, w, b, geom: ConvGeometry, *, relu: bool, pool: bool, training: bool, scratch: Scratch):
-    """The tuned ``conv2d`` kernel of :mod:`xpvision.nn.engine`: :func:`conv_forward` on a reused
-    zero-bordered padded buffer whose interior is copied in block by block; in evaluation (``training``
-    false) the pool keeps no index (a backward recomputes it)."""
+    """The ``conv2d`` kernel of :mod:`xpvision.nn.engine` by im2col + GEMM (what the tuned engine,
+    :func:`xpvision.nn.conv.conv2d`, runs where :mod:`xpvision.nn.winograd` does not): :func:`conv_forward` on
+    a reused zero-bordered padded buffer whose interior is copied in block by block; in evaluation
+    (``training`` false) the pool keeps no index (a backward recomputes it)."""
     xp = backend.get_array_module(x)
     (n, h, w_in, c), (p0, p1) = x.shape, geom.padding
     padded = geom.padding != (0, 0)
@@ -432,10 +429,9 @@ def conv2d(x, w, b, geom: ConvGeometry, *, relu: bool, pool: bool, training: boo
     return y, (xpad, w_mat, bias, geom, relu, pool, y if relu and not pool else None, pool_index)
 
 
-@engine.register("tuned", "conv2d_backward")
-def conv2d_backward_kernel(dy, saved, *, need_params: bool, need_bias: bool, need_input: bool,
-                           scratch: Scratch):
-    """The tuned ``conv2d_backward`` kernel of :mod:`xpvision.nn.engine` (:func:`conv_backward`)."""
+def conv2d_backward(dy, saved, *, need_params: bool, need_bias: bool, need_input: bool, scratch: Scratch):
+    """The ``conv2d_backward`` kernel of :mod:`xpvision.nn.engine` for :func:`conv2d`'s ``saved``
+    (:func:`conv_backward`)."""
     xpad, w_mat, bias, geom, relu, pool, relu_out, pool_index = saved
     if pool and pool_index is None:
         _, pool_index = conv_forward(xpad, w_mat, bias, geom, relu=relu, pool=True, scratch=scratch)
@@ -445,5 +441,5 @@ def conv2d_backward_kernel(dy, saved, *, need_params: bool, need_bias: bool, nee
     return dx, None if dw is None else F.conv_weight_from_matrix(dw, geom.kernel), db
 
 
-__all__ = ["ConvGeometry", "Scratch", "conv2d", "conv2d_backward_kernel", "conv_backward", "conv_forward",
+__all__ = ["ConvGeometry", "Scratch", "conv2d", "conv2d_backward", "conv_backward", "conv_forward",
            "max_pool2x2", "max_unpool2x2"]

@@ -7,7 +7,10 @@ Two engines implement the same functional interface (same arguments, same shapes
   batch and one GEMM, ReLU and pooling as separate passes, batch statistics as plain means. Read it first.
 * ``"tuned"`` (the default: :mod:`xpvision.nn.convblock`, :mod:`xpvision.nn.conv`, :mod:`xpvision.nn.norm`):
   the same arithmetic rearranged for speed - cache-sized chunks on several threads, fused ReLU and pooling,
-  reused buffers, a separable path for fixed bilinear upsampling.
+  reused buffers, a separable path for fixed bilinear upsampling. Its ``conv2d``
+  (:func:`xpvision.nn.conv.conv2d`) can also compute 3x3 stride-1 convolutions by Winograd F(2x2, 3x3)
+  (:mod:`xpvision.nn.winograd`: fewer multiplications, other rounding), chosen by the shapes
+  (``XPVISION_WINOGRAD``: by default at least 64 input and output channels and 4096 output tiles).
 
 Tests run both on random inputs and compare them (bit for bit where the arithmetic is the same, within a
 stated tolerance where the order of additions differs). The engine is chosen by :func:`set_engine` or the
