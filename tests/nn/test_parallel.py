@@ -37,7 +37,7 @@ def default_threads(monkeypatch):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_run_chunks_covers_every_sample_once(threads, default_threads):
+def test_run_blocks_covers_every_sample_once(threads, default_threads):
     seen = np.zeros(23, np.int64)
     workers = set()
     lock = threading.Lock()
@@ -48,7 +48,7 @@ def test_run_chunks_covers_every_sample_once(threads, default_threads):
             workers.add(worker)
 
     parallel.set_num_threads(threads)
-    used = parallel.run_chunks(work, 23, 5, np)
+    used = parallel.run_blocks(work, [(s, min(s + 5, 23)) for s in range(0, 23, 5)], np)
     np.testing.assert_array_equal(seen, 1)
     assert workers <= set(range(used))
     if parallel._blas_controller() is not None:
@@ -127,13 +127,13 @@ def _train(threads: int, tmp_path) -> dict[str, np.ndarray]:
 
 def test_training_gives_the_same_bits_with_1_to_4_threads(tmp_path, default_threads, monkeypatch):
     workers_used = []
-    real_run_chunks = convblock.run_chunks
+    real_run_blocks = convblock.run_blocks
 
-    def counting_run_chunks(*args):
-        workers_used.append(real_run_chunks(*args))
+    def counting_run_blocks(*args):
+        workers_used.append(real_run_blocks(*args))
         return workers_used[-1]
 
-    monkeypatch.setattr(convblock, "run_chunks", counting_run_chunks)
+    monkeypatch.setattr(convblock, "run_blocks", counting_run_blocks)
     weights = {threads: _train(threads, tmp_path) for threads in (1, 2, 3, 4)}
     if parallel._blas_controller() is not None:
         assert max(workers_used) == 4  # the layers really were split over the threads

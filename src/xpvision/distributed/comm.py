@@ -3,7 +3,12 @@
 A communicator joins ``size`` processes; process ``rank`` 0 is the root. Operations are collective: every
 process calls them in the same order. Arrays are reduced in place:
 
-* :meth:`allreduce` sums a contiguous NumPy or CuPy array over the processes (float32/float64);
+* :meth:`allreduce` sums a contiguous NumPy or CuPy array over the processes (float32/float64), in the
+  MPI library's (or NCCL's) order;
+* :meth:`fold` sums per-block partial sums in block order over every process's blocks (the processes holding
+  consecutive blocks, rank 0 the first): rank ``r`` receives the running sum from rank ``r - 1``, adds its
+  blocks one by one and passes it on; the last rank broadcasts the total. The additions are those one process
+  makes over all the blocks, in the same order, so the result is the same bits for any number of processes;
 * :meth:`bcast` overwrites it with the root's copy;
 * :meth:`allgather_arrays` gives every process the ``{name: NumPy array}`` dict of every process, in rank
   order (sent as uncompressed ``.npz`` bytes, read back with ``allow_pickle=False``: nothing is pickled).
@@ -51,6 +56,11 @@ class SingleCommunicator:
     def allreduce(self, array: Any) -> None:
         pass
 
+    def fold(self, parts: list) -> Any:
+        from xpvision.nn.parallel import local_fold
+
+        return local_fold(parts)
+
     def bcast(self, array: Any) -> None:
         pass
 
@@ -96,6 +106,25 @@ class MPICommunicator:
         if host is not array:
             array[...] = backend.get_array_module(array).asarray(host)
 
+    def fold(self, parts: list) -> Any:
+        """The sum of every process's ``parts`` (one array per block, all of one shape), added in block order
+        (see the module docstring); on the host, returned on the device of ``parts``."""
+        xp = backend.get_array_module(parts[0])
+        host = [backend.to_numpy(p) for p in parts]
+        total = None
+        if self.rank > 0:
+            total = np.empty(host[0].shape, dtype=host[0].dtype)
+            self.comm.Recv(total, source=self.rank - 1, tag=FOLD_TAG)
+        for part in host:
+            if total is None:
+                total = np.array(part, copy=True)
+            else:
+                total += part
+        if self.rank < self.size - 1:
+            self.comm.Send(total, dest=self.rank + 1, tag=FOLD_TAG)
+        self.comm.Bcast(total, root=self.size - 1)
+        return xp.asarray(total)
+
     def allgather_arrays(self, arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
         from xpvision.data.shards import npz_bytes
 
@@ -117,6 +146,9 @@ class MPICommunicator:
     def abort(self, code: int) -> None:
         self.comm.Abort(code)
 
+
+FOLD_TAG = 17
+"""MPI tag of the running sums :meth:`MPICommunicator.fold` passes from process to process."""
 
 UNIQUE_ID_BYTES = 128
 """Size of NCCL's ``ncclUniqueId``."""

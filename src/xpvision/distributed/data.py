@@ -1,9 +1,10 @@
 """Which samples each process reads: its part of every global training batch, its block of the validation
 set.
 
-A global batch of ``B`` samples is split into ``size`` contiguous parts as evenly as possible (the first ``B %
-size`` processes hold one more sample), in the order the single-process loader would batch them; the shuffle
-order of an epoch depends on ``(seed, epoch)`` alone. Each process reads only its own samples from the shards:
+A global batch of ``B`` samples is cut into the blocks of :func:`xpvision.nn.parallel.global_blocks` (their
+boundaries depend on ``B`` alone), and each process gets a contiguous run of whole blocks, the runs as even as
+possible (:func:`batch_part`), in the order the single-process loader would batch them; the shuffle order of
+an epoch depends on ``(seed, epoch)`` alone. Each process reads only its own samples from the shards:
 they are memory-mapped (``ShardDataset(..., mmap=True)``), and the processes check the shards' SHA-256
 together, each a share of them (:func:`verify_shards`).
 """
@@ -17,6 +18,7 @@ from typing import Any
 from xpvision.data.loader import DataLoader
 from xpvision.data.shards import ShardDataset, verify_shard
 from xpvision.errors import ConfigError
+from xpvision.nn.parallel import global_blocks
 
 
 def part_bounds(total: int, size: int, rank: int) -> tuple[int, int]:
@@ -24,6 +26,14 @@ def part_bounds(total: int, size: int, rank: int) -> tuple[int, int]:
     base, extra = divmod(total, size)
     start = rank * base + min(rank, extra)
     return start, start + base + (rank < extra)
+
+
+def batch_part(total: int, size: int, rank: int) -> tuple[int, int]:
+    """``(start, stop)`` of process ``rank``'s samples in a global batch of ``total``: its run of whole
+    :func:`~xpvision.nn.parallel.global_blocks`."""
+    blocks = global_blocks(total, size)
+    first, last = part_bounds(len(blocks), size, rank)
+    return blocks[first][0], blocks[last - 1][1]
 
 
 def verify_shards(dataset, rank: int, size: int) -> None:
@@ -60,7 +70,7 @@ class ShardedLoader(DataLoader):
         order = self.order()
         for b in range(len(self)):
             indices = order[b * self.batch_size:(b + 1) * self.batch_size]
-            start, stop = part_bounds(len(indices), self.size, self.rank)
+            start, stop = batch_part(len(indices), self.size, self.rank)
             batch = self._batch(indices[start:stop])
             batch["global_batch"] = (len(indices), start)
             yield batch

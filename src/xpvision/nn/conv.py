@@ -30,6 +30,8 @@ class Conv2d(Layer):
     - 1) // S + 1``, an NCHW-shaped view of a contiguous NHWC buffer.
     """
 
+    batch_summed = True
+
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int | tuple[int, int], stride: int | tuple = 1,
                  padding: int | tuple = 0, dilation: int | tuple = 1, bias: bool = True) -> None:
         super().__init__()
