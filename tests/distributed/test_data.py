@@ -8,6 +8,7 @@ import pytest
 from xpvision.data.loader import DataLoader, ListDataset
 from xpvision.data.shards import ShardDataset, write_shards
 from xpvision.distributed import Block, ShardedLoader, check_batches, part_bounds, verify_shards
+from xpvision.distributed.data import batch_part
 from xpvision.errors import ConfigError, DataError
 
 
@@ -22,6 +23,13 @@ def test_parts_are_contiguous_balanced_and_cover_the_batch(total, size):
 
 def test_part_bounds_by_hand():
     assert [part_bounds(10, 3, r) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]
+
+
+def test_batch_parts_are_runs_of_whole_global_blocks():
+    # 100 samples: 16 blocks, 4 of 7 then 12 of 6; 3 processes hold 6, 5 and 5 of them
+    assert [batch_part(100, 3, r) for r in range(3)] == [(0, 40), (40, 70), (70, 100)]
+    assert [batch_part(100, 2, r) for r in range(2)] == [(0, 52), (52, 100)]
+    assert [batch_part(10, 3, r) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]  # blocks of one sample
 
 
 def test_a_batch_smaller_than_the_process_count_is_refused():
