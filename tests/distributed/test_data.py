@@ -63,14 +63,16 @@ def test_sharded_loaders_together_yield_the_single_loaders_batches(size):
                           for r in range(size)]
 
 
-def test_blocks_split_an_evaluation_set_in_order():
-    blocks = [Block(dataset(), rank, 3) for rank in range(3)]
+def test_blocks_split_an_evaluation_set_in_whole_batches_in_order():
+    blocks = [Block(dataset(), rank, 3) for rank in range(3)]  # batches of one sample
     assert [len(b) for b in blocks] == [8, 8, 7]
     assert [s["label"] for b in blocks for s in (b[i] for i in range(len(b)))] == [i % 3 for i in range(23)]
     with pytest.raises(IndexError):
         blocks[2][7]
-    with pytest.raises(ConfigError, match="validation set holds only 2"):
-        Block(dataset(2), 0, 3)
+    runs = [Block(dataset(), rank, 3, batch_size=5) for rank in range(3)]  # 5 batches: 2, 2, 1
+    assert [(b.start, b.stop) for b in runs] == [(0, 10), (10, 20), (20, 23)]
+    assert [len(Block(dataset(), rank, 3, batch_size=10)) for rank in range(3)] == [10, 10, 3]
+    assert [len(Block(dataset(), rank, 3, batch_size=20)) for rank in range(3)] == [20, 3, 0]  # 2 batches
 
 
 def test_processes_verify_a_share_of_the_shards_each(tmp_path):

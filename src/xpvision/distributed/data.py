@@ -77,14 +77,14 @@ class ShardedLoader(DataLoader):
 
 
 class Block:
-    """Samples ``start:stop`` of ``dataset`` (process ``rank``'s contiguous block of an evaluation set)."""
+    """Samples ``start:stop`` of ``dataset``: process ``rank``'s contiguous run of the batches of
+    ``batch_size`` one process would evaluate ``dataset`` in (none when there are fewer batches than
+    processes). Every batch is then one of one process's, so the predictions are the same bits."""
 
-    def __init__(self, dataset, rank: int, size: int) -> None:
-        if len(dataset) < size:
-            raise ConfigError(f"processes {size} is larger than allowed: the validation set holds only "
-                              f"{len(dataset)} samples (each process evaluates at least one)")
+    def __init__(self, dataset, rank: int, size: int, batch_size: int = 1) -> None:
         self.dataset = dataset
-        self.start, self.stop = part_bounds(len(dataset), size, rank)
+        first, last = part_bounds(-(-len(dataset) // batch_size), size, rank)
+        self.start, self.stop = (min(b * batch_size, len(dataset)) for b in (first, last))
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -107,13 +107,18 @@ def open_shards(folders: Sequence[Path], comm: Any) -> tuple[ShardDataset, ...]:
 
 
 def loaders(train_set: Any, val_set: Any, batch_size: int, comm: Any, *, seed: int,
-            **options: Any) -> tuple[DataLoader, DataLoader]:
+            **options: Any) -> tuple[DataLoader, DataLoader | tuple]:
     """``(train loader, val loader)``: shuffled training batches seeded ``seed`` and validation batches; with
-    several processes, this process's part of every training batch and its block of the validation set.
+    several processes, this process's part of every training batch and its run of the validation batches (an
+    empty tuple when the validation set has fewer batches than there are processes and this one gets none).
     ``options``: the loaders' ``normalization`` and ``device``."""
     if comm.size == 1:
         return (DataLoader(train_set, batch_size, shuffle=True, seed=seed, **options),
                 DataLoader(val_set, batch_size, **options))
     return (ShardedLoader(train_set, batch_size, rank=comm.rank, size=comm.size, shuffle=True, seed=seed,
                           **options),
-            DataLoader(Block(val_set, comm.rank, comm.size), batch_size, **options))
+            _loader_or_empty(Block(val_set, comm.rank, comm.size, batch_size), batch_size, **options))
+
+
+def _loader_or_empty(block: Block, batch_size: int, **options: Any) -> DataLoader | tuple:
+    return DataLoader(block, batch_size, **options) if len(block) else ()
