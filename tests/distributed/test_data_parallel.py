@@ -69,7 +69,7 @@ def assert_same_bits(one: dict, other: dict, what: str) -> None:
 
 
 def assert_same_history(one: list[dict], other: list[dict]) -> None:
-    """Equal training losses and metrics; the validation loss to float64 rounding (see the module docstring)."""
+    """Equal training losses and metrics; the validation loss to float64 rounding (module docstring)."""
     assert len(one) == len(other) == 2
     for a, b in zip(one, other, strict=True):
         for key in a:

@@ -277,7 +277,7 @@ def _plan(layout: BatchLayout, rows_per_sample: int, xp, row_elements: int) -> l
     height)."""
     plan = []
     for part, (a, b) in enumerate(layout.blocks):
-        block, chunk = F.block_and_chunk(b - a, rows_per_sample, xp, row_elements)
+        block, chunk = F.block_and_chunk(b - a, rows_per_sample, xp, row_elements)  # of this block alone
         plan += [(start, min(start + block, b), chunk, part) for start in range(a, b, block)]
     return plan
 

@@ -128,10 +128,17 @@ def _wide(a2, *vectors):
     once per wide row instead of once per ``C`` values."""
     xp = backend.get_array_module(a2)
     m, c = a2.shape
+    r = _wide_factor(m, c)
+    return a2.reshape(m // r, r * c), [None if v is None else xp.tile(v.astype(a2.dtype), r) for v in vectors]
+
+
+def _wide_factor(m: int, c: int) -> int:
+    """The ``r`` of :func:`_wide` for ``(m, c)``: a power of two dividing ``m``, doubled while ``r * c <
+    256``."""
     r = 1
     while r * c < 256 and m % (2 * r) == 0:
         r *= 2
-    return a2.reshape(m // r, r * c), [None if v is None else xp.tile(v.astype(a2.dtype), r) for v in vectors]
+    return r
 
 
 def _affine(a2, scale, shift):
@@ -148,22 +155,32 @@ def _batch_channel_sum(a2, layout: BatchLayout, b2=None):
     per block of rows, folded in block order. With ``b2`` ``(M, C)``: the sums of ``a2`` and of ``a2 * b2``
     in one fold -> ``(2C,)``."""
     xp = backend.get_array_module(a2)
-    parts = []
-    for r0, r1 in layout.block_rows(a2.shape[0]):
-        part = _channel_sum(a2[r0:r1])
-        if b2 is not None:
-            part = xp.concatenate([part, _channel_sum(a2[r0:r1] * b2[r0:r1])])
-        parts.append(part)
-    return layout.fold(parts)
+    sums = _block_channel_sums(a2, layout)  # (blocks, C)
+    if b2 is not None:
+        sums = xp.concatenate([sums, _block_channel_sums(a2 * b2, layout)], axis=1)  # (blocks, 2C)
+    return layout.fold(list(sums))
 
 
-def _channel_sum(a2):
-    """Per-channel sum of ``a2`` ``(M, C)`` -> ``(C,)``: a GEMV over wide rows (an axis-0 NumPy reduction
-    of ``C``-wide rows is ~7x slower)."""
+def _block_channel_sums(a2, layout: BatchLayout):
+    """Per-channel sums of each block of rows of ``a2`` ``(M, C)`` -> ``(blocks, C)``: the blocks of one
+    length (at most two lengths) in one stacked GEMV over wide rows (:func:`_wide`; an axis-0 NumPy reduction
+    of ``C``-wide rows is ~7x slower). A block's sum depends on that block alone: a stacked product computes
+    each item by itself."""
     xp = backend.get_array_module(a2)
-    wide, _ = _wide(a2)
     c = a2.shape[1]
-    return (xp.ones(wide.shape[0], dtype=a2.dtype) @ wide).reshape(-1, c).sum(axis=0)  # (C,)
+    rows = layout.block_rows(a2.shape[0])
+    sums = []
+    i = 0
+    while i < len(rows):
+        length = rows[i][1] - rows[i][0]
+        k = next((j for j in range(i, len(rows)) if rows[j][1] - rows[j][0] != length), len(rows)) - i
+        r0 = rows[i][0]
+        blocks = a2[r0:r0 + k * length].reshape(k, length, c)  # (k, L, C)
+        r = _wide_factor(length, c)
+        wide = blocks.reshape(k, length // r, r * c)  # (k, L / r, r * C)
+        sums.append((xp.ones(length // r, dtype=a2.dtype) @ wide).reshape(k, r, c).sum(axis=1))  # (k, C)
+        i += k
+    return xp.concatenate(sums) if len(sums) > 1 else sums[0]  # (blocks, C)
 
 
 class BatchNorm2d(_BatchNorm):

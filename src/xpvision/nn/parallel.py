@@ -11,8 +11,9 @@ Thread count: by default the number of cores this process may run on (its CPU af
 ``XPVISION_NUM_THREADS`` in the environment, or :func:`set_num_threads`, overrides it.
 
 Results are bit-identical for every thread count: callers cut the batch into blocks whose boundaries depend
-on the shapes alone (:func:`xpvision.nn.functional.block_and_chunk`), and each block's partial sums are kept
-apart and reduced in block order (:func:`ordered_sum`), whichever thread computed them.
+on the batch size and the shapes alone (the :func:`global_blocks` below, each cut further by
+:func:`xpvision.nn.functional.block_and_chunk`), and each block's partial sums are kept apart and reduced in
+block order (:func:`ordered_sum`), whichever thread computed them.
 
 Sums over the batch (weight gradients, batch-norm statistics and their backward sums, the loss) are formed
 the same way over a *global* batch that several processes share (:mod:`xpvision.distributed`): the batch is
