@@ -29,6 +29,7 @@ With ``size`` processes (:class:`DataParallel`):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -68,7 +69,7 @@ class DataParallel:
             raise ConfigError(f"reduction: expected one of {', '.join(REDUCTIONS)}, got {reduction!r}")
         self.comm, self.model = comm, model
         self.rank, self.size, self.is_root = comm.rank, comm.size, comm.is_root
-        self.fold = comm.fold if reduction == "ordered" else self._allreduce_fold
+        self.reduction = reduction
 
     def synchronize(self, model: Layer) -> None:
         """Broadcast the root's parameters and buffers (packed into one buffer per dtype and device)."""
@@ -83,7 +84,10 @@ class DataParallel:
         """``(loss of the whole batch, this part's dloss/dout, global batch size)``: the task's loss, run
         on this process's blocks inside the batch's layout, is already the whole batch's."""
         total, start = batch["global_batch"]
-        layout = parallel.BatchLayout(total, start, len(batch["images"]), self.size, self.fold)
+        blocks = len(parallel.global_blocks(total, self.size))
+        fold = (functools.partial(self.comm.fold, blocks=blocks) if self.reduction == "ordered"
+                else self._allreduce)
+        layout = parallel.BatchLayout(total, start, len(batch["images"]), self.size, fold)
         with rng.batch_part(total, start), parallel.batch_layout(layout):
             loss, dout = task.forward_loss(model, batch)
         return loss, dout, total
@@ -104,7 +108,7 @@ class DataParallel:
 
         return evaluate_gathered(task, model, loader, self.comm)
 
-    def _allreduce_fold(self, parts: list) -> Any:
+    def _allreduce(self, parts: list) -> Any:
         """This process's blocks added in order, then summed over the processes by an all-reduce."""
         total = parallel.local_fold(parts)
         self.comm.allreduce(total)
