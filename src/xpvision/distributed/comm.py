@@ -19,7 +19,8 @@ process calls them in the same order. Arrays are reduced in place:
 
 :class:`MPICommunicator` moves CuPy arrays through host memory (no CUDA-aware MPI is assumed);
 :class:`NCCLCommunicator` reduces and broadcasts CuPy arrays with NCCL on the GPU of the process's local rank
-(ChainerMN's ``pure_nccl`` design) and uses MPI for everything on the host.
+(ChainerMN's ``pure_nccl`` design) and uses MPI for everything on the host, :meth:`fold` included (its
+partials go through host memory, one copy per call).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class MPICommunicator:
         from xpvision.nn.parallel import local_fold
 
         xp = backend.get_array_module(parts[0])
-        host = [np.ascontiguousarray(backend.to_numpy(p)) for p in parts]
+        host = list(backend.to_numpy(xp.stack(parts)))  # one copy to the host for all blocks
         if blocks * host[0].nbytes <= GATHER_BYTES:
             mine = np.stack([local_fold(host)] if self.rank == 0 else host)  # rank 0: its running sum
             base, extra = divmod(blocks, self.size)
