@@ -1,13 +1,13 @@
 """The reference engine: each kernel of :mod:`xpvision.nn.engine` as the textbook writes it.
 
-A convolution is im2col of the whole padded batch and one GEMM (Deep Learning from Scratch, ch. 7), the ReLU
-and the max pool separate passes after it; its backward is one GEMM per block for the weights, the bias
-gradient a column sum, and one GEMM + col2im scatter for the input. Batch norm is the plain mean / variance /
-xhat formula. Sums over the batch are taken per block of :func:`xpvision.nn.parallel.current_layout` and
-added in block order (``layout.fold``), as in the tuned engine, so that data-parallel training gives the same
-bits for any number of processes. No chunks, no threads, no reused buffers: memory grows with the batch
-(im2col of DeepConvNet's second convolution at batch 1000 holds 114 M values), which is what the tuned engine
-avoids.
+A convolution is im2col of the whole padded batch and a GEMM per block of it (Deep Learning from Scratch, ch.
+7), the ReLU and the max pool separate passes after it; its backward is a GEMM per block for the weights, the
+bias gradient a column sum, and GEMMs + a col2im scatter for the input. Batch norm is the plain mean /
+variance / xhat formula. The blocks are those of :func:`xpvision.nn.parallel.current_layout`: sums over the
+batch are taken per block and added in block order (``layout.fold``), as in the tuned engine, so that
+data-parallel training gives the same bits for any number of processes. No chunks, no threads, no reused
+buffers: memory grows with the batch (im2col of DeepConvNet's second convolution at batch 1000 holds 114 M
+values), which is what the tuned engine avoids.
 
 Arrays are channels-last, as everywhere inside the layers (see :mod:`xpvision.nn.engine` for the shapes).
 """
@@ -31,7 +31,8 @@ def conv2d(x, w, b, geom, *, relu: bool, pool: bool, training: bool, scratch=Non
     xpad = F.pad_nhwc(x, geom.padding)  # (N, Hp, Wp, I)
     cols = F.im2col(xpad, geom.kernel, geom.stride, geom.dilation, geom.out_hw)  # (N*OH*OW, kh*kw*I)
     w_mat = F.conv_weight_matrix(w)  # (kh*kw*I, O)
-    y = cols @ w_mat  # (N*OH*OW, O)
+    layout = current_layout(n)  # one GEMM per block: a row's bits depend on its GEMM's height
+    y = xp.concatenate([cols[r0:r1] @ w_mat for r0, r1 in layout.block_rows(cols.shape[0])])  # (N*OH*OW, O)
     if b is not None:
         y = y + b
     y = y.reshape(n, *geom.out_hw, o)  # (N, OH, OW, O)
@@ -40,7 +41,7 @@ def conv2d(x, w, b, geom, *, relu: bool, pool: bool, training: bool, scratch=Non
     conv_out, index = y, None
     if pool:
         y, index = F.max_pool_nhwc(y, *POOL, (geom.out_hw[0] // 2, geom.out_hw[1] // 2))
-    return y, (xpad.shape, cols, w_mat, geom, relu, conv_out, index, current_layout(n))
+    return y, (xpad.shape, cols, w_mat, geom, relu, conv_out, index, layout)
 
 
 @engine.register("reference", "conv2d_backward")
@@ -63,7 +64,8 @@ def conv2d_backward(dy, saved, *, need_params: bool, need_bias: bool, need_input
     if need_input:
         kh, kw = geom.kernel
         i_ch = w_mat.shape[0] // (kh * kw)
-        dcols = (dmat @ w_mat.T).reshape(-1, *geom.out_hw, kh, kw, i_ch)  # (N, OH, OW, kh, kw, I)
+        dcols = xp.concatenate([dmat[r0:r1] @ w_mat.T for r0, r1 in blocks])  # (N*OH*OW, kh*kw*I)
+        dcols = dcols.reshape(-1, *geom.out_hw, kh, kw, i_ch)  # (N, OH, OW, kh, kw, I)
         dxpad = xp.zeros(padded_shape, dtype=dmat.dtype)  # (N, Hp, Wp, I)
         F.col2im_add(dxpad, dcols, geom.kernel, geom.stride, geom.dilation)
         dx = F.crop_nhwc(dxpad, geom.padding)  # (N, H, W, I)
