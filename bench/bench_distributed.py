@@ -1,8 +1,10 @@
 """Data-parallel training throughput: K processes of 1 thread each against 1 process of K threads.
 
 The DeepConvNet classifier (the pipeline's, batch-normalised or not) trains on random 1x28x28 images at a
-global batch of ``--batch``: each process runs its part of every batch and the gradients are all-reduced
-(:mod:`xpvision.distributed`, MPI through mpi4py). Throughput is samples per second over ``--steps`` timed
+global batch of ``--batch``: each process runs its part of every batch (:mod:`xpvision.distributed`, MPI
+through mpi4py), every sum over the batch formed in global block order (``reduction='ordered'``, the
+default: the same bits for any K) or, for comparison, each process's totals all-reduced
+(``reduction='allreduce'``). Throughput is samples per second over ``--steps`` timed
 steps after 3 warm-up steps; scaling efficiency is throughput(K processes) / (K x throughput(1 process, 1
 thread)). Each configuration runs ``--repeats`` times, interleaved with the others (so drifts of the machine's
 load hit them alike); the table shows the best step time of each.
@@ -48,7 +50,7 @@ def worker(args) -> None:
     if comm.size > 1:
         loader = distributed.ShardedLoader(data, args.batch, rank=comm.rank, size=comm.size,
                                            device=args.device)
-        hook = distributed.DataParallel(comm, model)
+        hook = distributed.DataParallel(comm, model, args.reduction)
     else:
         loader, hook = DataLoader(data, args.batch, device=args.device), distributed.SingleProcess()
     hook.synchronize(model)
@@ -68,13 +70,13 @@ def worker(args) -> None:
         if step >= 3:
             times.append(time.perf_counter() - start)
     if comm.is_root:
-        print(json.dumps({"processes": comm.size, "threads": args.threads,
+        print(json.dumps({"processes": comm.size, "threads": args.threads, "reduction": args.reduction,
                           "step_s": float(np.median(times)), "samples_per_s": args.batch / np.median(times)}))
 
 
-def run(k: int, threads: int, args) -> dict:
+def run(k: int, threads: int, reduction: str, args) -> dict:
     command = [sys.executable, __file__, "--worker", "--threads", str(threads), "--batch", str(args.batch),
-               "--steps", str(args.steps), "--device", args.device]
+               "--steps", str(args.steps), "--device", args.device, "--reduction", reduction]
     if args.batch_norm:
         command.append("--batch-norm")
     if k > 1:
@@ -96,22 +98,24 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--reduction", default="ordered", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
     print(f"DeepConvNet{' + BatchNorm' if args.batch_norm else ''} training, global batch {args.batch}, "
           f"{args.device}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-    configs = [("1 process x 1 thread", 1, 1)]
+    configs = [("1 process x 1 thread", 1, 1, "ordered")]
     for k in args.processes:
         if k > 1:
-            configs.append((f"{k} processes x 1 thread", k, 1))
+            configs.append((f"{k} processes x 1 thread", k, 1, "ordered"))
+            configs.append((f"{k} processes, allreduce", k, 1, "allreduce"))
             if args.device == "cpu":
-                configs.append((f"1 process x {k} threads", 1, k))
+                configs.append((f"1 process x {k} threads", 1, k, "ordered"))
     best: dict[str, dict] = {}
     for _ in range(args.repeats):
-        for name, k, threads in configs:
-            result = run(k, threads, args)
+        for name, k, threads, reduction in configs:
+            result = run(k, threads, reduction, args)
             if name not in best or result["step_s"] < best[name]["step_s"]:
                 best[name] = result
     base = best[configs[0][0]]

@@ -6,7 +6,7 @@ Each process drives GPU ``local_rank`` through :class:`xpvision.distributed.NCCL
 and a broadcast of CuPy arrays are checked against their definitions, then the classifier of
 :mod:`tests.distributed.ranks` trains one epoch on the GPU through the NCCL path and through one process
 without a communicator; the root prints ``nccl smoke: ok`` and the largest relative weight difference (0 for
-one process: the hook then scales by 1 and NCCL sums one buffer).
+any number of processes: the sums over the batch are added in the same block order).
 """
 
 from __future__ import annotations

@@ -71,22 +71,6 @@ class Recording:
         return self.dataset[i]
 
 
-class Float64Batches:
-    """A loader's batches with float64 images (for a model cast to float64: rounding 1e-16, not 1e-7)."""
-
-    def __init__(self, loader) -> None:
-        self.loader = loader
-
-    def set_epoch(self, epoch: int) -> None:
-        self.loader.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        return ({**b, "images": b["images"].astype(np.float64)} for b in self.loader)
-
-
 def fail_at_step(task, step: int) -> None:
     """Make ``task`` raise at its ``step``-th training step in this process (fault injection)."""
     forward_loss, calls = task.forward_loss, []
@@ -122,18 +106,16 @@ def main(args) -> None:
     shards, val_set = distributed.open_shards([Path(args.data) / "train", Path(args.data) / "val"], comm)
     train_set = Recording(shards)
     model, task = build(args.kind, shards)
-    if args.float64:
-        model.astype(np.float64)
     if args.fail_rank == comm.rank:
         fail_at_step(task, args.fail_step)
     optimizer = build_optimizer("adam", model, lr=args.lr, weight_decay=0.0)
     schedule = build_schedule("cosine", optimizer, epochs=args.epochs, warmup_epochs=min(1, args.epochs - 1))
     loaders = distributed.loaders(train_set, val_set, args.batch, comm, seed=3)
-    parallel = distributed.DataParallel(comm, model) if comm.size > 1 else None
+    parallel = distributed.DataParallel(comm, model, args.reduction) if comm.size > 1 else None
     checkpoint = args.checkpoint or Path(args.out).with_suffix(".ckpt.npz")
     trainer = Trainer(model, task, optimizer, epochs=args.epochs, scheduler=schedule, seed=5, progress=False,
                       checkpoint_path=checkpoint, parallel=parallel)
-    history = trainer.fit(*(Float64Batches(loader) if args.float64 else loader for loader in loaders))
+    history = trainer.fit(*loaders)
     state = model.state_dict()
     digest = hashlib.sha256(b"".join(state[k].tobytes() for k in sorted(state))).hexdigest()
     parts = comm.allgather_arrays({"digest": np.frombuffer(digest.encode(), np.uint8),
@@ -144,7 +126,8 @@ def main(args) -> None:
                  digests=np.array([bytes(p["digest"]).decode() for p in parts]),
                  asked=np.concatenate([p["asked"] for p in parts]),
                  asked_counts=np.array([len(p["asked"]) for p in parts]),
-                 memory_mapped=np.array(all(isinstance(a, np.memmap) for a in shards._cache[0].values())))
+                 memory_mapped=np.array(all(isinstance(a, np.memmap) for shard in shards._cache.values()
+                                            for a in shard.values())))
 
 
 if __name__ == "__main__":
@@ -154,9 +137,9 @@ if __name__ == "__main__":
     parser.add_argument("out")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch", type=int, default=10)
-    parser.add_argument("--float64", action="store_true")
     parser.add_argument("--lr", type=float, default=0.003)
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--reduction", default="ordered")
     parser.add_argument("--fail-rank", type=int, default=-1)
     parser.add_argument("--fail-step", type=int, default=0)
     parsed = parser.parse_args()

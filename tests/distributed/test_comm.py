@@ -1,4 +1,5 @@
-"""The NCCL unique id crosses MPI as integers and comes back in the form the installed CuPy takes."""
+"""Communicators: the NCCL unique id crosses MPI as integers and comes back in the form the installed CuPy
+takes; one process folds block sums in order."""
 
 import numpy as np
 import pytest
@@ -21,3 +22,14 @@ def test_a_tuple_id_as_earlier_cupy_gives_it_comes_back_as_the_same_tuple():
 def test_an_id_of_the_wrong_length_is_refused():
     with pytest.raises(ValueError, match="128 bytes"):
         pack_unique_id(b"\x01" * 12)
+
+
+def test_one_process_folds_its_blocks_in_order_and_an_unknown_reduction_is_refused():
+    from xpvision.distributed import DataParallel, SingleCommunicator
+    from xpvision.errors import ConfigError
+    from xpvision.nn import Linear
+
+    parts = [np.float32([1.0]), np.float32([1e8]), np.float32([-1e8])]
+    np.testing.assert_array_equal(SingleCommunicator().fold(parts, 3), np.float32([0.0]))  # (1 + 1e8) - 1e8
+    with pytest.raises(ConfigError, match="reduction: expected one of ordered, allreduce, got 'sum'"):
+        DataParallel(SingleCommunicator(), Linear(2, 2), "sum")

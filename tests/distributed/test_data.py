@@ -8,6 +8,7 @@ import pytest
 from xpvision.data.loader import DataLoader, ListDataset
 from xpvision.data.shards import ShardDataset, write_shards
 from xpvision.distributed import Block, ShardedLoader, check_batches, part_bounds, verify_shards
+from xpvision.distributed.data import batch_part
 from xpvision.errors import ConfigError, DataError
 
 
@@ -22,6 +23,13 @@ def test_parts_are_contiguous_balanced_and_cover_the_batch(total, size):
 
 def test_part_bounds_by_hand():
     assert [part_bounds(10, 3, r) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]
+
+
+def test_batch_parts_are_runs_of_whole_global_blocks():
+    # 100 samples: 16 blocks, 4 of 7 then 12 of 6; 3 processes hold 6, 5 and 5 of them
+    assert [batch_part(100, 3, r) for r in range(3)] == [(0, 40), (40, 70), (70, 100)]
+    assert [batch_part(100, 2, r) for r in range(2)] == [(0, 52), (52, 100)]
+    assert [batch_part(10, 3, r) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]  # blocks of one sample
 
 
 def test_a_batch_smaller_than_the_process_count_is_refused():
@@ -55,14 +63,16 @@ def test_sharded_loaders_together_yield_the_single_loaders_batches(size):
                           for r in range(size)]
 
 
-def test_blocks_split_an_evaluation_set_in_order():
-    blocks = [Block(dataset(), rank, 3) for rank in range(3)]
+def test_blocks_split_an_evaluation_set_in_whole_batches_in_order():
+    blocks = [Block(dataset(), rank, 3) for rank in range(3)]  # batches of one sample
     assert [len(b) for b in blocks] == [8, 8, 7]
     assert [s["label"] for b in blocks for s in (b[i] for i in range(len(b)))] == [i % 3 for i in range(23)]
     with pytest.raises(IndexError):
         blocks[2][7]
-    with pytest.raises(ConfigError, match="validation set holds only 2"):
-        Block(dataset(2), 0, 3)
+    runs = [Block(dataset(), rank, 3, batch_size=5) for rank in range(3)]  # 5 batches: 2, 2, 1
+    assert [(b.start, b.stop) for b in runs] == [(0, 10), (10, 20), (20, 23)]
+    assert [len(Block(dataset(), rank, 3, batch_size=10)) for rank in range(3)] == [10, 10, 3]
+    assert [len(Block(dataset(), rank, 3, batch_size=20)) for rank in range(3)] == [20, 3, 0]  # 2 batches
 
 
 def test_processes_verify_a_share_of_the_shards_each(tmp_path):

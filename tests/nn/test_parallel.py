@@ -1,5 +1,7 @@
 """The thread pool of the CPU engine: default thread count, its overrides, and results that do not depend on
-the thread count (a small network trained for two epochs with 1-4 threads ends with the same bits)."""
+the thread count (a small network trained for two epochs with 1-4 threads, and a YOLO detector with a
+batch-normalised backbone with 1-3 threads, end with the same bits), and the global blocks that sums over a
+batch are formed in."""
 
 import os
 import threading
@@ -37,7 +39,7 @@ def default_threads(monkeypatch):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_run_chunks_covers_every_sample_once(threads, default_threads):
+def test_run_blocks_covers_every_sample_once(threads, default_threads):
     seen = np.zeros(23, np.int64)
     workers = set()
     lock = threading.Lock()
@@ -48,7 +50,7 @@ def test_run_chunks_covers_every_sample_once(threads, default_threads):
             workers.add(worker)
 
     parallel.set_num_threads(threads)
-    used = parallel.run_chunks(work, 23, 5, np)
+    used = parallel.run_blocks(work, [(s, min(s + 5, 23)) for s in range(0, 23, 5)], np)
     np.testing.assert_array_equal(seen, 1)
     assert workers <= set(range(used))
     if parallel._blas_controller() is not None:
@@ -127,13 +129,13 @@ def _train(threads: int, tmp_path) -> dict[str, np.ndarray]:
 
 def test_training_gives_the_same_bits_with_1_to_4_threads(tmp_path, default_threads, monkeypatch):
     workers_used = []
-    real_run_chunks = convblock.run_chunks
+    real_run_blocks = convblock.run_blocks
 
-    def counting_run_chunks(*args):
-        workers_used.append(real_run_chunks(*args))
+    def counting_run_blocks(*args):
+        workers_used.append(real_run_blocks(*args))
         return workers_used[-1]
 
-    monkeypatch.setattr(convblock, "run_chunks", counting_run_chunks)
+    monkeypatch.setattr(convblock, "run_blocks", counting_run_blocks)
     weights = {threads: _train(threads, tmp_path) for threads in (1, 2, 3, 4)}
     if parallel._blas_controller() is not None:
         assert max(workers_used) == 4  # the layers really were split over the threads
@@ -148,3 +150,83 @@ def test_training_gives_the_same_bits_with_1_to_4_threads(tmp_path, default_thre
 def _train_initial() -> dict[str, np.ndarray]:
     rng.manual_seed(0)
     return {k: np.array(v) for k, v in _network().state_dict().items()}
+
+
+def _box_scenes(n: int) -> ListDataset:
+    """32x32 RGB noise with one to three coloured squares (class = colour) and their boxes."""
+    rs = np.random.default_rng(0)
+    samples = []
+    for _ in range(n):
+        image = rs.integers(0, 60, (32, 32, 3))
+        boxes, labels = [], []
+        for _ in range(int(rs.integers(1, 4))):
+            size = int(rs.integers(6, 14))
+            x0, y0 = (int(v) for v in rs.integers(0, 32 - size, 2))
+            label = int(rs.integers(3))
+            image[y0:y0 + size, x0:x0 + size, label] = 230
+            boxes.append([x0, y0, x0 + size, y0 + size])
+            labels.append(label)
+        samples.append({"image": image.astype(np.uint8), "boxes": np.array(boxes, np.float32),
+                        "labels": np.array(labels, np.int64), "difficult": np.zeros(len(labels), bool)})
+    return ListDataset(samples, classes=["r", "g", "b"])
+
+
+def _train_detector(threads: int, data: ListDataset, tmp_path) -> dict[str, np.ndarray]:
+    from xpvision.detection.yolo import build_detector
+    from xpvision.tasks import DetectionTask
+
+    parallel.set_num_threads(threads)
+    rng.manual_seed(0)
+    model, extra = build_detector("yolo", in_channels=3, classes=data.classes, input_size=(32, 32),
+                                  train_set=data, head_channels=16,
+                                  backbone_args={"batch_norm": True, "conv4_padding": 1})
+    task = DetectionTask(model, {"classes": data.classes, **extra})
+    trainer = Trainer(model, task, optim.Adam(model, lr=0.01), epochs=2, seed=1, progress=False,
+                      checkpoint_path=tmp_path / f"det-{threads}.npz")
+    trainer.fit(DataLoader(data, 40, shuffle=True, seed=2))
+    return {k: np.array(v) for k, v in model.state_dict().items()}
+
+
+def test_the_batch_norm_detector_trains_to_the_same_bits_with_1_to_3_threads(tmp_path, default_threads):
+    data = _box_scenes(80)
+    weights = {threads: _train_detector(threads, data, tmp_path) for threads in (1, 2, 3)}
+    for threads in (2, 3):
+        for name, value in weights[1].items():
+            np.testing.assert_array_equal(weights[threads][name], value, err_msg=f"{name}, {threads} threads")
+    assert weights[1]["features.bn1.running_mean"].any()  # it did train (the statistics moved from 0)
+
+
+def test_global_blocks_depend_on_the_batch_size_alone():
+    assert parallel.global_blocks(10) == [(i, i + 1) for i in range(10)]
+    blocks = parallel.global_blocks(100)
+    assert len(blocks) == parallel.REDUCTION_BLOCKS == 16
+    assert [b - a for a, b in blocks] == [7] * 4 + [6] * 12 and blocks[-1][1] == 100
+    for processes in (2, 3, 8, 16):
+        assert parallel.global_blocks(100, processes) == blocks
+    assert len(parallel.global_blocks(100, 20)) == 20  # more processes than blocks: one block each
+
+
+def test_a_layout_holds_whole_blocks():
+    layout = parallel.BatchLayout(10, 4, 3, processes=3)
+    assert layout.blocks == [(0, 1), (1, 2), (2, 3)] and layout.block_rows(12) == [(0, 4), (4, 8), (8, 12)]
+    assert parallel.BatchLayout(100, 0, 28, processes=4).blocks[-1] == (21, 28)
+    with pytest.raises(ValueError, match="not whole blocks"):
+        parallel.BatchLayout(100, 0, 30, processes=4)  # 30 ends inside the fifth block (28:34)
+    with pytest.raises(ValueError, match="outside a batch"):
+        parallel.BatchLayout(10, 8, 3)
+
+
+def test_the_current_layout_is_the_whole_batch_outside_a_batch_layout():
+    assert parallel.current_layout(5).blocks == [(i, i + 1) for i in range(5)]
+    part = parallel.BatchLayout(10, 4, 3, processes=3)
+    with parallel.batch_layout(part):
+        assert parallel.current_layout(3) is part
+        with pytest.raises(ValueError, match="inside the layout"):
+            parallel.current_layout(4)
+    assert parallel.current_layout(3).total == 3
+
+
+def test_local_fold_adds_in_list_order():
+    parts = [np.float32([1.0]), np.float32([1e8]), np.float32([-1e8])]
+    # (1 + 1e8) + -1e8 = 0 in float32; 1 + (1e8 + -1e8) would give 1
+    np.testing.assert_array_equal(parallel.local_fold(parts), np.float32([0.0]))

@@ -145,13 +145,13 @@ def test_winograd_equals_the_reference(case, tail, dtype):
 
 
 def test_many_blocks_and_only_the_needed_gradients():
-    """A batch cut into several blocks and chunks (DeepConvNet's conv6 shape); no input gradient asked."""
+    """A batch cut into several blocks (DeepConvNet's conv6 shape); no input gradient asked."""
     rs = np.random.default_rng(5)
     x = rs.standard_normal((24, 8, 8, 64)).astype(np.float32)
     w = rs.standard_normal((64, 64, 3, 3)).astype(np.float32) * 0.05
     b = rs.standard_normal(64).astype(np.float32)
     geom = geometry((8, 8), (1, 1))
-    assert winograd.F.block_and_chunk(24, 64, np, 4 * 64)[0] < 24  # more than one block
+    assert len(parallel.BatchLayout(24).blocks) > 1
     reference = engine.kernel("conv2d", "reference"), engine.kernel("conv2d_backward", "reference")
     ref = run_kernels(*reference, x, w, b, geom, True, True, True, need_input=False)
     wino = run_kernels(winograd.conv2d, winograd.conv2d_backward, x, w, b, geom, True, True, True,
@@ -279,3 +279,38 @@ def test_layers_take_the_chosen_path_with_the_same_results(setting, mode, monkey
     assert_close(dx_t, dx, np.float64, "dx")
     for name, grad in grads.items():
         assert_close(grads_t[name], grad, np.float64, name)
+
+
+def test_parts_of_a_global_batch_give_the_bits_of_the_whole_batch():
+    """Two processes' parts of a batch (simulated in one: each part's per-block sums are collected and added
+    in block order as the processes' fold does) give the whole batch's output, input gradient and weight and
+    bias gradients bit for bit."""
+    rs = np.random.default_rng(11)
+    x = rs.standard_normal((10, 8, 8, 16)).astype(np.float32)
+    w = (rs.standard_normal((16, 16, 3, 3)) * 0.1).astype(np.float32)
+    b = rs.standard_normal(16).astype(np.float32)
+    dy = rs.standard_normal((10, 4, 4, 16)).astype(np.float32)
+    geom = geometry((8, 8), (1, 1))
+
+    def run(layout, rows):
+        with parallel.batch_layout(layout):
+            y, saved = winograd.conv2d(x[rows], w, b, geom, relu=True, pool=True, training=True,
+                                       scratch=Scratch())
+            dx, dw, db = winograd.conv2d_backward(dy[rows], saved, need_params=True, need_bias=True,
+                                                  need_input=True, scratch=Scratch())
+        return y, dx, dw, db
+
+    whole = run(parallel.BatchLayout(10), slice(0, 10))
+    collected = []
+
+    def collect(parts):
+        collected.append(parts)
+        return parts[0]  # stands in for the sum, which is formed below from every process's parts
+
+    first = run(parallel.BatchLayout(10, 0, 5, processes=2, fold=collect), slice(0, 5))
+    second = run(parallel.BatchLayout(10, 5, 5, processes=2, fold=collect), slice(5, 10))
+    du_parts, db_parts = collected[0] + collected[2], collected[1] + collected[3]
+    np.testing.assert_array_equal(np.concatenate([first[0], second[0]]), whole[0])
+    np.testing.assert_array_equal(np.concatenate([first[1], second[1]]), whole[1])
+    np.testing.assert_array_equal(winograd.weight_grad_transform(parallel.local_fold(du_parts)), whole[2])
+    np.testing.assert_array_equal(parallel.local_fold(db_parts), whole[3])

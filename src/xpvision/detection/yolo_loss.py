@@ -5,7 +5,9 @@ has the highest IoU with its own (anchors and box compared on a common centre); 
 through its anchors. When two objects claim the same cell and anchor, the first one listed keeps it.
 ``difficult`` objects are never positives, but predictions overlapping them are not punished either.
 
-Loss, summed and divided by the batch size ``N``:
+Loss, summed and divided by the batch size ``N`` (of the whole batch of
+:func:`xpvision.nn.parallel.current_layout`: in data-parallel training, of every process's part, the sums
+taken block by block in block order):
 
 * box: for positives, ``BCE(tx, x_off) + BCE(ty, y_off)`` on the logits of the centre offsets inside the cell
   (YOLOv3) and ``½(tw - log(w / p_w))² + ½(th - log(h / p_h))²``, each weighted ``2 - wh / (W·H)`` (small
@@ -31,6 +33,7 @@ from xpvision.detection.yolo_spec import YoloSpec
 from xpvision.errors import ConfigError
 from xpvision.nn.activation import sigmoid
 from xpvision.nn.functional import log_softmax
+from xpvision.nn.parallel import current_layout
 
 
 class Targets(NamedTuple):
@@ -111,7 +114,6 @@ class YoloLoss:
         self.noobj_weight = float(noobj_weight)
         self.class_weight = float(class_weight)
         self.parts: dict[str, float] = {}
-        self.normalizer = 0.0
         self._grad = None
         self._pred_shape: tuple[int, ...] | None = None
 
@@ -157,11 +159,16 @@ class YoloLoss:
         grad[(*cell, slice(2, 4))] = box_weight * wh_diff
         grad[(*cell, slice(5, None))] = class_grad
 
-        scale = 1.0 / max(n, 1)
-        self.normalizer = float(n)  # the loss is a sum divided by this (data-parallel training weighs by it)
-        sums = xp.stack([(box_weight * (xy_loss + 0.5 * wh_diff * wh_diff)).sum(), (weight * obj_loss).sum(),
-                         -log_p[rows, labels].sum()])  # (3,): one copy to the host for the three parts
-        box, objectness, class_ = backend.to_numpy(sums).tolist()
+        # sums over the whole batch of the layout (every process's part), block by block in block order; the
+        # positives are sorted by image, so a block's are a contiguous run
+        layout = current_layout(n)
+        scale = 1.0 / max(layout.total, 1)
+        box_terms = box_weight * (xy_loss + 0.5 * wh_diff * wh_diff)  # (P, 2)
+        obj_terms, class_terms = weight * obj_loss, -log_p[rows, labels]  # (N, S_h, S_w, A), (P,)
+        runs = np.searchsorted(t.cell[0], [a for a, _ in layout.blocks] + [n])
+        sums = layout.fold([xp.stack([box_terms[p0:p1].sum(), obj_terms[a:b].sum(), class_terms[p0:p1].sum()])
+                            for (a, b), p0, p1 in zip(layout.blocks, runs[:-1], runs[1:], strict=True)])
+        box, objectness, class_ = backend.to_numpy(sums).tolist()  # (3,): one copy to the host
         self.parts = {"box": box * scale, "objectness": objectness * scale,
                       "class": self.class_weight * class_ * scale}
         self._grad = grad * dtype.type(scale)

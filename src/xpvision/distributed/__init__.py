@@ -24,9 +24,8 @@ from xpvision.distributed.data import (
     part_bounds,
     verify_shards,
 )
-from xpvision.distributed.data_parallel import DataParallel, SingleProcess, sync_batch_norm
+from xpvision.distributed.data_parallel import DataParallel, SingleProcess
 
 __all__ = ["Block", "DataParallel", "MPICommunicator", "NCCLCommunicator", "ShardedLoader",
            "SingleCommunicator", "SingleProcess", "check_batches", "launched_size", "loaders", "open_shards",
-           "part_bounds",
-           "sync_batch_norm", "verify_shards", "world"]
+           "part_bounds", "verify_shards", "world"]

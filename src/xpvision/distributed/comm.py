@@ -3,14 +3,24 @@
 A communicator joins ``size`` processes; process ``rank`` 0 is the root. Operations are collective: every
 process calls them in the same order. Arrays are reduced in place:
 
-* :meth:`allreduce` sums a contiguous NumPy or CuPy array over the processes (float32/float64);
+* :meth:`allreduce` sums a contiguous NumPy or CuPy array over the processes (float32/float64), in the
+  MPI library's (or NCCL's) order;
+* :meth:`fold` sums per-block partial sums in block order over every process's blocks (the processes holding
+  consecutive runs of ``blocks`` blocks, as :func:`xpvision.distributed.data.batch_part` deals them, rank 0
+  the first), the additions being those one process makes over all the blocks, in the same order: the same
+  bits for any number of processes. Small partials (:data:`GATHER_BYTES`): rank 0 adds its own blocks, and
+  one all-gather gives every process that running sum and every other process's blocks, which each adds to
+  it in order. Larger ones travel as a running sum: rank ``r`` receives it from rank ``r - 1``, adds its
+  blocks and passes it on; the last rank broadcasts the total (about twice an all-reduce's traffic, where an
+  all-gather would carry every block);
 * :meth:`bcast` overwrites it with the root's copy;
 * :meth:`allgather_arrays` gives every process the ``{name: NumPy array}`` dict of every process, in rank
   order (sent as uncompressed ``.npz`` bytes, read back with ``allow_pickle=False``: nothing is pickled).
 
 :class:`MPICommunicator` moves CuPy arrays through host memory (no CUDA-aware MPI is assumed);
 :class:`NCCLCommunicator` reduces and broadcasts CuPy arrays with NCCL on the GPU of the process's local rank
-(ChainerMN's ``pure_nccl`` design) and uses MPI for everything on the host.
+(ChainerMN's ``pure_nccl`` design) and uses MPI for everything on the host, :meth:`fold` included (its
+partials go through host memory, one copy per call).
 """
 
 from __future__ import annotations
@@ -50,6 +60,11 @@ class SingleCommunicator:
 
     def allreduce(self, array: Any) -> None:
         pass
+
+    def fold(self, parts: list, blocks: int | None = None) -> Any:
+        from xpvision.nn.parallel import local_fold
+
+        return local_fold(parts)
 
     def bcast(self, array: Any) -> None:
         pass
@@ -96,6 +111,34 @@ class MPICommunicator:
         if host is not array:
             array[...] = backend.get_array_module(array).asarray(host)
 
+    def fold(self, parts: list, blocks: int) -> Any:
+        """The sum of every process's ``parts`` (one array per block, all of one shape; ``blocks`` in all),
+        added in block order (see the module docstring); on the host, returned on the device of ``parts``."""
+        from xpvision.nn.parallel import local_fold
+
+        xp = backend.get_array_module(parts[0])
+        host = list(backend.to_numpy(xp.stack(parts)))  # one copy to the host for all blocks
+        if blocks * host[0].nbytes <= GATHER_BYTES:
+            mine = np.stack([local_fold(host)] if self.rank == 0 else host)  # rank 0: its running sum
+            base, extra = divmod(blocks, self.size)
+            rows = [1] + [base + (r < extra) for r in range(1, self.size)]
+            gathered = np.empty((sum(rows), *host[0].shape), dtype=host[0].dtype)
+            self.comm.Allgatherv(mine, [gathered, [n * host[0].size for n in rows]])
+            return xp.asarray(local_fold(list(gathered)))
+        total = None
+        if self.rank > 0:
+            total = np.empty(host[0].shape, dtype=host[0].dtype)
+            self.comm.Recv(total, source=self.rank - 1, tag=FOLD_TAG)
+        for part in host:
+            if total is None:
+                total = part.copy()
+            else:
+                total += part
+        if self.rank < self.size - 1:
+            self.comm.Send(total, dest=self.rank + 1, tag=FOLD_TAG)
+        self.comm.Bcast(total, root=self.size - 1)
+        return xp.asarray(total)
+
     def allgather_arrays(self, arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
         from xpvision.data.shards import npz_bytes
 
@@ -117,6 +160,11 @@ class MPICommunicator:
     def abort(self, code: int) -> None:
         self.comm.Abort(code)
 
+
+GATHER_BYTES = 64 * 1024
+"""Up to this size of all blocks' partial sums together, :meth:`MPICommunicator.fold` all-gathers them."""
+FOLD_TAG = 17
+"""MPI tag of the running sums :meth:`MPICommunicator.fold` passes from process to process."""
 
 UNIQUE_ID_BYTES = 128
 """Size of NCCL's ``ncclUniqueId``."""

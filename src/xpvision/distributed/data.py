@@ -1,9 +1,10 @@
 """Which samples each process reads: its part of every global training batch, its block of the validation
 set.
 
-A global batch of ``B`` samples is split into ``size`` contiguous parts as evenly as possible (the first ``B %
-size`` processes hold one more sample), in the order the single-process loader would batch them; the shuffle
-order of an epoch depends on ``(seed, epoch)`` alone. Each process reads only its own samples from the shards:
+A global batch of ``B`` samples is cut into the blocks of :func:`xpvision.nn.parallel.global_blocks` (their
+boundaries depend on ``B`` alone), and each process gets a contiguous run of whole blocks, the runs as even as
+possible (:func:`batch_part`), in the order the single-process loader would batch them; the shuffle order of
+an epoch depends on ``(seed, epoch)`` alone. Each process reads only its own samples from the shards:
 they are memory-mapped (``ShardDataset(..., mmap=True)``), and the processes check the shards' SHA-256
 together, each a share of them (:func:`verify_shards`).
 """
@@ -17,6 +18,7 @@ from typing import Any
 from xpvision.data.loader import DataLoader
 from xpvision.data.shards import ShardDataset, verify_shard
 from xpvision.errors import ConfigError
+from xpvision.nn.parallel import global_blocks
 
 
 def part_bounds(total: int, size: int, rank: int) -> tuple[int, int]:
@@ -24,6 +26,14 @@ def part_bounds(total: int, size: int, rank: int) -> tuple[int, int]:
     base, extra = divmod(total, size)
     start = rank * base + min(rank, extra)
     return start, start + base + (rank < extra)
+
+
+def batch_part(total: int, size: int, rank: int) -> tuple[int, int]:
+    """``(start, stop)`` of process ``rank``'s samples in a global batch of ``total``: its run of whole
+    :func:`~xpvision.nn.parallel.global_blocks`."""
+    blocks = global_blocks(total, size)
+    first, last = part_bounds(len(blocks), size, rank)
+    return blocks[first][0], blocks[last - 1][1]
 
 
 def verify_shards(dataset, rank: int, size: int) -> None:
@@ -60,21 +70,21 @@ class ShardedLoader(DataLoader):
         order = self.order()
         for b in range(len(self)):
             indices = order[b * self.batch_size:(b + 1) * self.batch_size]
-            start, stop = part_bounds(len(indices), self.size, self.rank)
+            start, stop = batch_part(len(indices), self.size, self.rank)
             batch = self._batch(indices[start:stop])
             batch["global_batch"] = (len(indices), start)
             yield batch
 
 
 class Block:
-    """Samples ``start:stop`` of ``dataset`` (process ``rank``'s contiguous block of an evaluation set)."""
+    """Samples ``start:stop`` of ``dataset``: process ``rank``'s contiguous run of the batches of
+    ``batch_size`` one process would evaluate ``dataset`` in (none when there are fewer batches than
+    processes). Every batch is then one of one process's, so the predictions are the same bits."""
 
-    def __init__(self, dataset, rank: int, size: int) -> None:
-        if len(dataset) < size:
-            raise ConfigError(f"processes {size} is larger than allowed: the validation set holds only "
-                              f"{len(dataset)} samples (each process evaluates at least one)")
+    def __init__(self, dataset, rank: int, size: int, batch_size: int = 1) -> None:
         self.dataset = dataset
-        self.start, self.stop = part_bounds(len(dataset), size, rank)
+        first, last = part_bounds(-(-len(dataset) // batch_size), size, rank)
+        self.start, self.stop = (min(b * batch_size, len(dataset)) for b in (first, last))
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -97,13 +107,18 @@ def open_shards(folders: Sequence[Path], comm: Any) -> tuple[ShardDataset, ...]:
 
 
 def loaders(train_set: Any, val_set: Any, batch_size: int, comm: Any, *, seed: int,
-            **options: Any) -> tuple[DataLoader, DataLoader]:
+            **options: Any) -> tuple[DataLoader, DataLoader | tuple]:
     """``(train loader, val loader)``: shuffled training batches seeded ``seed`` and validation batches; with
-    several processes, this process's part of every training batch and its block of the validation set.
+    several processes, this process's part of every training batch and its run of the validation batches (an
+    empty tuple when the validation set has fewer batches than there are processes and this one gets none).
     ``options``: the loaders' ``normalization`` and ``device``."""
     if comm.size == 1:
         return (DataLoader(train_set, batch_size, shuffle=True, seed=seed, **options),
                 DataLoader(val_set, batch_size, **options))
     return (ShardedLoader(train_set, batch_size, rank=comm.rank, size=comm.size, shuffle=True, seed=seed,
                           **options),
-            DataLoader(Block(val_set, comm.rank, comm.size), batch_size, **options))
+            _loader_or_empty(Block(val_set, comm.rank, comm.size, batch_size), batch_size, **options))
+
+
+def _loader_or_empty(block: Block, batch_size: int, **options: Any) -> DataLoader | tuple:
+    return DataLoader(block, batch_size, **options) if len(block) else ()

@@ -7,32 +7,38 @@ before training) and writes checkpoints and calls its callbacks only where ``is_
 With ``size`` processes (:class:`DataParallel`):
 
 * the root's weights and buffers are broadcast to every process before training;
-* each process runs the forward and backward passes on its part of the global batch
-  (:class:`~xpvision.distributed.data.ShardedLoader`), inside :func:`xpvision.nn.rng.batch_part` so dropout
-  masks are those the whole batch would get;
-* a loss is a sum divided by a normaliser (the batch size, or the sum of the class weights of the counted
-  entries): the normalisers ``n_r`` and ``n_r * loss_r`` are summed over the processes, giving the loss of the
-  whole batch, and ``dloss/dout`` is scaled by ``n_r / sum(n)`` before the backward, so the sum of the
-  processes' gradients is the gradient of the whole batch's loss;
-* the optimizer's flat gradient buffers are packed into one buffer and summed over the processes with one
-  all-reduce (MPI on NumPy, NCCL on CuPy), then unpacked;
-* batch normalisation layers share their batch statistics (:func:`sync_batch_norm`).
-
-Sums over processes are computed in MPI's (or NCCL's) reduction order, fixed for a given number of
-processes: results are reproducible run to run, and equal to one process's up to float rounding (the
-partial sums are added in another order than one process adds them).
+* a global batch is cut into blocks whose boundaries depend on its size alone
+  (:func:`xpvision.nn.parallel.global_blocks`); each process reads whole blocks
+  (:class:`~xpvision.distributed.data.ShardedLoader`) and runs the forward and backward passes on them inside
+  :func:`xpvision.nn.parallel.batch_layout` (and :func:`xpvision.nn.rng.batch_part`, so dropout masks are
+  those the whole batch would get);
+* every sum over the batch - the loss and its normaliser, batch-norm statistics and the sums of their
+  backward, the weight and bias gradients of convolutions, linear and batch-norm layers - is formed by the
+  layer or loss from one partial sum per block and ``layout.fold``, which adds the blocks of every process in
+  block order (:meth:`~xpvision.distributed.comm.MPICommunicator.fold`, ``reduction='ordered'``, the
+  default): one process and any number of them perform the same additions in the same order, so the loss,
+  the gradients and the trained weights are the same bits for any number of processes (up to
+  :data:`xpvision.nn.parallel.REDUCTION_BLOCKS`) and threads;
+* with ``reduction='allreduce'`` each process adds its own blocks and the totals are summed with an
+  all-reduce (MPI's or NCCL's order, fixed for a given number of processes): equal to one process's result
+  up to float rounding, and reproducible run to run;
+* gradients of layers that do not sum over the batch through the layout (:attr:`Layer.batch_summed` false:
+  transposed convolutions) are summed with one all-reduce of a packed buffer after the backward, in the
+  all-reduce's order.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
-
 from xpvision import backend
-from xpvision.nn import rng
+from xpvision.errors import ConfigError
+from xpvision.nn import parallel, rng
 from xpvision.nn.base import Layer
+
+REDUCTIONS = ("ordered", "allreduce")
 
 
 class SingleProcess:
@@ -58,10 +64,12 @@ class SingleProcess:
 class DataParallel:
     """Data-parallel training over a communicator (see the module docstring)."""
 
-    def __init__(self, comm: Any, model: Layer) -> None:
-        self.comm = comm
+    def __init__(self, comm: Any, model: Layer, reduction: str = "ordered") -> None:
+        if reduction not in REDUCTIONS:
+            raise ConfigError(f"reduction: expected one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+        self.comm, self.model = comm, model
         self.rank, self.size, self.is_root = comm.rank, comm.size, comm.is_root
-        sync_batch_norm(model, comm)
+        self.reduction = reduction
 
     def synchronize(self, model: Layer) -> None:
         """Broadcast the root's parameters and buffers (packed into one buffer per dtype and device)."""
@@ -73,24 +81,23 @@ class DataParallel:
             _unpack(packed, group)
 
     def forward_loss(self, task: Any, model: Layer, batch: dict) -> tuple[float, Any, int]:
-        """``(loss of the whole batch, this part's dloss/dout scaled for the gradient sum, batch size)``."""
+        """``(loss of the whole batch, this part's dloss/dout, global batch size)``: the task's loss, run
+        on this process's blocks inside the batch's layout, is already the whole batch's."""
         total, start = batch["global_batch"]
-        with rng.batch_part(total, start):
+        blocks = len(parallel.global_blocks(total, self.size))
+        fold = (functools.partial(self.comm.fold, blocks=blocks) if self.reduction == "ordered"
+                else self._allreduce)
+        layout = parallel.BatchLayout(total, start, len(batch["images"]), self.size, fold)
+        with rng.batch_part(total, start), parallel.batch_layout(layout):
             loss, dout = task.forward_loss(model, batch)
-        local = float(task.loss.normalizer)
-        sums = np.array([local, loss * local], dtype=np.float64)
-        self.comm.allreduce(sums)
-        weight = local / sums[0] if sums[0] > 0 else 0.0
-        dout = dout * dout.dtype.type(weight)
-        return (float(sums[1] / sums[0]) if sums[0] > 0 else 0.0), dout, total
+        return loss, dout, total
 
     def reduce_gradients(self, optimizer: Any) -> None:
-        """Sum the gradients over the processes: one all-reduce per dtype and device (one in practice)."""
-        buffers = list(optimizer.flat_grads())
-        for group in _by_kind(buffers):
-            if len(group) == 1:
-                self.comm.allreduce(group[0])
-                continue
+        """Sum over the processes the gradients the layers did not sum through the layout: one all-reduce
+        per dtype and device of those of the trainable layers whose ``batch_summed`` is false."""
+        grads = [layer.grads[key] for _, layer in self.model.named_layers()
+                 if layer.trainable and not layer.batch_summed for key in sorted(layer.grads)]
+        for group in _by_kind(grads):
             packed = _pack(group)
             self.comm.allreduce(packed)
             _unpack(packed, group)
@@ -101,21 +108,11 @@ class DataParallel:
 
         return evaluate_gathered(task, model, loader, self.comm)
 
-
-def sync_batch_norm(model: Layer, comm: Any) -> int:
-    """Make every batch normalisation layer of ``model`` use the whole batch across the processes of
-    ``comm`` (sets the layers' ``group_sum``); returns how many layers were changed."""
-    from xpvision.nn.norm import _BatchNorm
-
-    def group_sum(values):
-        out = values.copy()
-        comm.allreduce(out)
-        return out
-
-    layers = [layer for _, layer in model.named_layers() if isinstance(layer, _BatchNorm)]
-    for layer in layers:
-        layer.group_sum = group_sum if comm.size > 1 else None
-    return len(layers)
+    def _allreduce(self, parts: list) -> Any:
+        """This process's blocks added in order, then summed over the processes by an all-reduce."""
+        total = parallel.local_fold(parts)
+        self.comm.allreduce(total)
+        return total
 
 
 def _by_kind(arrays: list[Any]) -> list[list[Any]]:

@@ -1,7 +1,9 @@
 """Evaluation over the processes of data-parallel training: each process runs the task's prediction pass on
-its block of the evaluation set, every process gathers all blocks' raw results (labels, detections, confusion
-counts) and computes the task's metrics from them, exactly as one process would from the whole set: VOC/COCO
-AP from every process's detections, never an average of per-process metrics."""
+its run of the evaluation batches (each one a batch one process would evaluate: the same predictions, bit for
+bit), every process gathers all runs' raw results (labels, detections, confusion counts) and computes the
+task's metrics from them, exactly as one process would from the whole set: VOC/COCO AP from every process's
+detections, never an average of per-process metrics. The mean loss combines the processes' loss sums (equal
+to one process's up to float64 rounding). A process without evaluation batches contributes nothing."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ def evaluate_gathered(task: Any, model: Layer, loader: Iterable[dict], comm: Any
 
 
 def _classification(task, model, loader, comm) -> dict[str, float]:
-    loss, y_true, y_pred = task.predict(model, loader)
+    loss, y_true, y_pred = task.predict(model, loader) if len(loader) else (0.0, _no_labels(), _no_labels())
     parts = comm.allgather_arrays({"loss_sum": np.array([loss * len(y_true)]), "y_true": y_true,
                                    "y_pred": y_pred})
     y_true = np.concatenate([p["y_true"] for p in parts])
@@ -36,7 +38,8 @@ def _detection(task, model, loader, comm) -> dict[str, float]:
     from xpvision.detection.predict import Detections
     from xpvision.tasks.detection import detection_metrics
 
-    detections, truth, loss = task.predict(model, loader)
+    detections, truth, loss = (task.predict(model, loader) if len(loader)
+                               else ([], {"boxes": [], "labels": [], "difficult": []}, 0.0))
     local = {"loss_sum": np.array([loss * len(detections)])}
     for name, values in (("det_" + f, [getattr(d, f) for d in detections]) for f in Detections._fields):
         local.update(_ragged(name, values))
@@ -53,7 +56,8 @@ def _detection(task, model, loader, comm) -> dict[str, float]:
 def _segmentation(task, model, loader, comm) -> dict[str, float]:
     from xpvision.segmentation.metrics import metrics_from_confusion
 
-    full = task.evaluate_full(model, loader)
+    full = (task.evaluate_full(model, loader) if len(loader)
+            else {"confusion": np.zeros((task.num_classes, task.num_classes), np.int64), "loss": 0.0})
     confusion = np.asarray(full["confusion"], dtype=np.int64)
     parts = comm.allgather_arrays({"confusion": confusion,
                                    "loss_sum": np.array([full["loss"] * confusion.sum()])})
@@ -67,6 +71,10 @@ def _segmentation(task, model, loader, comm) -> dict[str, float]:
 GATHERED = {"ClassificationTask": _classification, "DetectionTask": _detection,
             "SegmentationTask": _segmentation}
 """Task class name -> its gathered evaluation."""
+
+
+def _no_labels() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
 
 
 def _ragged(name: str, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:

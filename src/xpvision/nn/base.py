@@ -88,6 +88,9 @@ class Layer:
     """Base class: ``forward(x)``, ``backward(dout)``, ``params``/``grads``/``buffers``, ``training``."""
 
     registered: ClassVar[bool] = True
+    batch_summed: ClassVar[bool] = False
+    """True when the layer's parameter gradients are sums over the whole batch of its
+    :func:`xpvision.nn.parallel.current_layout` (every process's part in data-parallel training)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

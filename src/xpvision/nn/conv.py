@@ -14,7 +14,7 @@ from xpvision.nn import functional as F
 from xpvision.nn.activation import ReLU
 from xpvision.nn.base import Layer
 from xpvision.nn.convblock import ConvGeometry, Scratch
-from xpvision.nn.parallel import single_threaded_blas
+from xpvision.nn.parallel import current_layout, single_threaded_blas
 from xpvision.nn.pooling import MaxPool2d
 from xpvision.nn.validate import forward_done, grad_like, image_input, pair, positive_int, unpair
 
@@ -29,6 +29,8 @@ class Conv2d(Layer):
     Input ``(N, in_ch, H, W)`` float32/float64; output ``(N, out_ch, OH, OW)`` with ``OH = (H + 2P - D(K - 1)
     - 1) // S + 1``, an NCHW-shaped view of a contiguous NHWC buffer.
     """
+
+    batch_summed = True
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int | tuple[int, int], stride: int | tuple = 1,
                  padding: int | tuple = 0, dilation: int | tuple = 1, bias: bool = True) -> None:
@@ -112,7 +114,8 @@ def conv2d(x, w, b, geom: ConvGeometry, *, relu: bool, pool: bool, training: boo
     the convolutions :func:`xpvision.nn.winograd.chosen` takes by their shapes (``XPVISION_WINOGRAD``), im2col
     + GEMM (:mod:`.convblock`) for the others. ``saved`` records which of the two ran."""
     xp = backend.get_array_module(x)
-    method = winograd if winograd.chosen(geom, x.shape[0], w.shape[1], w.shape[0], xp) else convblock
+    batch = current_layout(x.shape[0]).total  # the global batch: the same choice in every process
+    method = winograd if winograd.chosen(geom, batch, w.shape[1], w.shape[0], xp) else convblock
     y, saved = method.conv2d(x, w, b, geom, relu=relu, pool=pool, training=training, scratch=scratch)
     return y, (method, saved)
 

@@ -11,7 +11,7 @@ its interior in, block by block), weights as the GEMM matrix ``w_mat`` ``(kh * k
 :func:`xpvision.nn.functional.conv_weight_matrix`), outputs ``(N, OH, OW, O)`` or, pooled, ``(N, OH // 2, OW
 // 2, O)``. Each chunk's im2col matrix, GEMM output and gradient stay in per-worker scratch buffers
 (:class:`Scratch`) that are reused from call to call, as are the outputs when nobody holds them any more, and
-the chunks run on :func:`xpvision.nn.parallel.run_chunks` threads. On the CPU each chunk's GEMM is split into
+the chunks run on :func:`xpvision.nn.parallel.run_blocks` threads. On the CPU each chunk's GEMM is split into
 row pieces small enough for OpenBLAS's unpacked kernel (:data:`SMALL_GEMM`). The input gradient of a
 stride-1 convolution is a transposed convolution (``dy`` zero-padded by ``D(K - 1) - P``, convolved with the
 flipped kernel, giving ``(N, H, W, I)`` directly); other strides use the GEMM + col2im scatter of
@@ -28,7 +28,7 @@ import numpy as np
 
 from xpvision import backend
 from xpvision.nn import functional as F
-from xpvision.nn.parallel import ordered_sum, run_chunks
+from xpvision.nn.parallel import BatchLayout, current_layout, ordered_sum, run_blocks
 
 DEAD = 4
 """Added to a pool index where the fused ReLU zeroed the output: such a position receives no gradient."""
@@ -268,9 +268,23 @@ def _zero_unpooled_edge(a, ph: int, pw: int) -> None:
         a[:, :, 2 * pw:] = 0
 
 
+def _plan(layout: BatchLayout, rows_per_sample: int, xp, row_elements: int) -> list[tuple[int, ...]]:
+    """How a batch is worked on: ``(start, stop, chunk, part)`` sub-blocks, each block ``part`` of ``layout``
+    cut as :func:`~xpvision.nn.functional.block_and_chunk` cuts a batch of that block's size, with GEMM
+    chunks of ``chunk`` samples. Every GEMM's rows, so every result, then depend on the block's size and the
+    shapes alone, not on the samples around the block (BLAS may round a row differently in a GEMM of other
+    height)."""
+    plan = []
+    for part, (a, b) in enumerate(layout.blocks):
+        block, chunk = F.block_and_chunk(b - a, rows_per_sample, xp, row_elements)  # of this block alone
+        plan += [(start, min(start + block, b), chunk, part) for start in range(a, b, block)]
+    return plan
+
+
 def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: bool, scratch: Scratch,
-                 need_index: bool = True, source=None):
-    """Convolution (+ bias) (+ ReLU) (+ 2x2 max pool) of ``xpad`` ``(N, Hp, Wp, I)``.
+                 need_index: bool = True, source=None, layout: BatchLayout | None = None):
+    """Convolution (+ bias) (+ ReLU) (+ 2x2 max pool) of ``xpad`` ``(N, Hp, Wp, I)``, in the sub-blocks of
+    :func:`_plan` for ``layout`` (default: the whole batch in this process).
 
     ``source``, when given, is the unpadded input ``(N, H, W, I)``: it is copied into the interior of
     ``xpad`` (whose border must be zero) block by block, just before the block's im2col reads it from cache
@@ -285,7 +299,9 @@ def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: boo
     (oh, ow), o = geom.out_hw, w_mat.shape[1]
     ph, pw = oh // 2, ow // 2
     dtype = xp.result_type(xpad.dtype, w_mat.dtype)
-    block, chunk = F.block_and_chunk(n, geom.rows_per_sample, xp, w_mat.shape[0])
+    plan = _plan(layout or BatchLayout(n), geom.rows_per_sample, xp, w_mat.shape[0])
+    block, chunk = max(e - a for a, e, _, _ in plan), max(c for _, _, c, _ in plan)  # buffer sizes
+    chunk_of = {a: c for a, _, c, _ in plan}
     index = None
     if pool:
         out = scratch.get_free("out", (n, ph, pw, o), dtype, xp)
@@ -305,8 +321,8 @@ def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: boo
             xpad[start:stop, p0:p0 + h, p1:p1 + w] = source[start:stop]  # (m, H, W, I) interior
         # (m, 2, 2, PH, PW, O) pool-major blocks, or the (m, OH, OW, O) output itself
         y = scratch.get(worker, "y", (block, 2, 2, ph, pw, o), dtype, xp)[:m] if pool else out[start:stop]
-        for s in range(0, m, chunk):
-            e = min(s + chunk, m)
+        for s in range(0, m, chunk_of[start]):
+            e = min(s + chunk_of[start], m)
             cols = _im2col(scratch, worker, "cols", patches, start + s, start + e, chunk, bias is not None)
             _gemm(cols, w_mat, y[s:e].reshape(-1, o))  # (rows, O), bias included
         if pool:
@@ -315,18 +331,21 @@ def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: boo
         elif relu:
             xp.maximum(y, 0, out=y)
 
-    run_chunks(work, n, block, xp)
+    run_blocks(work, [(a, e) for a, e, _, _ in plan], xp)
     return out, index
 
 
 def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index, need_params: bool,
-                  need_bias: bool, need_input: bool, scratch: Scratch):
+                  need_bias: bool, need_input: bool, scratch: Scratch, layout: BatchLayout | None = None):
     """Gradients of :func:`conv_forward` from ``dout``, the gradient of its output.
 
     ``relu_out``: the forward output when a ReLU was fused without a pool (its positive entries pass the
-    gradient), else ``None``; ``pool_index``: the forward's pool index, or ``None``. Returns ``(dx, dw_mat,
-    db)``: ``dx`` ``(N, H, W, I)`` (``None`` unless ``need_input``), ``dw_mat`` ``(kh * kw * I, O)`` and
-    ``db`` ``(O,)`` (``None`` unless ``need_params`` / ``need_bias``).
+    gradient), else ``None``; ``pool_index``: the forward's pool index, or ``None``. The batch is worked on
+    in the blocks of ``layout`` (default: the whole batch in this process, see
+    :class:`xpvision.nn.parallel.BatchLayout`), each block's weight gradient computed from it alone and the
+    blocks summed by ``layout.fold``. Returns ``(dx, dw_mat, db)``: ``dx`` ``(N, H, W, I)`` (``None``
+    unless ``need_input``), ``dw_mat`` ``(kh * kw * I, O)`` and ``db`` ``(O,)`` (``None`` unless
+    ``need_params`` / ``need_bias``).
     """
     xp = backend.get_array_module(dout)
     n = dout.shape[0]
@@ -335,7 +354,10 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
     ph, pw = oh // 2, ow // 2
     pooled = pool_index is not None
     dtype = xp.result_type(dout.dtype, w_mat.dtype)
-    block, chunk = F.block_and_chunk(n, geom.rows_per_sample, xp, w_mat.shape[0])
+    layout = layout or BatchLayout(n)
+    plan = _plan(layout, geom.rows_per_sample, xp, k)
+    block, chunk = max(e - a for a, e, _, _ in plan), max(c for _, _, c, _ in plan)  # buffer sizes
+    sub_block = {a: (j, c) for j, (a, _, c, _) in enumerate(plan)}
     transposed = geom.input_grad_by_transposed_conv
     q0, q1 = geom.transposed_padding
     dx = dxpad = w_flip = None
@@ -367,12 +389,13 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
     def work(start: int, stop: int, worker: int) -> None:
         """One block of samples: the element-wise output gradient on the whole block, then GEMMs by chunk."""
         dconv_block = conv_output_grad(start, stop, worker)
-        for s in range(0, stop - start, chunk):
-            e = min(s + chunk, stop - start)
-            chunk_grads(start + s, start + e, dconv_block[s:e], worker, start // block)
+        j, step = sub_block[start]
+        for s in range(0, stop - start, step):
+            e = min(s + step, stop - start)
+            chunk_grads(start + s, start + e, dconv_block[s:e], worker, j)
 
     def chunk_grads(start: int, stop: int, dconv, worker: int, part: int) -> None:
-        """Gradients of one chunk; its weight gradient is added to block ``part``'s partial sum."""
+        """Gradients of one chunk; its weight gradient is added to sub-block ``part``'s partial sum."""
         m = stop - start
         dmat = dconv.reshape(-1, o)  # (rows, O), rows in the order of the forward's im2col
         if need_params:
@@ -401,10 +424,11 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
             dcols = (dmat @ w_mat.T).reshape(m, oh, ow, kh, kw, i_ch)
             F.col2im_add(dxpad[start:stop], dcols, geom.kernel, geom.stride, geom.dilation)
 
-    run_chunks(work, n, block, xp)
+    run_blocks(work, [(a, e) for a, e, _, _ in plan], xp)
     dw = db = None
-    if need_params:
-        dw = ordered_sum(dw_parts)  # (K[+1], O), blocks added in order
+    if need_params:  # (K[+1], O): each block's sub-blocks added in order, then the blocks in block order
+        dw = layout.fold([ordered_sum({j: dw_parts[j] for j, sub in enumerate(plan) if sub[3] == part})
+                          for part in range(len(layout.blocks))])
         if need_bias:
             dw, db = dw[:-1], dw[-1]
     if dxpad is not None:
@@ -424,20 +448,22 @@ def conv2d(x, w, b, geom: ConvGeometry, *, relu: bool, pool: bool, training: boo
     xpad = scratch.get(0, "xpad", (n, h + 2 * p0, w_in + 2 * p1, c), x.dtype, xp, fill=0) if padded else x
     w_mat = F.conv_weight_matrix(w)  # (kh*kw*I, O)
     bias = None if b is None else b.copy()  # (O,), as used here
+    layout = current_layout(n)
     y, pool_index = conv_forward(xpad, w_mat, bias, geom, relu=relu, pool=pool, scratch=scratch,
-                                 need_index=training, source=x if padded else None)
-    return y, (xpad, w_mat, bias, geom, relu, pool, y if relu and not pool else None, pool_index)
+                                 need_index=training, source=x if padded else None, layout=layout)
+    return y, (xpad, w_mat, bias, geom, relu, pool, y if relu and not pool else None, pool_index, layout)
 
 
 def conv2d_backward(dy, saved, *, need_params: bool, need_bias: bool, need_input: bool, scratch: Scratch):
     """The ``conv2d_backward`` kernel of :mod:`xpvision.nn.engine` for :func:`conv2d`'s ``saved``
     (:func:`conv_backward`)."""
-    xpad, w_mat, bias, geom, relu, pool, relu_out, pool_index = saved
+    xpad, w_mat, bias, geom, relu, pool, relu_out, pool_index, layout = saved
     if pool and pool_index is None:
-        _, pool_index = conv_forward(xpad, w_mat, bias, geom, relu=relu, pool=True, scratch=scratch)
+        _, pool_index = conv_forward(xpad, w_mat, bias, geom, relu=relu, pool=True, scratch=scratch,
+                                     layout=layout)
     dx, dw, db = conv_backward(dy, xpad, w_mat, geom, relu_out=relu_out, pool_index=pool_index,
                                need_params=need_params, need_bias=need_bias, need_input=need_input,
-                               scratch=scratch)
+                               scratch=scratch, layout=layout)
     return dx, None if dw is None else F.conv_weight_from_matrix(dw, geom.kernel), db
 
 

@@ -31,9 +31,14 @@ Kernels (``x``: channels-last ``(N, H, W, C)``; ``geom``: :class:`xpvision.nn.co
   separable kernel on the channel diagonal (``y[n, :, :, c] = U_h @ x[n, :, :, c] @ U_w^T``), which a kernel
   may use.
 * ``conv_transpose2d_backward(dy, saved, *, need_params, need_bias, scratch) -> (dx, dw, db)``.
-* ``batch_norm(x2, gamma, beta, running_mean, running_var, *, momentum, eps, training) -> (y2, saved)``: per
-  channel of ``x2`` ``(M, C)``; in training the running statistics are updated in place.
+* ``batch_norm(x2, gamma, beta, running_mean, running_var, *, momentum, eps, training, layout) -> (y2,
+  saved)``: per channel of ``x2`` ``(M, C)``, the rows of ``layout``'s samples
+  (:class:`xpvision.nn.parallel.BatchLayout`); in training the running statistics are updated in place.
 * ``batch_norm_backward(dy2, saved, gamma) -> (dx2, dgamma, dbeta)``.
+
+Every sum over the batch (weight and bias gradients, batch statistics) is formed per block of the batch's
+layout (``conv2d`` takes it from :func:`xpvision.nn.parallel.current_layout`) and added with
+``layout.fold``: the result does not depend on how many processes or threads share the batch.
 """
 
 from __future__ import annotations

@@ -30,10 +30,6 @@ BLOCK_ROWS = 8192
 """Output pixels per block of element-wise work on the CPU: with 16-64 channels a block's arrays (0.5-2 MiB)
 stay in a core's L2 / its share of L3 between the GEMMs and the ReLU / pool passes, while each NumPy call
 (a few microseconds of overhead) still covers ~10^5 values."""
-PARALLEL_BLOCKS = 8
-"""Least number of blocks a batch is cut into when it holds that many GEMM chunks: up to 8 cores can share
-a layer, and 1, 2, 4 or 8 threads get equal shares (a property of the core counts targeted, 2-16; the same
-for every thread count actually used, so results do not depend on it)."""
 
 
 # -- layout --------------------------------------------------------------------------------------------------
@@ -57,16 +53,16 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, 
 
 
 def block_and_chunk(n: int, rows_per_sample: int, xp, row_elements: int) -> tuple[int, int]:
-    """``(block, chunk)`` sample counts: element-wise work runs on blocks of about :data:`BLOCK_ROWS` rows,
-    each split into equal GEMM chunks of about :func:`chunk_size` (``row_elements``: the im2col row length
-    ``K``). A batch with enough chunks is cut into at least :data:`PARALLEL_BLOCKS` equal blocks, so that
-    threads can share it. Both depend on the shapes alone, never on the thread count (results do not change
-    with it). On the GPU the block is the whole batch, cut into equal chunks of :func:`chunk_size`."""
+    """``(block, chunk)`` sample counts: element-wise work runs on equal blocks of about :data:`BLOCK_ROWS`
+    rows, each split into equal GEMM chunks of about :func:`chunk_size` (``row_elements``: the im2col row
+    length ``K``). Both depend on the shapes alone, never on the thread count (results do not change with
+    it); the threads share a batch through the blocks of its layout
+    (:func:`xpvision.nn.parallel.global_blocks`, each cut by this function). On the GPU the block is the
+    whole batch, cut into equal chunks of :func:`chunk_size`."""
     chunk = chunk_size(n, rows_per_sample, xp, row_elements)
     if xp is np:
         block = min(n, chunk * max(1, BLOCK_ROWS // (chunk * max(rows_per_sample, 1))))
-        blocks = max(-(-n // block), min(PARALLEL_BLOCKS, -(-n // chunk)))
-        block = -(-n // blocks)  # equal blocks (the last may be shorter)
+        block = -(-n // -(-n // block))  # equal blocks (the last may be shorter)
     else:
         block = n
     chunk = -(-block // -(-block // chunk))  # equal chunks in a block

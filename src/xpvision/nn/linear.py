@@ -10,7 +10,7 @@ from xpvision import backend
 from xpvision.errors import ConfigError, ShapeError
 from xpvision.nn import init, rng
 from xpvision.nn.base import Layer
-from xpvision.nn.parallel import single_threaded_blas
+from xpvision.nn.parallel import current_layout, single_threaded_blas
 from xpvision.nn.validate import check_float, forward_done, grad_like, matrix_input, positive_int
 
 
@@ -19,8 +19,11 @@ class Linear(Layer):
 
     ``W`` is ``(in_features, out_features)`` (the book's layout, the transpose of PyTorch's ``weight``),
     He-normal initialised with fan-in ``in_features``; ``b`` ``(out_features,)`` zeros. Input ``(N, in)``,
-    output ``(N, out)``.
+    output ``(N, out)``. The gradients are summed per block of the batch's layout
+    (:func:`xpvision.nn.parallel.current_layout`), in block order.
     """
+
+    batch_summed = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
@@ -30,6 +33,7 @@ class Linear(Layer):
         if bias:
             self.add_param("b", np.zeros(self.out_features, dtype=np.float32))
         self._x = None
+        self._layout = None
 
     def config(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,
@@ -37,8 +41,13 @@ class Linear(Layer):
 
     def forward(self, x):
         self._x = matrix_input(type(self).__name__, x, self.in_features)
-        with single_threaded_blas(backend.get_array_module(x)):
-            y = self._x @ self.params["W"]  # (N, out)
+        self._layout = current_layout(self._x.shape[0])
+        xp = backend.get_array_module(x)
+        w = self.params["W"]
+        y = xp.empty((self._x.shape[0], self.out_features), dtype=xp.result_type(self._x.dtype, w.dtype))
+        with single_threaded_blas(xp):
+            for a, b in self._layout.blocks:  # a row's bits depend on its GEMM's height: one GEMM per block
+                xp.matmul(self._x[a:b], w, out=y[a:b])  # (n, out)
         if "b" in self.params:
             y += self.params["b"]
         return y
@@ -46,12 +55,27 @@ class Linear(Layer):
     def backward(self, dout):
         forward_done(type(self).__name__, self._x)
         grad_like(type(self).__name__, dout, (self._x.shape[0], self.out_features))
-        with single_threaded_blas(backend.get_array_module(dout)):
+        xp = backend.get_array_module(dout)
+        with single_threaded_blas(xp):
             if self.trainable:
-                self.grads["W"][...] = self._x.T @ dout  # (in, out)
-                if "b" in self.params:
-                    self.grads["b"][...] = dout.sum(axis=0)
-            return dout @ self.params["W"].T  # (N, in)
+                self._parameter_grads(dout)
+            dx = xp.empty(self._x.shape, dtype=xp.result_type(dout.dtype, self.params["W"].dtype))
+            for a, b in self._layout.blocks:
+                xp.matmul(dout[a:b], self.params["W"].T, out=dx[a:b])  # (n, in)
+            return dx
+
+    def _parameter_grads(self, dout) -> None:
+        """``W`` and ``b`` gradients: one ``(in [+ 1], out)`` partial per block, folded in block order."""
+        xp = backend.get_array_module(dout)
+        bias = "b" in self.params
+        parts = []
+        for a, b in self._layout.blocks:
+            part = self._x[a:b].T @ dout[a:b]  # (in, out)
+            parts.append(xp.concatenate([part, dout[a:b].sum(axis=0)[None]]) if bias else part)
+        total = self._layout.fold(parts)
+        self.grads["W"][...] = total[:self.in_features]
+        if bias:
+            self.grads["b"][...] = total[self.in_features]
 
 
 class Flatten(Layer):

@@ -15,6 +15,7 @@ from xpvision import backend
 from xpvision.errors import ConfigError, DataError, ShapeError
 from xpvision.nn.activation import sigmoid
 from xpvision.nn.functional import log_softmax, nchw, nhwc
+from xpvision.nn.parallel import current_layout
 from xpvision.nn.validate import check_float, forward_done
 
 REDUCTIONS = ("mean", "sum")
@@ -47,8 +48,9 @@ class SoftmaxCrossEntropy(Loss):
     ``(N,)`` or ``(N, H, W)``; entries equal to ``ignore_index`` count neither in the loss nor in the
     normaliser. ``class_weights``: optional ``(C,)`` per-class weights ``w``. Loss ``sum(w_t * -log p_t) /
     sum(w_t)`` over the non-ignored entries; when every entry is ignored (or their weights sum to 0) the loss
-    is 0 and the gradient is zero. After ``forward``, :attr:`normalizer` holds ``sum(w_t)`` as a float (0 when
-    all are ignored): data-parallel training weighs each process's loss by it.
+    is 0 and the gradient is zero. The sums run over the whole batch of
+    :func:`xpvision.nn.parallel.current_layout` (every process's part in data-parallel training), per block,
+    in block order.
     """
 
     def __init__(self, ignore_index: int = -100, class_weights=None) -> None:
@@ -60,7 +62,6 @@ class SoftmaxCrossEntropy(Loss):
                 raise ConfigError(f"class_weights must be a 1-D array of non-negative finite numbers, "
                                   f"got {weights.tolist()!r}")
             self.class_weights = weights
-        self.normalizer = 0.0
         self._cache: tuple | None = None
 
     def forward(self, pred, target) -> float:
@@ -87,14 +88,16 @@ class SoftmaxCrossEntropy(Loss):
             weights = valid.astype(pred.dtype)  # (M,)
         else:
             weights = xp.asarray(self.class_weights.astype(pred.dtype))[safe] * valid  # (M,)
-        total = weights.sum()
         logp = log_softmax(logits, axis=1)  # (M, C)
         nll = -xp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]  # (M,)
+        weighted = weights * nll  # (M,)
+        layout = current_layout(pred.shape[0])
+        total, loss_sum = layout.fold([xp.stack([weights[r0:r1].sum(), weighted[r0:r1].sum()])
+                                       for r0, r1 in layout.block_rows(labels.shape[0])])
         # all ignored: total 0, then loss 0 and gradient 0 (0 / tiny); otherwise norm is total itself
         norm = xp.maximum(total, xp.finfo(pred.dtype).tiny)
-        # the bad-label flag, the loss and its normaliser in one copy to the host
-        any_bad, loss, self.normalizer = backend.to_numpy(xp.stack([
-            bad.any().astype(pred.dtype), (weights * nll).sum() / norm, total])).tolist()
+        # the bad-label flag and the loss in one copy to the host
+        any_bad, loss = backend.to_numpy(xp.stack([bad.any().astype(pred.dtype), loss_sum / norm])).tolist()
         if any_bad:
             raise DataError(f"SoftmaxCrossEntropy targets must be in [0, {c}) or ignore_index "
                             f"{self.ignore_index}, got {int(labels[bad][0])}")

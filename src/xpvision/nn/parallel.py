@@ -11,13 +11,23 @@ Thread count: by default the number of cores this process may run on (its CPU af
 ``XPVISION_NUM_THREADS`` in the environment, or :func:`set_num_threads`, overrides it.
 
 Results are bit-identical for every thread count: callers cut the batch into blocks whose boundaries depend
-on the shapes alone (:func:`xpvision.nn.functional.block_and_chunk`), and each block's partial sums are kept
-apart and reduced in block order (:func:`ordered_sum`), whichever thread computed them.
+on the batch size and the shapes alone (the :func:`global_blocks` below, each cut further by
+:func:`xpvision.nn.functional.block_and_chunk`), and each block's partial sums are kept apart and reduced in
+block order (:func:`ordered_sum`), whichever thread computed them.
+
+Sums over the batch (weight gradients, batch-norm statistics and their backward sums, the loss) are formed
+the same way over a *global* batch that several processes share (:mod:`xpvision.distributed`): the batch is
+cut into :func:`global_blocks`, whose boundaries depend on the global batch size alone; a process holds
+whole blocks (its :class:`BatchLayout`), computes each block's partial sum from that block alone, and
+``layout.fold`` adds the partials of every block of every process in block order. One process, two or three
+then perform the same additions in the same order: the results are the same bits for any number of
+processes (up to :data:`REDUCTION_BLOCKS`) and threads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 from collections.abc import Callable
@@ -30,7 +40,12 @@ from xpvision.errors import ConfigError
 ENV_THREADS = "XPVISION_NUM_THREADS"
 """Environment variable overriding the default thread count (a positive integer)."""
 
-_state: dict = {"threads": None, "pool": None, "blas": None}
+REDUCTION_BLOCKS = 16
+"""Blocks a global batch is cut into for its sums (fewer when it holds fewer samples): 1, 2, 4, 8 or 16
+processes get equal shares, and one process's threads take several blocks. With more processes than this,
+each process gets one block and the blocks (so the bits) depend on the process count."""
+
+_state: dict = {"threads": None, "pool": None, "blas": None, "layout": None}
 
 
 def available_cores() -> int:
@@ -89,16 +104,15 @@ def single_threaded_blas(xp=np):
     return controller.limit(limits=1) if controller is not None else contextlib.nullcontext()
 
 
-def run_chunks(work: Callable[[int, int, int], None], n: int, step: int, xp) -> int:
-    """Call ``work(start, stop, worker)`` for the blocks ``[start, stop)`` of ``range(n)`` of length ``step``.
+def run_blocks(work: Callable[[int, int, int], None], blocks: list[tuple[int, int]], xp) -> int:
+    """Call ``work(start, stop, worker)`` for each block ``(start, stop)`` of ``blocks``.
 
     BLAS runs at one thread (the blocks' GEMMs are small: a multi-threaded BLAS spends more on waking its
     threads than it gains, badly so on a busy machine). With more than one thread and more than one block, the
     threads take the blocks in order as they become free (``worker`` = thread index, so a worker may keep
     per-thread scratch buffers); which thread runs a block must not change its result, so partial sums are
-    kept per block (index ``start // step``), not per worker. Returns the number of workers used.
+    kept per block, not per worker. Returns the number of workers used.
     """
-    blocks = [(start, min(start + step, n)) for start in range(0, n, step)]
     threads = min(get_num_threads(), len(blocks))
     controller = _blas_controller() if xp is np else None
     if controller is None or threads == 1:
@@ -134,3 +148,70 @@ def ordered_sum(parts: dict[int, object]):
     for key in keys[1:]:
         total += parts[key]
     return total
+
+
+def global_blocks(total: int, processes: int = 1) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the blocks a global batch of ``total`` samples is cut into for its sums:
+    ``min(total, max(REDUCTION_BLOCKS, processes))`` blocks as equal as possible, the first ones one sample
+    longer. They depend on ``total`` alone for up to :data:`REDUCTION_BLOCKS` processes."""
+    count = min(total, max(REDUCTION_BLOCKS, processes))
+    base, extra = divmod(total, count)
+    starts = [i * base + min(i, extra) for i in range(count + 1)]
+    return list(itertools.pairwise(starts))
+
+
+def local_fold(parts: list):
+    """The sum of ``parts`` (arrays of one shape) added in list order: one process's ``fold``."""
+    return ordered_sum(dict(enumerate(parts)))
+
+
+class BatchLayout:
+    """Where this process's ``count`` samples lie in a global batch of ``total`` (from sample ``start``),
+    and how a sum over that batch is formed.
+
+    ``blocks``: the ``(start, stop)`` sample ranges, in this process's batch, of the :func:`global_blocks` it
+    holds (whole blocks, in order). ``fold(parts)``: given one partial sum per block of ``blocks`` (arrays
+    of one shape, each computed from its block alone), the sum over every block of the global batch, added
+    in block order (:func:`local_fold` for one process; a collective over the processes otherwise, which
+    every process calls in the same order).
+    """
+
+    def __init__(self, total: int, start: int = 0, count: int | None = None, processes: int = 1,
+                 fold: Callable[[list], object] = local_fold) -> None:
+        count = total - start if count is None else count
+        if start < 0 or count <= 0 or start + count > total:
+            raise ValueError(f"a part of {count} samples from {start} lies outside a batch of {total}")
+        bounds = global_blocks(total, processes)
+        mine = [(a - start, b - start) for a, b in bounds if start <= a < start + count]
+        if not mine or mine[0][0] != 0 or mine[-1][1] != count:
+            raise ValueError(f"samples {start}:{start + count} of a batch of {total} are not whole blocks "
+                             f"of {bounds}")
+        self.total, self.start, self.count, self.blocks, self.fold = total, start, count, mine, fold
+
+    def block_rows(self, rows: int) -> list[tuple[int, int]]:
+        """``blocks`` in rows of an array holding ``rows`` rows (``rows / count`` per sample)."""
+        per = rows // self.count
+        if per * self.count != rows:
+            raise ValueError(f"{rows} rows do not divide into {self.count} samples")
+        return [(a * per, b * per) for a, b in self.blocks]
+
+
+@contextlib.contextmanager
+def batch_layout(layout: BatchLayout):
+    """Inside, the batch being processed is ``layout``'s part of a global batch (:func:`current_layout`)."""
+    previous, _state["layout"] = _state["layout"], layout
+    try:
+        yield
+    finally:
+        _state["layout"] = previous
+
+
+def current_layout(count: int) -> BatchLayout:
+    """The layout of a batch of ``count`` samples: the one of :func:`batch_layout` when inside it, else the
+    whole batch in this process. Layers call it in their forward and keep it for their backward."""
+    layout = _state["layout"]
+    if layout is None:
+        return BatchLayout(count)
+    if layout.count != count:
+        raise ValueError(f"a batch of {count} samples inside the layout of a part of {layout.count}")
+    return layout

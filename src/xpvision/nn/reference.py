@@ -1,10 +1,13 @@
 """The reference engine: each kernel of :mod:`xpvision.nn.engine` as the textbook writes it.
 
-A convolution is im2col of the whole padded batch and one GEMM (Deep Learning from Scratch, ch. 7), the ReLU
-and the max pool separate passes after it; its backward is one GEMM for the weights, the bias gradient a
-column sum, and one GEMM + col2im scatter for the input. Batch norm is the plain mean / variance / xhat
-formula. No chunks, no threads, no reused buffers: memory grows with the batch (im2col of DeepConvNet's second
-convolution at batch 1000 holds 114 M values), which is what the tuned engine avoids.
+A convolution is im2col of the whole padded batch and a GEMM per block of it (Deep Learning from Scratch, ch.
+7), the ReLU and the max pool separate passes after it; its backward is a GEMM per block for the weights, the
+bias gradient a column sum, and GEMMs + a col2im scatter for the input. Batch norm is the plain mean /
+variance / xhat formula. The blocks are those of :func:`xpvision.nn.parallel.current_layout`: sums over the
+batch are taken per block and added in block order (``layout.fold``), as in the tuned engine, so that
+data-parallel training gives the same bits for any number of processes. No chunks, no threads, no reused
+buffers: memory grows with the batch (im2col of DeepConvNet's second convolution at batch 1000 holds 114 M
+values), which is what the tuned engine avoids.
 
 Arrays are channels-last, as everywhere inside the layers (see :mod:`xpvision.nn.engine` for the shapes).
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 from xpvision import backend
 from xpvision.nn import engine
 from xpvision.nn import functional as F
+from xpvision.nn.parallel import BatchLayout, current_layout
 
 POOL = ((2, 2), (2, 2))
 """Kernel and stride of the max pool a convolution may be followed by."""
@@ -27,7 +31,8 @@ def conv2d(x, w, b, geom, *, relu: bool, pool: bool, training: bool, scratch=Non
     xpad = F.pad_nhwc(x, geom.padding)  # (N, Hp, Wp, I)
     cols = F.im2col(xpad, geom.kernel, geom.stride, geom.dilation, geom.out_hw)  # (N*OH*OW, kh*kw*I)
     w_mat = F.conv_weight_matrix(w)  # (kh*kw*I, O)
-    y = cols @ w_mat  # (N*OH*OW, O)
+    layout = current_layout(n)  # one GEMM per block: a row's bits depend on its GEMM's height
+    y = xp.concatenate([cols[r0:r1] @ w_mat for r0, r1 in layout.block_rows(cols.shape[0])])  # (N*OH*OW, O)
     if b is not None:
         y = y + b
     y = y.reshape(n, *geom.out_hw, o)  # (N, OH, OW, O)
@@ -36,13 +41,13 @@ def conv2d(x, w, b, geom, *, relu: bool, pool: bool, training: bool, scratch=Non
     conv_out, index = y, None
     if pool:
         y, index = F.max_pool_nhwc(y, *POOL, (geom.out_hw[0] // 2, geom.out_hw[1] // 2))
-    return y, (xpad.shape, cols, w_mat, geom, relu, conv_out, index)
+    return y, (xpad.shape, cols, w_mat, geom, relu, conv_out, index, layout)
 
 
 @engine.register("reference", "conv2d_backward")
 def conv2d_backward(dy, saved, *, need_params: bool, need_bias: bool, need_input: bool, scratch=None):
     """Gradients of :func:`conv2d` from ``dy``, the gradient of its output -> ``(dx, dw, db)``."""
-    padded_shape, cols, w_mat, geom, relu, conv_out, index = saved
+    padded_shape, cols, w_mat, geom, relu, conv_out, index, layout = saved
     xp = backend.get_array_module(dy)
     if index is not None:  # route each pooled gradient to its window's maximum
         dy = F.max_pool_backward(dy, index, conv_out.shape[1:3], *POOL)  # (N, OH, OW, O)
@@ -50,64 +55,63 @@ def conv2d_backward(dy, saved, *, need_params: bool, need_bias: bool, need_input
         dy = dy * (conv_out > 0)
     dmat = dy.reshape(-1, w_mat.shape[1])  # (N*OH*OW, O)
     dw = db = dx = None
+    blocks = layout.block_rows(dmat.shape[0])
     if need_params:
-        dw = F.conv_weight_from_matrix(cols.T @ dmat, geom.kernel)  # (O, I, kh, kw)
+        dw_mat = layout.fold([cols[r0:r1].T @ dmat[r0:r1] for r0, r1 in blocks])  # (kh*kw*I, O)
+        dw = F.conv_weight_from_matrix(dw_mat, geom.kernel)  # (O, I, kh, kw)
     if need_bias:
-        db = dmat.sum(axis=0)  # (O,)
+        db = layout.fold([dmat[r0:r1].sum(axis=0) for r0, r1 in blocks])  # (O,)
     if need_input:
         kh, kw = geom.kernel
         i_ch = w_mat.shape[0] // (kh * kw)
-        dcols = (dmat @ w_mat.T).reshape(-1, *geom.out_hw, kh, kw, i_ch)  # (N, OH, OW, kh, kw, I)
+        dcols = xp.concatenate([dmat[r0:r1] @ w_mat.T for r0, r1 in blocks])  # (N*OH*OW, kh*kw*I)
+        dcols = dcols.reshape(-1, *geom.out_hw, kh, kw, i_ch)  # (N, OH, OW, kh, kw, I)
         dxpad = xp.zeros(padded_shape, dtype=dmat.dtype)  # (N, Hp, Wp, I)
         F.col2im_add(dxpad, dcols, geom.kernel, geom.stride, geom.dilation)
         dx = F.crop_nhwc(dxpad, geom.padding)  # (N, H, W, I)
     return dx, dw, db
 
 
-def group_total(group_sum, sums, count: int = 0):
-    """``(sums, count)`` added over every process by ``group_sum`` (synchronised batch norm), or as given
-    when it is ``None``."""
-    if group_sum is None:
-        return sums, count
-    xp = backend.get_array_module(sums)
-    total = group_sum(xp.concatenate([sums, xp.asarray([count], dtype=sums.dtype)]))
-    return total[:-1], round(float(total[-1]))
+def batch_sum(a2, layout: BatchLayout):
+    """``a2`` ``(M, C)`` summed over its rows and over the whole batch of ``layout`` -> ``(C,)``."""
+    return layout.fold([a2[r0:r1].sum(axis=0) for r0, r1 in layout.block_rows(a2.shape[0])])
 
 
 @engine.register("reference", "batch_norm")
 def batch_norm(x2, gamma, beta, running_mean, running_var, *, momentum: float, eps: float, training: bool,
-               group_sum=None):
+               layout: BatchLayout | None = None):
     """``gamma * (x - mean) / sqrt(var + eps) + beta`` per channel of ``x2`` ``(M, C)`` -> ``(y2, saved)``.
 
     Training uses the batch mean and biased variance and moves the running statistics (unbiased variance)
-    towards them by ``momentum``; evaluation uses the running statistics.
+    towards them by ``momentum``; evaluation uses the running statistics. The batch: the whole batch of
+    ``layout`` (default: ``x2`` is one sample's rows).
     """
     xp = backend.get_array_module(x2)
     m = None
-    if training:  # with group_sum, the statistics of the whole batch over every process
-        sums, m = group_total(group_sum, x2.sum(axis=0), x2.shape[0])
-        mean = sums / m  # (C,)
-        var = group_total(group_sum, ((x2 - mean) ** 2).sum(axis=0))[0] / m  # (C,) biased
+    layout = layout or BatchLayout(1)
+    if training:  # the statistics of the whole batch, over every process
+        m = layout.total * (x2.shape[0] // layout.count)
+        mean = batch_sum(x2, layout) / m  # (C,)
+        var = batch_sum((x2 - mean) ** 2, layout) / m  # (C,) biased
         running_mean[...] = (1 - momentum) * running_mean + momentum * mean
         running_var[...] = (1 - momentum) * running_var + momentum * var * m / (m - 1)
     else:
         mean, var = running_mean, running_var
     inv_std = 1 / xp.sqrt(var + eps)  # (C,)
     xhat = (x2 - mean) * inv_std  # (M, C)
-    return gamma * xhat + beta, (xhat, inv_std, m)
+    return gamma * xhat + beta, (xhat, inv_std, m, layout)
 
 
 @engine.register("reference", "batch_norm_backward")
-def batch_norm_backward(dy2, saved, gamma, group_sum=None):
-    """Gradients of :func:`batch_norm` from ``dy2`` ``(M, C)`` -> ``(dx2, dgamma, dbeta)``."""
-    xhat, inv_std, m = saved  # m: values per channel of the (whole) batch, None in evaluation
-    dbeta = dy2.sum(axis=0)  # (C,)
-    dgamma = (dy2 * xhat).sum(axis=0)  # (C,)
+def batch_norm_backward(dy2, saved, gamma):
+    """Gradients of :func:`batch_norm` from ``dy2`` ``(M, C)`` -> ``(dx2, dgamma, dbeta)``, ``dgamma`` and
+    ``dbeta`` summed over the whole batch."""
+    xhat, inv_std, m, layout = saved  # m: values per channel of the (whole) batch, None in evaluation
+    dbeta = batch_sum(dy2, layout)  # (C,)
+    dgamma = batch_sum(dy2 * xhat, layout)  # (C,)
     if m is None:  # the statistics are constants
         return dy2 * gamma * inv_std, dgamma, dbeta
-    c = dbeta.shape[0]  # dx needs the sums over every process (group_sum); the parameters keep their own
-    total = group_total(group_sum, backend.get_array_module(dy2).concatenate([dbeta, dgamma]))[0]
-    dx2 = (m * dy2 - total[:c] - xhat * total[c:]) * (gamma * inv_std / m)
+    dx2 = (m * dy2 - dbeta - xhat * dgamma) * (gamma * inv_std / m)
     return dx2, dgamma, dbeta
 
 

@@ -54,7 +54,7 @@ from xpvision import backend
 from xpvision.errors import ConfigError
 from xpvision.nn import functional as F
 from xpvision.nn.convblock import ConvGeometry, Scratch, pool4, unpool4
-from xpvision.nn.parallel import ordered_sum, run_chunks
+from xpvision.nn.parallel import BatchLayout, current_layout, run_blocks
 
 # The matrices of the formulas above. The transforms below are their products written out as additions and
 # subtractions of whole arrays; tests/nn/test_winograd.py checks each against the matrix product.
@@ -248,28 +248,34 @@ def _tiles_forward(xpar, u, bias, taps, scratch: Scratch, worker: int, capacity:
                                       xp).reshape(2, 4, m, th, tw, o))
 
 
-def _chunks(n: int, out_hw: tuple[int, int], channels: int, xp) -> tuple[int, int]:
-    """``(block, chunk)`` samples, as :func:`xpvision.nn.functional.block_and_chunk` cuts im2col: a chunk's
-    ``V`` holds about as many values as an im2col chunk's matrix."""
-    return F.block_and_chunk(n, out_hw[0] * out_hw[1], xp, TILE_ELEMENTS_PER_PIXEL * channels)
+def _chunks(layout: BatchLayout, out_hw: tuple[int, int], channels: int, xp) -> tuple[int, int]:
+    """``(block, chunk)`` samples: ``block`` the largest of ``layout``'s blocks (the sizes of per-block
+    buffers), ``chunk`` as :func:`xpvision.nn.functional.block_and_chunk` cuts im2col for the whole global
+    batch (a chunk's ``V`` holds about as many values as an im2col chunk's matrix). Both depend on the global
+    batch only, so every process and thread count runs the same GEMMs."""
+    block = max(b - a for a, b in layout.blocks)
+    _, chunk = F.block_and_chunk(layout.total, out_hw[0] * out_hw[1], xp, TILE_ELEMENTS_PER_PIXEL * channels)
+    return block, min(block, chunk)
 
 
 def forward(xpar, u, bias, out_hw: tuple[int, int], *, relu: bool, pool: bool, scratch: Scratch,
-            need_index: bool = True, source=None):
+            need_index: bool = True, source=None, layout: BatchLayout | None = None):
     """Convolution (+ bias) (+ ReLU) (+ 2x2 max pool) of the parity-major padded input ``xpar`` ``(N, 2, 2, TH
     + 1, TW + 1, I)`` with ``u`` ``(16, I, O)`` (:func:`weight_transform`).
 
     ``source``, when given, is ``(x, padding)``: the unpadded input ``(N, H, W, I)``, copied into ``xpar``
     (whose border must be zero) block by block on the block's thread. Returns ``(out, pool_index)`` as
     :func:`xpvision.nn.convblock.conv_forward`: ``out`` ``(N, OH, OW, O)``, or ``(N, OH // 2, OW // 2, O)``
-    with ``pool``, and the uint8 pool index (``None`` without ``pool`` or ``need_index``).
+    with ``pool``, and the uint8 pool index (``None`` without ``pool`` or ``need_index``). The batch is worked
+    on in the blocks of ``layout`` (default: the whole batch in this process).
     """
     xp = backend.get_array_module(xpar)
     n, th, tw = xpar.shape[0], xpar.shape[3] - 1, xpar.shape[4] - 1
     (oh, ow), o = out_hw, u.shape[2]
     ph, pw = oh // 2, ow // 2
     dtype = xp.result_type(xpar.dtype, u.dtype)
-    block, chunk = _chunks(n, out_hw, xpar.shape[5], xp)
+    layout = layout or BatchLayout(n)
+    block, chunk = _chunks(layout, out_hw, xpar.shape[5], xp)
     out = scratch.get_free("out", (n, ph, pw, o) if pool else (n, oh, ow, o), dtype, xp)
     index = scratch.get_free("index", out.shape, xp.uint8, xp) if pool and need_index else None
 
@@ -288,7 +294,7 @@ def forward(xpar, u, bias, out_hw: tuple[int, int], *, relu: bool, pool: bool, s
         else:
             _untile(taps, out[start:stop], relu)
 
-    run_chunks(work, n, block, xp)
+    run_blocks(work, layout.blocks, xp)
     return out, index
 
 
@@ -335,10 +341,11 @@ def _output_grad_taps(dout, relu_out, pool_index, taps, out_hw: tuple[int, int])
 
 
 def backward(dout, xpar, w, geom: ConvGeometry, *, relu_out, pool_index, need_params: bool, need_bias: bool,
-             need_input: bool, scratch: Scratch):
+             need_input: bool, scratch: Scratch, layout: BatchLayout | None = None):
     """Gradients of :func:`forward` from ``dout``, the gradient of its output (``relu_out`` and
     ``pool_index`` as in :func:`xpvision.nn.convblock.conv_backward`). Returns ``(dx, dw, db)``: ``dx``
-    ``(N, H, W, I)``, ``dw`` ``(O, I, 3, 3)``, ``db`` ``(O,)``, each ``None`` when not needed."""
+    ``(N, H, W, I)``, ``dw`` ``(O, I, 3, 3)``, ``db`` ``(O,)``, each ``None`` when not needed. ``dw`` and
+    ``db`` are summed per block of ``layout`` and the blocks' sums added by ``layout.fold``."""
     xp = backend.get_array_module(dout)
     n, (h, wi) = dout.shape[0], geom.in_hw
     o, c = w.shape[:2]
@@ -346,7 +353,9 @@ def backward(dout, xpar, w, geom: ConvGeometry, *, relu_out, pool_index, need_pa
     th, tw = tiles(geom.out_hw)
     thx, twx = tiles(geom.in_hw)  # tiles of the input gradient
     q0, q1 = geom.transposed_padding  # dY's place in the padded grid of the input-gradient convolution
-    block, chunk = _chunks(n, geom.out_hw, max(c, o), xp)
+    layout = layout or BatchLayout(n)
+    block, chunk = _chunks(layout, geom.out_hw, max(c, o), xp)
+    part_of = {start: part for part, (start, _) in enumerate(layout.blocks)}
     u_flip = weight_transform(flipped(w)) if need_input else None  # (16, O, I)
     dx = scratch.get_free("dx", (n, h, wi, c), dtype, xp) if need_input else None
     du_parts: dict[int, object] = {}
@@ -362,7 +371,7 @@ def backward(dout, xpar, w, geom: ConvGeometry, *, relu_out, pool_index, need_pa
                         (b + q1) // 2:(b + q1) // 2 + tw] for a in (0, 1) for b in (0, 1)]
         _output_grad_taps(dout[start:stop], None if relu_out is None else relu_out[start:stop],
                           None if pool_index is None else pool_index[start:stop], dy_taps, geom.out_hw)
-        part = start // block
+        part = part_of[start]
         for s in range(0, m, chunk):
             e = min(s + chunk, m)
             if need_params:
@@ -393,9 +402,10 @@ def backward(dout, xpar, w, geom: ConvGeometry, *, relu_out, pool_index, need_pa
             else:
                 db_parts[part] = db
 
-    run_chunks(work, n, block, xp)
-    dw = weight_grad_transform(ordered_sum(du_parts)) if need_params else None
-    db = ordered_sum(db_parts) if need_bias else None
+    run_blocks(work, layout.blocks, xp)
+    parts = range(len(layout.blocks))
+    dw = weight_grad_transform(layout.fold([du_parts[i] for i in parts])) if need_params else None
+    db = layout.fold([db_parts[i] for i in parts]) if need_bias else None
     return dx, dw, db
 
 
@@ -409,16 +419,17 @@ def conv2d(x, w, b, geom: ConvGeometry, *, relu: bool, pool: bool, training: boo
     xpar = scratch.get(0, "xpar", (x.shape[0], 2, 2, th + 1, tw + 1, x.shape[3]), x.dtype, xp, fill=0)
     w = w.copy()  # (O, I, 3, 3), as used here
     bias = None if b is None else b.copy()
+    layout = current_layout(x.shape[0])
     y, pool_index = forward(xpar, weight_transform(w), bias, geom.out_hw, relu=relu, pool=pool,
-                            scratch=scratch, need_index=training, source=(x, geom.padding))
-    return y, (xpar, w, bias, geom, relu, pool, y if relu and not pool else None, pool_index)
+                            scratch=scratch, need_index=training, source=(x, geom.padding), layout=layout)
+    return y, (xpar, w, bias, geom, relu, pool, y if relu and not pool else None, pool_index, layout)
 
 
 def conv2d_backward(dy, saved, *, need_params: bool, need_bias: bool, need_input: bool, scratch: Scratch):
     """The ``conv2d_backward`` kernel of :mod:`xpvision.nn.engine` for :func:`conv2d`'s ``saved``."""
-    xpar, w, bias, geom, relu, pool, relu_out, pool_index = saved
+    xpar, w, bias, geom, relu, pool, relu_out, pool_index, layout = saved
     if pool and pool_index is None:
         _, pool_index = forward(xpar, weight_transform(w), bias, geom.out_hw, relu=relu, pool=True,
-                                scratch=scratch)
+                                scratch=scratch, layout=layout)
     return backward(dy, xpar, w, geom, relu_out=relu_out, pool_index=pool_index, need_params=need_params,
-                    need_bias=need_bias, need_input=need_input, scratch=scratch)
+                    need_bias=need_bias, need_input=need_input, scratch=scratch, layout=layout)
