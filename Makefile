@@ -6,7 +6,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 export PATH := $(BIN):$(PATH)
 
-.PHONY: pipeline test lint bench fashion-mnist clean-venv gpu-check tracking-server tracking-server-stop
+.PHONY: pipeline test lint bench fashion-mnist fashion-voc clean-venv gpu-check tracking-server tracking-server-stop
 
 $(VENV)/.pipeline: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,12 +33,29 @@ fashion-mnist: $(VENV)/.pipeline
 	    -S download.classification.root=$(FASHION_MNIST) -S augment.classification.copies=0 \
 	    evaluate@classification
 
+## Real photographs in the VOC layout: every Fashion-MNIST photograph composed into VOC2012-style scenes by
+## tools/fashion_voc.py, then the detector and the FCN trained on them through the pipeline (README, "Real data").
+FASHION_VOC := $(HOME)/.cache/xpvision/fashion-voc
+FASHION_VOC_CLASSES := [tshirt,trouser,pullover,dress,coat,sandal,shirt,sneaker,bag,ankleboot]
+fashion-voc: $(VENV)/.pipeline
+	test -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz || $(SUDO) apt-get install -y dataset-fashion-mnist
+	test -d $(FASHION_VOC)/VOCdevkit/VOC2012 || $(BIN)/python tools/fashion_voc.py --source $(FASHION_MNIST) \
+	    --out $(FASHION_VOC)
+	$(BIN)/dvc config --local core.analytics false
+	$(BIN)/dvc exp run -n fashion-voc-detection -S download.detection.dataset=voc2012 \
+	    -S download.detection.root=$(FASHION_VOC) -S 'download.detection.voc_classes=$(FASHION_VOC_CLASSES)' \
+	    -S train.detection.epochs=2 evaluate@detection
+	$(BIN)/dvc exp run -n fashion-voc-segmentation -S download.segmentation.dataset=voc2012 \
+	    -S download.segmentation.root=$(FASHION_VOC) \
+	    -S 'download.segmentation.voc_classes=$(FASHION_VOC_CLASSES)' \
+	    -S download.segmentation.max_images=8000 -S train.segmentation.epochs=2 evaluate@segmentation
+
 ## Lint and run the test suite (PyTorch / pycocotools parity tests included).
 test: $(VENV)/.test lint
 	$(BIN)/pytest
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench tools
 
 ## Benchmarks against PyTorch on this machine (not part of the tests).
 bench: $(VENV)/.test

@@ -167,3 +167,30 @@ def test_local_root_splits_and_box_settings_reach_prepare(raw):
                                 ("voc_pixel_origin", 2, "one of 0, 1")):
         with pytest.raises(ConfigError, match=rf"download\.detection\.{key}: expected {message}"):
             parse_params(with_value(changed, f"download.detection.{key}", value))
+
+
+def test_voc_classes_name_the_classes_of_a_voc_layout_dataset(raw):
+    from xpvision.stages.download import prepare_config
+
+    changed = with_value(raw, "download.segmentation.dataset", "voc2012")
+    block = changed["download"]["segmentation"]
+    block.update(root="/data/fashion-voc", voc_classes=["tshirt", "bag", "ankleboot"], classes=["bag"])
+    config = prepare_config("segmentation", parse_params(changed).download["segmentation"])
+    assert (config.voc_classes, config.classes) == (("tshirt", "bag", "ankleboot"), ("bag",))
+    assert prepare_config("detection", parse_params(raw).download["detection"]).voc_classes is None
+    key = "download.segmentation"
+    for dotted, value, message in (
+            (f"{key}.voc_classes", ["bag", "bag"], "voc_classes: expected a list of 1 to 254 distinct names"),
+            (f"{key}.voc_classes", [], "voc_classes: expected a list of 1 to 254"),
+            (f"{key}.voc_classes", [f"c{i}" for i in range(255)], "voc_classes: expected a list of 1 to 254"),
+            (f"{key}.voc_classes", ["bag", " coat"], "voc_classes: expected .* without surrounding spaces"),
+            (f"{key}.voc_classes", ["bag", 3], r"voc_classes\[1\]: expected a string"),
+            (f"{key}.classes", ["coat"], "classes: expected names from voc_classes; unknown: coat"),
+            (f"{key}.voc_classes", None, "classes: expected names from the 20 VOC classes .*unknown: bag")):
+        with pytest.raises(ConfigError, match=rf"params.yaml: {dotted.rsplit('.', 1)[0]}\.{message}"):
+            parse_params(with_value(changed, dotted, value))
+    with pytest.raises(ConfigError, match=r"download\.detection\.voc_classes: expected null for dataset "
+                                          r"digit-scenes \(voc2007 and voc2012 only\), got \['a'\]"):
+        parse_params(with_value(raw, "download.detection.voc_classes", ["a"]))
+    with_official = with_value(with_value(changed, f"{key}.voc_classes", None), f"{key}.classes", ["cat"])
+    assert parse_params(with_official).download["segmentation"].classes == ("cat",)

@@ -58,6 +58,10 @@ FRACTION_BELOW_ONE: Check = (lambda v: 0 <= v < 1, "a number in [0, 1)")
 WEIGHTS: Check = (lambda v: all(w >= 0 for w in v) and any(w > 0 for w in v),
                   "a list of numbers >= 0, not all 0")
 DIGIT_SIZE: Check = (lambda v: len(v) == 2 and 4 <= v[0] <= v[1], "[min, max] with 4 <= min <= max")
+CLASS_LIST: Check = (lambda v: 1 <= len(v) <= 254 and len(set(v)) == len(v)
+                     and all(n and n == n.strip() for n in v),
+                     "a list of 1 to 254 distinct names without surrounding spaces")
+"""Mask index ``k + 1`` is class ``k`` and 255 means ignore: a VOC-layout dataset has at most 254 classes."""
 
 
 def _opt(check: Check) -> Check:
@@ -134,6 +138,10 @@ class SceneDownloadConfig:
     labelme write."""
     classes: tuple[str, ...] | None
     """Keep only these classes (null = all of the dataset's classes)."""
+    voc_classes: tuple[str, ...] | None = checked(_opt(CLASS_LIST))
+    """``voc2007`` / ``voc2012`` only: the class names, in order, of a VOC-layout dataset with classes of its
+    own (the ``<name>`` of its objects; mask index ``k + 1`` is the ``k``-th name). null = the 20 official VOC
+    classes."""
     max_images: int | None = checked(_opt(POSITIVE))
     image_size: int = checked(POSITIVE)
     """Side of the square images the task trains on (scenes are generated at, or resized to, this size)."""
@@ -307,6 +315,8 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         if isinstance(block, SceneDownloadConfig) and len(block.splits or "ab") not in (1, 2):
             _fail(source, f"download.{task}.splits", "null, [split] or [train split, test split]",
                   list(block.splits))
+        if isinstance(block, SceneDownloadConfig):
+            _check_voc_classes(block, source, f"download.{task}")
     for task, block in sections["train"].items():
         models = task_class(data_task(task)).model_names()
         if block.model not in models:
@@ -317,6 +327,22 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
             _fail(source, f"train.{task}.transfer_mode", "full when init_from is null", block.transfer_mode)
     return Params(tracking=build_block(TrackingConfig, top["tracking"], source, "tracking"),
                   transfer=build_block(TransferConfig, top["transfer"], source, "transfer"), **sections)
+
+
+def _check_voc_classes(block: SceneDownloadConfig, source: str, key: str) -> None:
+    """``voc_classes`` only for VOC datasets; ``classes`` of a VOC dataset among its class names."""
+    from xpvision.data.voc import VOC_CLASSES
+
+    is_voc = block.dataset in ("voc2007", "voc2012")
+    if block.voc_classes is not None and not is_voc:
+        _fail(source, f"{key}.voc_classes", f"null for dataset {block.dataset} (voc2007 and voc2012 only)",
+              list(block.voc_classes))
+    names = block.voc_classes or VOC_CLASSES
+    if is_voc and block.classes is not None and not set(block.classes) <= set(names):
+        unknown = sorted(set(block.classes) - set(names))
+        where = "voc_classes" if block.voc_classes else "the 20 VOC classes (or set voc_classes)"
+        _fail(source, f"{key}.classes", f"names from {where}; unknown: {', '.join(unknown)}",
+              list(block.classes))
 
 
 def build_block(cls: type, raw: Any, source: str, key: str) -> Any:

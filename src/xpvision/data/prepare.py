@@ -58,7 +58,8 @@ class PrepareConfig:
     the 19 GB COCO train zip) its images are divided, never shared: an image is a test image when the MD5 of
     its id, as an integer, is a multiple of :data:`HOLDOUT_EVERY` (one in five, the same images on every
     machine). ``root`` is a local extracted copy read in place (:mod:`xpvision.data.local`); ``box_policy``
-    and ``voc_pixel_origin`` are passed to the VOC / COCO readers.
+    and ``voc_pixel_origin`` are passed to the VOC / COCO readers. ``voc_classes`` names the classes, in
+    order, of a VOC-layout dataset with classes of its own (``None``: the 20 official VOC classes).
     ``image_size`` is ``(height, width)`` for VOC / COCO (required there: shards hold one size); ``None``
     keeps the generated sizes of digits and digit-scenes.
     """
@@ -71,6 +72,7 @@ class PrepareConfig:
     box_policy: str = "refuse"
     voc_pixel_origin: int = 1
     classes: tuple[str, ...] | None = None
+    voc_classes: tuple[str, ...] | None = None
     max_images: int | None = None
     image_size: tuple[int, int] | None = None
     splits: dict[str, str] | None = None
@@ -91,6 +93,8 @@ class PrepareConfig:
                               "fashion-mnist are classification, the others detection or segmentation")
         if self.source in DEFAULT_SPLITS and self.image_size is None:
             raise ConfigError(f"source {self.source!r} has images of many sizes: set image_size [H, W]")
+        if self.voc_classes is not None and self.source not in ("voc2007", "voc2012"):
+            raise ConfigError(f"voc_classes applies to voc2007 / voc2012, not to source {self.source!r}")
         if self.max_images is not None and self.max_images < 1:
             raise ConfigError(f"max_images must be >= 1 or null, got {self.max_images}")
 
@@ -204,14 +208,14 @@ def _voc_root(config: PrepareConfig, raw_dir: Path, split: str, task: str) -> tu
         return folder, DIGIT_CLASSES
     from xpvision.data.voc import VOC_CLASSES
 
-    year = config.source[-4:]
+    year, classes = config.source[-4:], config.voc_classes or VOC_CLASSES
     if config.root is not None:
         folder = voc_folder(config.root, year, split, task)
         lists = folder / "ImageSets" / ("Main" if task == "detection" else "Segmentation")
         read = [folder / "Annotations", folder / "JPEGImages", lists]
         read += [folder / "SegmentationClass"] if task == "segmentation" else []
         check_record(folder, read, local_record_dir(raw_dir, config.source, config.root) / RECORD_NAME)
-        return folder, VOC_CLASSES
+        return folder, classes
     archive_name = _VOC_ARCHIVES.get((config.source, split), "VOCtrainval_11-May-2012.tar" if year == "2012"
                                      else "VOCtrainval_06-Nov-2007.tar")
     archive = fetch_dataset(config.source, raw_dir / config.source, config.mirrors, only=(archive_name,),
@@ -219,7 +223,7 @@ def _voc_root(config: PrepareConfig, raw_dir: Path, split: str, task: str) -> tu
                             retries=config.retries)[archive_name]
     extracted = _extract_once(archive, raw_dir / config.source / archive_name.removesuffix(".tar"),
                               raw_dir / config.source)
-    return extracted / "VOCdevkit" / f"VOC{year}", VOC_CLASSES
+    return extracted / "VOCdevkit" / f"VOC{year}", classes
 
 
 def _extract_once(archive: Path, target: Path, lock_dir: Path) -> Path:

@@ -124,7 +124,7 @@ def render_scene(rng: np.random.Generator, digit_images: np.ndarray, digit_label
         pick = int(rng.integers(len(digit_images)))
         alpha = _digit_alpha(digit_images[pick], int(rng.integers(config.min_digit_size,
                                                                   config.max_digit_size + 1)))
-        placed = _place(rng, alpha >= 0.5, owner, full_areas, config.max_occlusion)
+        placed = place_object(rng, alpha >= 0.5, owner, full_areas, config.max_occlusion)
         if placed is None:
             continue
         y, x = placed
@@ -172,9 +172,14 @@ def _digit_alpha(digit: np.ndarray, height: int) -> np.ndarray:
     return np.clip((np.asarray(resized, dtype=np.float64) / 255.0 - 0.2) / 0.5, 0.0, 1.0)
 
 
-def _place(rng: np.random.Generator, ink: np.ndarray, owner: np.ndarray, full_areas: list[int],
-           max_occlusion: float) -> tuple[int, int] | None:
-    """A top-left corner where the new digit leaves each earlier one >= 1 - max_occlusion visible, or None."""
+def place_object(rng: np.random.Generator, ink: np.ndarray, owner: np.ndarray, full_areas: list[int],
+                 max_occlusion: float) -> tuple[int, int] | None:
+    """A top-left corner where a new object of mask ``ink`` ``(h, w)`` bool leaves each earlier one >= 1 -
+    max_occlusion visible, or None after a few random tries.
+
+    ``owner`` ``(S, S)`` int64: the index of the object visible at each pixel (-1: none); ``full_areas``: each
+    earlier object's pixel count before anything covered it. Also used by ``tools/fashion_voc.py``.
+    """
     size = owner.shape[0]
     h, w = ink.shape
     if h > size or w > size:

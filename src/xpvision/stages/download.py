@@ -40,7 +40,7 @@ def prepare_config(task: str, cfg: DownloadConfig | SceneDownloadConfig):
     # [train, test], or one split named twice: prepare then divides it
     splits = None if cfg.splits is None else {"train": cfg.splits[0], "test": cfg.splits[-1]}
     return PrepareConfig(
-        **common, classes=cfg.classes, splits=splits, box_policy=cfg.box_policy,
+        **common, classes=cfg.classes, voc_classes=cfg.voc_classes, splits=splits, box_policy=cfg.box_policy,
         voc_pixel_origin=cfg.voc_pixel_origin,
         image_size=None if cfg.dataset == "digit-scenes" else (cfg.image_size, cfg.image_size),
         scenes=SceneConfig(n_train=cfg.num_train, n_test=cfg.num_test, image_size=cfg.image_size,
