@@ -23,14 +23,18 @@ pipeline: $(VENV)/.pipeline
 	$(BIN)/dvc config --local core.analytics false
 	$(BIN)/dvc repro
 
-## Real data: the default classifier on Fashion-MNIST, from Debian's dataset-fashion-mnist (used in place).
+## Real data: DeepConvNet on Fashion-MNIST, from Debian's dataset-fashion-mnist (used in place), with BatchNorm
+## and a mirrored copy of every training photograph (the recipe that meets 0.93, README "Real data").
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
+FASHION_MNIST_TRANSFORMS := [{name:HorizontalFlip,p:1.0},{name:Affine,translate_px:[-2,2],p:0.5},{name:Standardize,scope:dataset}]
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 fashion-mnist: $(VENV)/.pipeline
 	test -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz || $(SUDO) apt-get install -y dataset-fashion-mnist
 	$(BIN)/dvc config --local core.analytics false
 	$(BIN)/dvc exp run -n fashion-mnist -S download.classification.dataset=fashion-mnist \
-	    -S download.classification.root=$(FASHION_MNIST) -S augment.classification.copies=0 \
+	    -S download.classification.root=$(FASHION_MNIST) \
+	    -S 'augment.classification.transforms=$(FASHION_MNIST_TRANSFORMS)' -S augment.classification.copies=1 \
+	    -S '+train.classification.model_args.batch_norm=true' -S train.classification.epochs=10 \
 	    evaluate@classification
 
 ## Real photographs in the VOC layout: every Fashion-MNIST photograph composed into VOC2012-style scenes by
