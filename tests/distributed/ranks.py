@@ -43,18 +43,23 @@ def write_data(folder: Path, kind: str, count: int, seed: int) -> None:
             image[y * 8:(y + 1) * 8, x * 8:(x + 1) * 8] += 150
             samples.append({"image": image.astype(np.uint8), "label": label})
             continue
-        image = gen.integers(0, 60, (32, 32, 3))
-        boxes, labels = [], []
-        for _ in range(int(gen.integers(1, 4))):
-            size = int(gen.integers(6, 14))
-            x0, y0 = (int(v) for v in gen.integers(0, 32 - size, 2))
-            label = int(gen.integers(3))
-            image[y0:y0 + size, x0:x0 + size, label] = 230
-            boxes.append([x0, y0, x0 + size, y0 + size])
-            labels.append(label)
-        samples.append({"image": image.astype(np.uint8), "boxes": np.array(boxes, np.float32),
-                        "labels": np.array(labels, np.int64), "difficult": np.zeros(len(labels), bool)})
+        samples.append(box_scene(gen))
     write_shards(folder, samples, classes=CLASSES, shard_size=16)
+
+
+def box_scene(gen: np.random.Generator) -> dict:
+    """A detection sample: one to three coloured squares (class = colour) on 32x32 RGB noise."""
+    image = gen.integers(0, 60, (32, 32, 3))
+    boxes, labels = [], []
+    for _ in range(int(gen.integers(1, 4))):
+        size = int(gen.integers(6, 14))
+        x0, y0 = (int(v) for v in gen.integers(0, 32 - size, 2))
+        label = int(gen.integers(3))
+        image[y0:y0 + size, x0:x0 + size, label] = 230
+        boxes.append([x0, y0, x0 + size, y0 + size])
+        labels.append(label)
+    return {"image": image.astype(np.uint8), "boxes": np.array(boxes, np.float32),
+            "labels": np.array(labels, np.int64), "difficult": np.zeros(len(labels), bool)}
 
 
 class Recording:

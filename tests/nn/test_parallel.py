@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+from tests.distributed.ranks import box_scene
 
 from xpvision import optim
 from xpvision.data.loader import DataLoader, ListDataset
@@ -155,19 +156,7 @@ def _train_initial() -> dict[str, np.ndarray]:
 def _box_scenes(n: int) -> ListDataset:
     """32x32 RGB noise with one to three coloured squares (class = colour) and their boxes."""
     rs = np.random.default_rng(0)
-    samples = []
-    for _ in range(n):
-        image = rs.integers(0, 60, (32, 32, 3))
-        boxes, labels = [], []
-        for _ in range(int(rs.integers(1, 4))):
-            size = int(rs.integers(6, 14))
-            x0, y0 = (int(v) for v in rs.integers(0, 32 - size, 2))
-            label = int(rs.integers(3))
-            image[y0:y0 + size, x0:x0 + size, label] = 230
-            boxes.append([x0, y0, x0 + size, y0 + size])
-            labels.append(label)
-        samples.append({"image": image.astype(np.uint8), "boxes": np.array(boxes, np.float32),
-                        "labels": np.array(labels, np.int64), "difficult": np.zeros(len(labels), bool)})
+    samples = [box_scene(rs) for _ in range(n)]
     return ListDataset(samples, classes=["r", "g", "b"])
 
 
