@@ -115,8 +115,9 @@ def applicable(geom: ConvGeometry) -> bool:
 def chosen(geom: ConvGeometry, batch: int, in_ch: int, out_ch: int, xp) -> bool:
     """Whether the tuned engine computes this convolution here (else by im2col + GEMM): an
     :func:`applicable` one on the CPU with, in mode ``auto``, at least :data:`AUTO_CHANNELS` input and output
-    channels and :data:`AUTO_TILES` tiles in the ``batch``; in mode ``on``, at least :data:`MIN_CHANNELS`
-    input channels; none in mode ``off``. The GPU keeps im2col (not measured there)."""
+    channels and :data:`AUTO_TILES` tiles in the ``batch`` (the global batch, so that every process chooses
+    alike); in mode ``on``, at least :data:`MIN_CHANNELS` input channels; none in mode ``off``. The GPU keeps
+    im2col (not measured there)."""
     mode = get_mode()
     if mode == "off" or xp is not np or not applicable(geom):
         return False
