@@ -72,7 +72,7 @@ def resolve_tracking_uri(cfg: TrackingConfig) -> str:
     """The tracking URI to log to, after the environment override and the reachability check; a relative
     SQLite path is made absolute from the project root."""
     uri = anchored(os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri)
-    if not uri.startswith(("http://", "https://")):
+    if not _is_server(uri):
         return uri
     problem = _server_problem(uri, cfg.connect_timeout_s)
     if problem is None:
@@ -86,6 +86,11 @@ def resolve_tracking_uri(cfg: TrackingConfig) -> str:
     print(f"warning: MLflow tracking server {uri} is unreachable ({problem}); logging to {local}",
           file=sys.stderr)
     return local
+
+
+def _is_server(uri: str) -> bool:
+    """Whether ``uri`` names a tracking server (http or https), not a local store."""
+    return uri.startswith(("http://", "https://"))
 
 
 def anchored(uri: str) -> str:
@@ -169,7 +174,7 @@ def ui_url(tracking_uri: str, experiment_id: str) -> str | None:
     """The MLflow UI page of an experiment's runs table on the tracking server ``tracking_uri``, in the
     UI's model-training view (its default is the GenAI overview); ``None`` for a local store, which has
     no UI until ``mlflow ui`` serves it."""
-    if not tracking_uri.startswith(("http://", "https://")):
+    if not _is_server(tracking_uri):
         return None
     return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}?{MODEL_TRAINING_VIEW}"
 

@@ -80,12 +80,18 @@ def set_engine(engine: str | None) -> None:
 def get_engine() -> str:
     """The engine in use: the one set, else ``XPVISION_ENGINE``, else ``'tuned'``."""
     if _state["engine"] is None:
-        value = os.environ.get(ENV_ENGINE, "").strip() or "tuned"
-        if value not in ENGINES:
-            raise ConfigError(f"environment variable {ENV_ENGINE}: expected one of {', '.join(ENGINES)}, "
-                              f"got {value!r}")
-        _state["engine"] = value
+        _state["engine"] = choice_from_environment(ENV_ENGINE, ENGINES, "tuned")
     return _state["engine"]
+
+
+def choice_from_environment(variable: str, choices: tuple[str, ...], default: str) -> str:
+    """The value of environment variable ``variable`` (``default`` when unset or blank), one of ``choices``;
+    anything else is a :class:`ConfigError` naming the variable."""
+    value = os.environ.get(variable, "").strip() or default
+    if value not in choices:
+        raise ConfigError(f"environment variable {variable}: expected one of {', '.join(choices)}, "
+                          f"got {value!r}")
+    return value
 
 
 def kernel(name: str, engine: str | None = None) -> Callable:

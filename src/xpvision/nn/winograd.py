@@ -46,12 +46,12 @@ errors grow with the magnitudes inside a tile (``tests/nn/test_winograd.py`` sta
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
 from xpvision import backend
 from xpvision.errors import ConfigError
+from xpvision.nn import engine
 from xpvision.nn import functional as F
 from xpvision.nn.convblock import ConvGeometry, Scratch, pool4, unpool4
 from xpvision.nn.parallel import BatchLayout, current_layout, run_blocks
@@ -97,11 +97,7 @@ def set_mode(mode: str | None) -> None:
 def get_mode() -> str:
     """The mode in use: the one set, else ``XPVISION_WINOGRAD``, else :data:`DEFAULT_MODE`."""
     if _state["mode"] is None:
-        value = os.environ.get(ENV_MODE, "").strip() or DEFAULT_MODE
-        if value not in MODES:
-            raise ConfigError(f"environment variable {ENV_MODE}: expected one of {', '.join(MODES)}, "
-                              f"got {value!r}")
-        _state["mode"] = value
+        _state["mode"] = engine.choice_from_environment(ENV_MODE, MODES, DEFAULT_MODE)
     return _state["mode"]
 
 
