@@ -24,9 +24,10 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+
+from xpvision.distributed.launch import find_mpiexec
 
 
 def worker(args) -> None:
@@ -80,7 +81,7 @@ def run(k: int, threads: int, reduction: str, args) -> dict:
     if args.batch_norm:
         command.append("--batch-norm")
     if k > 1:
-        command = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(k), *command]
+        command = [find_mpiexec(), "-n", str(k), *command]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:

@@ -10,7 +10,12 @@ Runs, each step under its own time limit, and writes everything to one Markdown 
    task's metric and the mean step time of each;
 4. ``bench/bench_convnet.py --device gpu`` (CuPy against PyTorch CUDA, TF32 off on both sides, cuDNN
    autotuning on);
-5. ``compute-sanitizer --tool memcheck`` on the NMS kernels, where the tool works.
+5. ``compute-sanitizer --tool memcheck`` on the NMS kernels, where the tool works;
+6. the NCCL data-parallel smoke run (``tests/distributed/nccl_smoke.py`` under ``mpiexec -n 1``), where
+   mpi4py and ``mpiexec`` are there;
+7. the CPU engine's scaling over this machine's cores (a lent GPU machine has more than a workstation):
+   ``bench/bench_distributed.py --processes 1 2 4 8`` and ``bench/bench_convnet.py --threads T`` for T = 1,
+   2, 4, 8, 16 up to the cores there.
 
 It needs only what a GPU machine with CuPy has plus ``PYTHONPATH=src`` (no network, no install)::
 
@@ -52,6 +57,10 @@ def run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int, s
             exc.stdout or "")
         output += f"\n[timed out after {timeout:.0f} s]"
     return status, output, time.perf_counter() - start
+
+
+def _section(what: str, status: int, seconds: float, output: str, tail: int = 3000) -> str:
+    return f"`{what}` — {seconds:.0f} s, exit {status}\n\n```\n{output.strip()[-tail:]}\n```"
 
 
 def environment() -> str:
@@ -126,9 +135,11 @@ def bench(env: dict, timeout: float) -> tuple[bool, str]:
     if importlib.util.find_spec("torch") is None:
         return True, "skipped: PyTorch is not installed here"
     cmd = [sys.executable, "bench/bench_convnet.py", "--device", "gpu", "--repeats", "9"]
-    status, output, seconds = run(cmd, timeout, env)
-    text = f"`{' '.join(cmd[1:])}` — {seconds:.0f} s, exit {status}\n\n```\n{output.strip()}\n```"
-    return status == 0, text
+    status, output, seconds = run(cmd, timeout * 2 / 3, env)
+    texts = [_section("bench/bench_convnet.py --device gpu --repeats 9", status, seconds, output)]
+    profile = run([sys.executable, "bench/profile_gpu_step.py"], timeout / 3, env)  # host vs device time
+    texts.append(_section("bench/profile_gpu_step.py", *profile))
+    return status == 0 and profile[0] == 0, "\n\n".join(texts)
 
 
 def sanitizer(env: dict, timeout: float) -> tuple[bool, str]:
@@ -145,10 +156,47 @@ def sanitizer(env: dict, timeout: float) -> tuple[bool, str]:
     return ok, f"{seconds:.0f} s, exit {status}\n\n```\n{output.strip()[-3000:]}\n```"
 
 
+def nccl(env: dict, timeout: float) -> tuple[bool, str]:
+    missing = [m for m in ("mpi4py", "cupy") if importlib.util.find_spec(m) is None]
+    if missing:
+        return True, f"skipped: {' and '.join(missing)} not installed here"
+    from xpvision.distributed.launch import find_mpiexec
+    from xpvision.errors import ConfigError
+
+    try:
+        mpiexec = find_mpiexec()
+    except ConfigError as exc:
+        return True, f"skipped: {exc}"
+    env = {**env, "PYTHONPATH": f"{ROOT}{os.pathsep}{env['PYTHONPATH']}"}  # the smoke imports tests.*
+    with tempfile.TemporaryDirectory() as tmp:
+        status, output, seconds = run([mpiexec, "-n", "1", sys.executable, "tests/distributed/nccl_smoke.py",
+                                       tmp], timeout, env)
+    return (status == 0 and "nccl smoke: ok" in output,
+            _section("mpiexec -n 1 python tests/distributed/nccl_smoke.py", status, seconds, output))
+
+
+def cpu_scaling(env: dict, timeout: float) -> tuple[bool, str]:
+    """Data-parallel processes (where mpi4py is there) and threads, each run within its share of
+    ``timeout``."""
+    cores = len(os.sched_getaffinity(0))
+    threads = [t for t in (1, 2, 4, 8, 16) if t <= cores]
+    runs = [["bench/bench_convnet.py", f"--threads={t}", "--repeats=3"] for t in threads]
+    if importlib.util.find_spec("mpi4py") is not None and cores >= 8:
+        runs.insert(0, ["bench/bench_distributed.py", "--processes", "1", "2", "4", "8", "--repeats", "2"])
+    texts, ok = [], True
+    for args in runs:
+        status, output, seconds = run([sys.executable, *args], timeout / len(runs), env)
+        ok = ok and status == 0
+        texts.append(_section(" ".join(args), status, seconds, output, 2500))
+    return ok, "\n\n".join(texts)
+
+
 STEPS = (("GPU tests", gpu_tests, 200),
-         ("Short training, GPU vs CPU", short_training, 150),
+         ("Short training, GPU vs CPU", short_training, 120),
          ("DeepConvNet against PyTorch CUDA", bench, 90),
-         ("compute-sanitizer memcheck on NMS", sanitizer, 90))
+         ("compute-sanitizer memcheck on NMS", sanitizer, 60),
+         ("NCCL data-parallel smoke", nccl, 60),
+         ("CPU scaling over this machine's cores", cpu_scaling, 240))
 
 
 def main(argv: list[str] | None = None) -> int:

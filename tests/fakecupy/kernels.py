@@ -186,3 +186,34 @@ def _nms_gather(grid, block, row_start, row_end, col_blocks, mask, removed, keep
         if not int(removed[block_index]) >> (i % 64) & 1:
             keep[i] = True
             removed[block_index:] |= mask[i - row_start, block_index:]
+
+
+@transcription("im2col_nhwc")
+def _im2col_nhwc(grid, block, x, cols, total, start, hp, wp, c, oh, ow, pooled, kh, kw, sh, sw, dh, dw, ld):
+    """nn/convblock.py ``im2col_nhwc``: element ``idx`` of ``cols`` (row ``idx // ld``, column ``idx % ld``)
+    is the input value under kernel tap ``(i, j)``, channel ``ch`` of the row's output pixel (rows ``(n, OH,
+    OW)`` or pool-major ``(n, a, b, PH, PW)``), or 1 in the columns past ``kh * kw * c``; the grid-stride loop
+    of ``grid * block`` threads covers every element. Index arithmetic as the kernel's, in slices of
+    elements (bounded memory)."""
+    total, start, hp, wp, c, oh, ow, pooled, kh, kw, sh, sw, dh, dw, ld = (
+        int(v) for v in (total, start, hp, wp, c, oh, ow, pooled, kh, kw, sh, sw, dh, dw, ld))
+    if grid[0] * block[0] < 1:
+        return
+    k, ph, pw = kh * kw * c, oh // 2, ow // 2
+    per = 4 * ph * pw if pooled else oh * ow
+    step = 1 << 20
+    for first in range(0, total, step):
+        idx = np.arange(first, min(first + step, total), dtype=np.int64)
+        row, col = idx // ld, idx % ld
+        ones = col >= k
+        ch, tap = col % c, col // c
+        j, i = tap % kw, tap // kw
+        n, r = row // per, row % per
+        if pooled:
+            ab, q = r // (ph * pw), r % (ph * pw)
+            y, xx = 2 * (q // pw) + ab // 2, 2 * (q % pw) + ab % 2
+        else:
+            y, xx = r // ow, r % ow
+        src = (((start + n) * hp + y * sh + i * dh) * wp + xx * sw + j * dw) * c + ch
+        values = x[np.where(ones, 0, src)]
+        cols[idx] = np.where(ones, cols.dtype.type(1), values)

@@ -236,3 +236,32 @@ def test_gemm_in_small_pieces_equals_one_gemm(rng):
     acc = np.ones((145, 16), np.float32)
     _gemm_tn_add(a, d, acc, Scratch(), 0)
     np.testing.assert_allclose(acc, 1 + a.T @ d, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("channels, kernel, stride, dilation, out_hw, pooled", [
+    (3, (3, 3), (1, 1), (1, 1), (6, 5), False),
+    (3, (3, 3), (1, 1), (1, 1), (7, 5), True),  # odd output: the pool-major rows leave the last row out
+    (1, (3, 3), (1, 1), (1, 1), (6, 6), True),  # one channel: tap-major on the CPU
+    (2, (2, 3), (2, 1), (1, 2), (4, 3), False),  # stride and dilation
+    (4, (1, 1), (1, 1), (1, 1), (5, 5), False),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gpu_im2col_kernel_equals_the_cpu_views(gpu, rng, channels, kernel, stride, dilation, out_hw,
+                                                 pooled, dtype):
+    """The one-kernel im2col of the GPU gives the CPU's matrix bit for bit: any chunk, with and without the
+    ones column, in both row orders."""
+    from xpvision.nn.convblock import ConvGeometry, Scratch, _im2col, _patch_sources
+
+    span = [(o - 1) * s + d * (k - 1) + 1
+            for o, s, d, k in zip(out_hw, stride, dilation, kernel, strict=True)]  # input rows, columns
+    xpad = rng.standard_normal((5, span[0] + 1, span[1], channels)).astype(dtype)  # a spare row: unread
+    geom = ConvGeometry(kernel, stride, dilation, (0, 0), (span[0] + 1, span[1]), out_hw)
+    cpu_patches = _patch_sources(xpad, geom, pooled)
+    gpu_patches = _patch_sources(gpu.asarray(xpad), geom, pooled)
+    assert gpu_patches[0] == "kernel" and cpu_patches[0] in ("taps", "fields")
+    for start, stop, ones in [(0, 5, False), (1, 4, True), (4, 5, True)]:
+        want = _im2col(Scratch(), 0, "cols", cpu_patches, start, stop, 5, ones)
+        got = _im2col(Scratch(), 0, "cols", gpu_patches, start, stop, 5, ones)
+        assert got.flags.c_contiguous and got.shape == want.shape
+        np.testing.assert_array_equal(gpu.asnumpy(got), want)

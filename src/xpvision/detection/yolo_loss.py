@@ -161,7 +161,7 @@ class YoloLoss:
 
         # sums over the whole batch of the layout (every process's part), block by block in block order; the
         # positives are sorted by image, so a block's are a contiguous run
-        layout = current_layout(n)
+        layout = current_layout(n, xp)
         scale = 1.0 / max(layout.total, 1)
         box_terms = box_weight * (xy_loss + 0.5 * wh_diff * wh_diff)  # (P, 2)
         obj_terms, class_terms = weight * obj_loss, -log_p[rows, labels]  # (N, S_h, S_w, A), (P,)

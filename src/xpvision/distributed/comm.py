@@ -19,8 +19,10 @@ process calls them in the same order. Arrays are reduced in place:
 
 :class:`MPICommunicator` moves CuPy arrays through host memory (no CUDA-aware MPI is assumed);
 :class:`NCCLCommunicator` reduces and broadcasts CuPy arrays with NCCL on the GPU of the process's local rank
-(ChainerMN's ``pure_nccl`` design) and uses MPI for everything on the host, :meth:`fold` included (its
-partials go through host memory, one copy per call).
+(ChainerMN's ``pure_nccl`` design) and uses MPI for everything on the host. Its :meth:`fold` of CuPy
+partials stays on the GPU when every process holds as many blocks (one each with the GPU's
+:data:`~xpvision.nn.parallel.GPU_REDUCTION_BLOCKS`): one NCCL all-gather of every block, then the blocks
+added in order on each device; otherwise the partials go through host memory (one copy per call).
 """
 
 from __future__ import annotations
@@ -225,6 +227,21 @@ class NCCLCommunicator(MPICommunicator):
             return
         buf = _contiguous(array)
         self.nccl_comm.bcast(buf.data.ptr, buf.size, self._nccl_type(buf), 0, backend.current_stream_ptr())
+
+    def fold(self, parts: list, blocks: int) -> Any:
+        """:meth:`MPICommunicator.fold`, on the GPU by one NCCL all-gather when ``blocks`` divides evenly
+        over the processes (each then holds ``blocks / size`` consecutive ones; the test is the same on every
+        process, so all take the same path)."""
+        from xpvision.nn.parallel import local_fold
+
+        if not backend.is_gpu_array(parts[0]) or blocks % self.size:
+            return super().fold(parts, blocks)
+        cp = backend.get_array_module(parts[0])
+        mine = cp.stack(parts)  # (blocks / size, *shape)
+        gathered = cp.empty((blocks, *mine.shape[1:]), dtype=mine.dtype)  # rank r's blocks at r * blocks/size
+        self.nccl_comm.allGather(mine.data.ptr, gathered.data.ptr, mine.size, self._nccl_type(mine),
+                                 backend.current_stream_ptr())
+        return local_fold(list(gathered))
 
 
 def _contiguous(array: Any) -> Any:

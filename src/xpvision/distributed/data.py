@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from xpvision import backend
 from xpvision.data.loader import DataLoader
 from xpvision.data.shards import ShardDataset, verify_shard
 from xpvision.errors import ConfigError
-from xpvision.nn.parallel import global_blocks
+from xpvision.nn.parallel import REDUCTION_BLOCKS, global_blocks, reduction_blocks
 
 
 def part_bounds(total: int, size: int, rank: int) -> tuple[int, int]:
@@ -28,10 +29,11 @@ def part_bounds(total: int, size: int, rank: int) -> tuple[int, int]:
     return start, start + base + (rank < extra)
 
 
-def batch_part(total: int, size: int, rank: int) -> tuple[int, int]:
+def batch_part(total: int, size: int, rank: int, block_count: int = REDUCTION_BLOCKS) -> tuple[int, int]:
     """``(start, stop)`` of process ``rank``'s samples in a global batch of ``total``: its run of whole
-    :func:`~xpvision.nn.parallel.global_blocks`."""
-    blocks = global_blocks(total, size)
+    :func:`~xpvision.nn.parallel.global_blocks` (``block_count``: those of the training device,
+    :func:`~xpvision.nn.parallel.reduction_blocks`)."""
+    blocks = global_blocks(total, size, block_count)
     first, last = part_bounds(len(blocks), size, rank)
     return blocks[first][0], blocks[last - 1][1]
 
@@ -65,12 +67,13 @@ class ShardedLoader(DataLoader):
         check_batches(len(dataset) if not self.drop_last else len(self) * batch_size, batch_size, size,
                       "training batches")
         self.rank, self.size = rank, size
+        self.block_count = reduction_blocks(backend.xp_for(self.device))
 
     def __iter__(self):
         order = self.order()
         for b in range(len(self)):
             indices = order[b * self.batch_size:(b + 1) * self.batch_size]
-            start, stop = batch_part(len(indices), self.size, self.rank)
+            start, stop = batch_part(len(indices), self.size, self.rank, self.block_count)
             batch = self._batch(indices[start:stop])
             batch["global_batch"] = (len(indices), start)
             yield batch

@@ -70,6 +70,7 @@ class DataParallel:
         self.comm, self.model = comm, model
         self.rank, self.size, self.is_root = comm.rank, comm.size, comm.is_root
         self.reduction = reduction
+        self.block_count = parallel.reduction_blocks(backend.xp_for(model.device))
 
     def synchronize(self, model: Layer) -> None:
         """Broadcast the root's parameters and buffers (packed into one buffer per dtype and device)."""
@@ -84,10 +85,10 @@ class DataParallel:
         """``(loss of the whole batch, this part's dloss/dout, global batch size)``: the task's loss, run
         on this process's blocks inside the batch's layout, is already the whole batch's."""
         total, start = batch["global_batch"]
-        blocks = len(parallel.global_blocks(total, self.size))
+        blocks = len(parallel.global_blocks(total, self.size, self.block_count))
         fold = (functools.partial(self.comm.fold, blocks=blocks) if self.reduction == "ordered"
                 else self._allreduce)
-        layout = parallel.BatchLayout(total, start, len(batch["images"]), self.size, fold)
+        layout = parallel.BatchLayout(total, start, len(batch["images"]), self.size, fold, self.block_count)
         with rng.batch_part(total, start), parallel.batch_layout(layout):
             loss, dout = task.forward_loss(model, batch)
         return loss, dout, total

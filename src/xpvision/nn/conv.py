@@ -114,7 +114,7 @@ def conv2d(x, w, b, geom: ConvGeometry, *, relu: bool, pool: bool, training: boo
     the convolutions :func:`xpvision.nn.winograd.chosen` takes by their shapes (``XPVISION_WINOGRAD``), im2col
     + GEMM (:mod:`.convblock`) for the others. ``saved`` records which of the two ran."""
     xp = backend.get_array_module(x)
-    batch = current_layout(x.shape[0]).total  # the global batch: the same choice in every process
+    batch = current_layout(x.shape[0], xp).total  # the global batch: the same choice in every process
     method = winograd if winograd.chosen(geom, batch, w.shape[1], w.shape[0], xp) else convblock
     y, saved = method.conv2d(x, w, b, geom, relu=relu, pool=pool, training=training, scratch=scratch)
     return y, (method, saved)

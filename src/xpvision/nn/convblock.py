@@ -20,6 +20,7 @@ flipped kernel, giving ``(N, H, W, I)`` directly); other strides use the GEMM + 
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import numpy as np
 
 from xpvision import backend
 from xpvision.nn import functional as F
-from xpvision.nn.parallel import BatchLayout, current_layout, ordered_sum, run_blocks
+from xpvision.nn.parallel import BatchLayout, current_layout, ordered_sum, run_blocks, whole_batch
 
 DEAD = 4
 """Added to a pool index where the fused ReLU zeroed the output: such a position receives no gradient."""
@@ -117,21 +118,25 @@ class ConvGeometry:
         return self.stride == (1, 1) and min(self.transposed_padding) >= 0
 
 
-def _patch_sources(xpad, geom: ConvGeometry, pool_major: bool) -> tuple[bool, list]:
-    """Views of the whole padded batch ``(N, Hp, Wp, C)`` that :func:`_im2col` copies chunks of, built once
-    per call (a strided view costs microseconds; per chunk it would add up).
+def _patch_sources(xpad, geom: ConvGeometry, pool_major: bool) -> tuple[str, object]:
+    """What :func:`_im2col` copies chunks of, prepared once per call (a strided view costs microseconds; per
+    chunk it would add up), as ``(kind, sources)``.
 
-    Returns ``(tap_major, sources)``: with one channel, ``tap_major`` and the ``kh * kw`` shifted taps, each
-    ``(N, *pixels)``; otherwise the receptive fields ``(N, *pixels, kh, kw, C)``. ``pixels`` is ``(OH, OW)``,
-    or ``(2, 2, PH, PW)`` when ``pool_major``.
+    On the CPU, views of the whole padded batch ``(N, Hp, Wp, C)``: with one channel, ``'taps'`` and the
+    ``kh * kw`` shifted taps, each ``(N, *pixels)``; otherwise ``'fields'`` and the receptive fields ``(N,
+    *pixels, kh, kw, C)``. ``pixels`` is ``(OH, OW)``, or ``(2, 2, PH, PW)`` when ``pool_major``. On the GPU,
+    ``'kernel'`` and ``(xpad, geom, pool_major)`` for float32 and float64: one kernel gathers each chunk
+    (:func:`_im2col_gpu`), where the views would cost a copy per tap or a slow six-dimensional strided copy.
     """
+    if backend.get_array_module(xpad) is not np and xpad.dtype in (np.float32, np.float64):
+        return "kernel", (xpad if xpad.flags.c_contiguous else xpad.copy(), geom, pool_major)
     (kh, kw), (dh, dw) = geom.kernel, geom.dilation
     if xpad.shape[3] == 1:
         views = [xpad[F.tap_slice((i * dh, j * dw), geom.stride, geom.out_hw)][..., 0]
                  for i in range(kh) for j in range(kw)]  # kh*kw x (N, OH, OW)
-        return True, [_pool_major(v) if pool_major else v for v in views]
+        return "taps", [_pool_major(v) if pool_major else v for v in views]
     fields = F.windows(xpad, geom.kernel, geom.stride, geom.dilation, geom.out_hw)  # (N, OH, OW, kh, kw, C)
-    return False, [_pool_major(fields) if pool_major else fields]
+    return "fields", [_pool_major(fields) if pool_major else fields]
 
 
 def _pool_major(a):
@@ -142,21 +147,23 @@ def _pool_major(a):
     return a.transpose(0, 2, 4, 1, 3, *range(5, a.ndim))  # (N, a, b, PH, PW, ...)
 
 
-def _im2col(scratch: Scratch, worker: int, name: str, patches: tuple[bool, list], start: int, stop: int,
+def _im2col(scratch: Scratch, worker: int, name: str, patches: tuple[str, object], start: int, stop: int,
             step: int, ones_column: bool):
     """The im2col matrix ``(rows, K)`` of samples ``start:stop`` (at most ``step``), ``rows = m * pixels``,
     ``K = kh * kw * C``, plus a last column of ones when ``ones_column`` (so that the GEMM adds the bias and
     the weight-gradient GEMM yields the bias gradient as its last row); in a scratch buffer sized for
-    ``step``.
+    ``step``. ``patches``: :func:`_patch_sources`.
 
-    With one input channel the matrix is built tap-major, ``(K, rows)`` (one long contiguous copy per kernel
-    tap instead of ``kw``-long runs), and returned transposed: GEMMs take it without a copy.
+    With one input channel on the CPU the matrix is built tap-major, ``(K, rows)`` (one long contiguous copy
+    per kernel tap instead of ``kw``-long runs), and returned transposed: GEMMs take it without a copy.
     """
-    tap_major, sources = patches
+    kind, sources = patches
+    if kind == "kernel":
+        return _im2col_gpu(scratch, worker, name, *sources, start, stop, step, ones_column)
     first = sources[0][start:stop]
     xp = backend.get_array_module(first)
     extra = int(ones_column)
-    if tap_major:
+    if kind == "taps":
         per_sample = math.prod(first.shape[1:])
         buf = scratch.get(worker, name, (len(sources) + extra, step * per_sample), first.dtype, xp, fill=1)
         buf = buf[:, :first.shape[0] * per_sample]  # (K [+ 1], rows)
@@ -168,6 +175,64 @@ def _im2col(scratch: Scratch, worker: int, name: str, patches: tuple[bool, list]
     buf = buf[:first.shape[0] * per_sample]  # (rows, K [+ 1])
     buf[:, :k].reshape(first.shape)[...] = first  # (m, *pixels, kh, kw, C)
     return buf
+
+
+_IM2COL_KERNEL = r"""
+extern "C" __global__ void im2col_nhwc(const REAL* x, REAL* cols, long long total, int start, int hp, int wp,
+                                       int c, int oh, int ow, int pooled, int kh, int kw, int sh, int sw,
+                                       int dh, int dw, int ld)
+{
+    // cols (rows, ld), rows = (n, OH, OW) or pool-major (n, a, b, PH, PW); columns (i, j, ch), then ones.
+    const int k = kh * kw * c, ph = oh / 2, pw = ow / 2;
+    const int per = pooled ? 4 * ph * pw : oh * ow;
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        const long long row = idx / ld;
+        const int col = (int)(idx - row * ld);
+        if (col >= k) { cols[idx] = (REAL)1; continue; }
+        const int ch = col % c, tap = col / c, j = tap % kw, i = tap / kw;
+        const long long n = row / per;
+        const int r = (int)(row - n * per);
+        int y, xx;
+        if (pooled) {
+            const int ab = r / (ph * pw), q = r - ab * ph * pw;
+            y = 2 * (q / pw) + ab / 2;
+            xx = 2 * (q % pw) + ab % 2;
+        } else {
+            y = r / ow;
+            xx = r - y * ow;
+        }
+        cols[idx] = x[(((start + n) * hp + y * sh + i * dh) * wp + xx * sw + j * dw) * c + ch];
+    }
+}
+"""
+_GPU_THREADS = 256
+_GPU_MAX_BLOCKS = 65536  # a grid-stride loop covers the rest
+
+
+@functools.cache
+def _im2col_kernel(cp, real: str):
+    return cp.RawKernel(_IM2COL_KERNEL.replace("REAL", real), "im2col_nhwc")
+
+
+def _im2col_gpu(scratch: Scratch, worker: int, name: str, xpad, geom: ConvGeometry, pooled: bool, start: int,
+                stop: int, step: int, ones_column: bool):
+    """:func:`_im2col` on the GPU: the same matrix, gathered from the C-contiguous padded batch ``xpad``
+    ``(N, Hp, Wp, C)`` (float32 or float64) by one kernel launch."""
+    cp = backend.get_array_module(xpad)
+    _, hp, wp, c = xpad.shape
+    (oh, ow), (kh, kw) = geom.out_hw, geom.kernel
+    per_sample = 4 * (oh // 2) * (ow // 2) if pooled else oh * ow
+    ld = kh * kw * c + int(ones_column)
+    buf = scratch.get(worker, name, (step * per_sample, ld), xpad.dtype, cp)[:(stop - start) * per_sample]
+    total = buf.size
+    i32 = np.int32
+    _im2col_kernel(cp, "double" if xpad.dtype == np.float64 else "float")(
+        (min(-(-total // _GPU_THREADS), _GPU_MAX_BLOCKS),), (_GPU_THREADS,),
+        (xpad, buf, np.int64(total), i32(start), i32(hp), i32(wp), i32(c), i32(oh), i32(ow), i32(pooled),
+         i32(kh), i32(kw), i32(geom.stride[0]), i32(geom.stride[1]), i32(geom.dilation[0]),
+         i32(geom.dilation[1]), i32(ld)))
+    return buf  # (rows, K [+ 1])
 
 
 def pool4(taps, out, index, relu: bool) -> None:
@@ -299,7 +364,7 @@ def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: boo
     (oh, ow), o = geom.out_hw, w_mat.shape[1]
     ph, pw = oh // 2, ow // 2
     dtype = xp.result_type(xpad.dtype, w_mat.dtype)
-    plan = _plan(layout or BatchLayout(n), geom.rows_per_sample, xp, w_mat.shape[0])
+    plan = _plan(layout or whole_batch(n, xp), geom.rows_per_sample, xp, w_mat.shape[0])
     block, chunk = max(e - a for a, e, _, _ in plan), max(c for _, _, c, _ in plan)  # buffer sizes
     chunk_of = {a: c for a, _, c, _ in plan}
     index = None
@@ -354,7 +419,7 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
     ph, pw = oh // 2, ow // 2
     pooled = pool_index is not None
     dtype = xp.result_type(dout.dtype, w_mat.dtype)
-    layout = layout or BatchLayout(n)
+    layout = layout or whole_batch(n, xp)
     plan = _plan(layout, geom.rows_per_sample, xp, k)
     block, chunk = max(e - a for a, e, _, _ in plan), max(c for _, _, c, _ in plan)  # buffer sizes
     sub_block = {a: (j, c) for j, (a, _, c, _) in enumerate(plan)}
@@ -448,7 +513,7 @@ def conv2d(x, w, b, geom: ConvGeometry, *, relu: bool, pool: bool, training: boo
     xpad = scratch.get(0, "xpad", (n, h + 2 * p0, w_in + 2 * p1, c), x.dtype, xp, fill=0) if padded else x
     w_mat = F.conv_weight_matrix(w)  # (kh*kw*I, O)
     bias = None if b is None else b.copy()  # (O,), as used here
-    layout = current_layout(n)
+    layout = current_layout(n, xp)
     y, pool_index = conv_forward(xpad, w_mat, bias, geom, relu=relu, pool=pool, scratch=scratch,
                                  need_index=training, source=x if padded else None, layout=layout)
     return y, (xpad, w_mat, bias, geom, relu, pool, y if relu and not pool else None, pool_index, layout)

@@ -41,8 +41,8 @@ class Linear(Layer):
 
     def forward(self, x):
         self._x = matrix_input(type(self).__name__, x, self.in_features)
-        self._layout = current_layout(self._x.shape[0])
         xp = backend.get_array_module(x)
+        self._layout = current_layout(self._x.shape[0], xp)
         w = self.params["W"]
         y = xp.empty((self._x.shape[0], self.out_features), dtype=xp.result_type(self._x.dtype, w.dtype))
         with single_threaded_blas(xp):

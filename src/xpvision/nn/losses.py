@@ -91,7 +91,7 @@ class SoftmaxCrossEntropy(Loss):
         logp = log_softmax(logits, axis=1)  # (M, C)
         nll = -xp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]  # (M,)
         weighted = weights * nll  # (M,)
-        layout = current_layout(pred.shape[0])
+        layout = current_layout(pred.shape[0], xp)
         total, loss_sum = layout.fold([xp.stack([weights[r0:r1].sum(), weighted[r0:r1].sum()])
                                        for r0, r1 in layout.block_rows(labels.shape[0])])
         # all ignored: total 0, then loss 0 and gradient 0 (0 / tiny); otherwise norm is total itself

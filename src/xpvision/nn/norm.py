@@ -53,7 +53,7 @@ class _BatchNorm(Layer):
     def _forward_rows(self, x2, samples: int):
         """Normalise ``x2`` ``(M, C)`` (M = values per channel, ``samples`` images) -> ``(M, C)``, through
         the engine's kernel."""
-        layout = current_layout(samples)
+        layout = current_layout(samples, backend.get_array_module(x2))
         if self.training and layout.total * (x2.shape[0] // samples) < 2:
             raise ShapeError(f"{type(self).__name__} needs more than 1 value per channel in training, "
                              f"got {x2.shape[0]}")

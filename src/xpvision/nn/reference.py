@@ -31,7 +31,7 @@ def conv2d(x, w, b, geom, *, relu: bool, pool: bool, training: bool, scratch=Non
     xpad = F.pad_nhwc(x, geom.padding)  # (N, Hp, Wp, I)
     cols = F.im2col(xpad, geom.kernel, geom.stride, geom.dilation, geom.out_hw)  # (N*OH*OW, kh*kw*I)
     w_mat = F.conv_weight_matrix(w)  # (kh*kw*I, O)
-    layout = current_layout(n)  # one GEMM per block: a row's bits depend on its GEMM's height
+    layout = current_layout(n, xp)  # one GEMM per block: a row's bits depend on its GEMM's height
     y = xp.concatenate([cols[r0:r1] @ w_mat for r0, r1 in layout.block_rows(cols.shape[0])])  # (N*OH*OW, O)
     if b is not None:
         y = y + b

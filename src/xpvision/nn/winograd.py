@@ -54,7 +54,7 @@ from xpvision.errors import ConfigError
 from xpvision.nn import engine
 from xpvision.nn import functional as F
 from xpvision.nn.convblock import ConvGeometry, Scratch, pool4, unpool4
-from xpvision.nn.parallel import BatchLayout, current_layout, run_blocks
+from xpvision.nn.parallel import BatchLayout, current_layout, run_blocks, whole_batch
 
 # The matrices of the formulas above. The transforms below are their products written out as additions and
 # subtractions of whole arrays; tests/nn/test_winograd.py checks each against the matrix product.
@@ -271,7 +271,7 @@ def forward(xpar, u, bias, out_hw: tuple[int, int], *, relu: bool, pool: bool, s
     (oh, ow), o = out_hw, u.shape[2]
     ph, pw = oh // 2, ow // 2
     dtype = xp.result_type(xpar.dtype, u.dtype)
-    layout = layout or BatchLayout(n)
+    layout = layout or whole_batch(n, xp)
     block, chunk = _chunks(layout, out_hw, xpar.shape[5], xp)
     out = scratch.get_free("out", (n, ph, pw, o) if pool else (n, oh, ow, o), dtype, xp)
     index = scratch.get_free("index", out.shape, xp.uint8, xp) if pool and need_index else None
@@ -350,7 +350,7 @@ def backward(dout, xpar, w, geom: ConvGeometry, *, relu_out, pool_index, need_pa
     th, tw = tiles(geom.out_hw)
     thx, twx = tiles(geom.in_hw)  # tiles of the input gradient
     q0, q1 = geom.transposed_padding  # dY's place in the padded grid of the input-gradient convolution
-    layout = layout or BatchLayout(n)
+    layout = layout or whole_batch(n, xp)
     block, chunk = _chunks(layout, geom.out_hw, max(c, o), xp)
     part_of = {start: part for part, (start, _) in enumerate(layout.blocks)}
     u_flip = weight_transform(flipped(w)) if need_input else None  # (16, O, I)
@@ -416,7 +416,7 @@ def conv2d(x, w, b, geom: ConvGeometry, *, relu: bool, pool: bool, training: boo
     xpar = scratch.get(0, "xpar", (x.shape[0], 2, 2, th + 1, tw + 1, x.shape[3]), x.dtype, xp, fill=0)
     w = w.copy()  # (O, I, 3, 3), as used here
     bias = None if b is None else b.copy()
-    layout = current_layout(x.shape[0])
+    layout = current_layout(x.shape[0], xp)
     y, pool_index = forward(xpar, weight_transform(w), bias, geom.out_hw, relu=relu, pool=pool,
                             scratch=scratch, need_index=training, source=(x, geom.padding), layout=layout)
     return y, (xpar, w, bias, geom, relu, pool, y if relu and not pool else None, pool_index, layout)
