@@ -14,7 +14,7 @@ Runs, each step under its own time limit, and writes everything to one Markdown 
 6. the NCCL data-parallel smoke run (``tests/distributed/nccl_smoke.py`` under ``mpiexec -n 1``), where
    mpi4py and ``mpiexec`` are there;
 7. the CPU engine's scaling over this machine's cores (a lent GPU machine has more than a workstation):
-   ``bench/bench_distributed.py --processes 1 2 4 8`` and ``bench/bench_convnet.py --threads T`` for T = 1,
+   ``bench/bench_distributed.py --processes 1 2 4 8 16`` and ``bench/bench_convnet.py --threads T`` for T = 1,
    2, 4, 8, 16 up to the cores there.
 
 It needs only what a GPU machine with CuPy has plus ``PYTHONPATH=src`` (no network, no install)::
@@ -138,7 +138,7 @@ def bench(env: dict, timeout: float) -> tuple[bool, str]:
     status, output, seconds = run(cmd, timeout * 2 / 3, env)
     texts = [_section("bench/bench_convnet.py --device gpu --repeats 9", status, seconds, output)]
     profile = run([sys.executable, "bench/profile_gpu_step.py"], timeout / 3, env)  # host vs device time
-    texts.append(_section("bench/profile_gpu_step.py", *profile))
+    texts.append(_section("bench/profile_gpu_step.py", profile[0], profile[2], profile[1]))
     return status == 0 and profile[0] == 0, "\n\n".join(texts)
 
 
@@ -176,16 +176,19 @@ def nccl(env: dict, timeout: float) -> tuple[bool, str]:
 
 
 def cpu_scaling(env: dict, timeout: float) -> tuple[bool, str]:
-    """Data-parallel processes (where mpi4py is there) and threads, each run within its share of
-    ``timeout``."""
+    """Data-parallel processes (where mpi4py is there; 60% of ``timeout``) and threads (the rest, shared)."""
     cores = len(os.sched_getaffinity(0))
-    threads = [t for t in (1, 2, 4, 8, 16) if t <= cores]
-    runs = [["bench/bench_convnet.py", f"--threads={t}", "--repeats=3"] for t in threads]
+    runs = [(["bench/bench_convnet.py", f"--threads={t}", "--repeats=3"], 1.0)
+            for t in (1, 2, 4, 8, 16) if t <= cores]
     if importlib.util.find_spec("mpi4py") is not None and cores >= 8:
-        runs.insert(0, ["bench/bench_distributed.py", "--processes", "1", "2", "4", "8", "--repeats", "2"])
+        runs = [(args, 0.4 / len(runs)) for args, _ in runs]
+        processes = ["--processes", "1", "2", "4", "8", "16", "--repeats", "2", "--steps", "6"]
+        runs.insert(0, (["bench/bench_distributed.py", *processes], 0.6))
+    else:
+        runs = [(args, 1 / len(runs)) for args, _ in runs]
     texts, ok = [], True
-    for args in runs:
-        status, output, seconds = run([sys.executable, *args], timeout / len(runs), env)
+    for args, share in runs:
+        status, output, seconds = run([sys.executable, *args], timeout * share, env)
         ok = ok and status == 0
         texts.append(_section(" ".join(args), status, seconds, output, 2500))
     return ok, "\n\n".join(texts)
@@ -196,7 +199,7 @@ STEPS = (("GPU tests", gpu_tests, 200),
          ("DeepConvNet against PyTorch CUDA", bench, 90),
          ("compute-sanitizer memcheck on NMS", sanitizer, 60),
          ("NCCL data-parallel smoke", nccl, 60),
-         ("CPU scaling over this machine's cores", cpu_scaling, 240))
+         ("CPU scaling over this machine's cores", cpu_scaling, 300))
 
 
 def main(argv: list[str] | None = None) -> int:

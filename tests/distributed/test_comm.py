@@ -33,3 +33,21 @@ def test_one_process_folds_its_blocks_in_order_and_an_unknown_reduction_is_refus
     np.testing.assert_array_equal(SingleCommunicator().fold(parts, 3), np.float32([0.0]))  # (1 + 1e8) - 1e8
     with pytest.raises(ConfigError, match="reduction: expected one of ordered, allreduce, got 'sum'"):
         DataParallel(SingleCommunicator(), Linear(2, 2), "sum")
+
+
+def test_an_mpi4py_of_another_mpi_than_the_launchers_is_a_clear_error(tmp_path):
+    """A launcher that started 3 processes (its size variable set) while mpi4py's MPI sees one process (as
+    when mpi4py loads another MPI library than the launcher's): an error, not 3 processes training alone."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from xpvision.distributed.comm import MPICommunicator\n"
+            "from xpvision.errors import ConfigError\n"
+            "try:\n    MPICommunicator()\nexcept ConfigError as e:\n    print(e)\n")
+    env = {**os.environ, "OMPI_COMM_WORLD_SIZE": "3"}  # Open MPI's variable: MPICH ignores it
+    for name in ("PMI_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE"):
+        env.pop(name, None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path, check=True).stdout
+    assert "started 3 processes but mpi4py's MPI library" in out and "sees 1" in out

@@ -58,8 +58,15 @@ def test_run_blocks_covers_every_sample_once(threads, default_threads):
         assert used == threads
 
 
-def test_default_is_the_available_cores(default_threads):
-    assert parallel.get_num_threads() == len(os.sched_getaffinity(0)) == parallel.available_cores()
+def test_default_is_the_available_cores_up_to_the_ceiling(default_threads, monkeypatch):
+    assert parallel.available_cores() == len(os.sched_getaffinity(0))
+    assert parallel.get_num_threads() == min(parallel.available_cores(), parallel.MAX_DEFAULT_THREADS)
+    monkeypatch.setattr(parallel, "available_cores", lambda: 16)
+    parallel.set_num_threads(None)
+    assert parallel.get_num_threads() == parallel.MAX_DEFAULT_THREADS == 4
+    monkeypatch.setattr(parallel, "available_cores", lambda: 3)
+    parallel.set_num_threads(None)
+    assert parallel.get_num_threads() == 3
 
 
 def test_environment_overrides_the_default(default_threads, monkeypatch):

@@ -43,3 +43,16 @@ def test_batch_part_draws_this_process_rows_of_the_whole_batch():
     with pytest.raises(ValueError, match="exceeds the batch"), rng.batch_part(10, 8):
         rng.uniform((3, 3))
     assert rng.uniform((2, 3)).shape == (2, 3)  # outside the block: plain draws again
+
+
+@pytest.mark.gpu
+def test_dropout_masks_are_the_same_on_either_device(gpu):
+    """A seed gives the GPU the CPU's dropout masks (so a model trains alike on both, up to rounding)."""
+    masks = []
+    for xp in (np, gpu):
+        rng.manual_seed(5)
+        layer = Dropout(0.5)
+        masks.append([layer.forward(xp.ones((6, 7), dtype=xp.float32)) for _ in range(2)])
+    for cpu_mask, gpu_mask in zip(*masks, strict=True):
+        np.testing.assert_array_equal(gpu.asnumpy(gpu_mask), cpu_mask)
+    assert not np.array_equal(masks[0][0], masks[0][1])  # the stream moves on between draws

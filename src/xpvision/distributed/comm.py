@@ -93,6 +93,13 @@ class MPICommunicator:
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        launched = launched_size()
+        if launched > 1 and self.size != launched:  # each process would train the whole model alone
+            library = MPI.Get_library_version().splitlines()[0].strip()
+            raise ConfigError(f"the MPI launcher started {launched} processes but mpi4py's MPI library "
+                              f"({library}) sees {self.size}: mpi4py loaded another MPI than the launcher's; "
+                              f"use that MPI's mpiexec, or point mpi4py at the launcher's library "
+                              f"(MPI4PY_LIBMPI=<its libmpi.so>)")
         local = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
         local.Free()

@@ -7,8 +7,9 @@ duration of a threaded region; without it the blocks run one after another on th
 everything runs on the caller's thread.
 
 Thread count: by default the number of cores this process may run on (its CPU affinity, what
-``os.sched_getaffinity`` reports: a container's or ``taskset``'s limit, not the machine's core count);
-``XPVISION_NUM_THREADS`` in the environment, or :func:`set_num_threads`, overrides it.
+``os.sched_getaffinity`` reports: a container's or ``taskset``'s limit, not the machine's core count), at most
+:data:`MAX_DEFAULT_THREADS`; ``XPVISION_NUM_THREADS`` in the environment, or :func:`set_num_threads`,
+overrides it (any count). More cores are used by processes (:mod:`xpvision.distributed`).
 
 Results are bit-identical for every thread count: callers cut the batch into blocks whose boundaries depend
 on the batch size and the shapes alone (the :func:`global_blocks` below, each cut further by
@@ -45,6 +46,11 @@ from xpvision.errors import ConfigError
 ENV_THREADS = "XPVISION_NUM_THREADS"
 """Environment variable overriding the default thread count (a positive integer)."""
 
+MAX_DEFAULT_THREADS = 4
+"""The default thread count's ceiling. Past it, the threads wait for one another on Python's interpreter lock
+(each block's element-wise calls are short): on a 16-core machine DeepConvNet's training step got faster up
+to 4 threads and slower beyond (bench/README.md, "Threads and processes on 16 cores")."""
+
 REDUCTION_BLOCKS = 16
 """Blocks a global batch is cut into for its sums (fewer when it holds fewer samples): 1, 2, 4, 8 or 16
 processes get equal shares, and one process's threads take several blocks. With more processes than this,
@@ -66,10 +72,11 @@ def available_cores() -> int:
 
 
 def default_num_threads() -> int:
-    """``XPVISION_NUM_THREADS`` when set, else :func:`available_cores`; a bad value raises ``ConfigError``."""
+    """``XPVISION_NUM_THREADS`` when set, else :func:`available_cores` up to :data:`MAX_DEFAULT_THREADS`;
+    a bad value raises ``ConfigError``."""
     value = os.environ.get(ENV_THREADS, "").strip()
     if not value:
-        return available_cores()
+        return min(available_cores(), MAX_DEFAULT_THREADS)
     if not value.isdecimal() or int(value) < 1:
         raise ConfigError(f"environment variable {ENV_THREADS}: expected a positive integer, got {value!r}")
     return int(value)

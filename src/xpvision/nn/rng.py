@@ -1,10 +1,10 @@
 """The random source of the network: initialisers and dropout draw from here.
 
 One module-level state, re-seeded by :func:`manual_seed` (the trainer calls it at the start of every epoch
-with a seed derived from ``(seed, epoch)``). Initialisers always draw on the CPU with NumPy and move the
-result, so a seed gives the same weights on either device. Dropout masks are drawn on the device of the
-activations: a NumPy ``Generator`` on the CPU, a CuPy ``Generator`` on the GPU (seeded from the same seed, so
-runs are reproducible per device, though the CPU and GPU streams differ).
+with a seed derived from ``(seed, epoch)``). Initialisers and dropout draw on the CPU with NumPy, and a draw
+for the GPU is moved there (a host-to-device copy, which does not wait for the device): a seed gives the same
+weights and the same dropout masks on either device, so a model trains on the GPU as on the CPU up to float
+rounding.
 
 Data-parallel training (:mod:`xpvision.distributed`) runs each process on part of every batch inside
 :func:`batch_part`, where a dropout mask is drawn for the whole batch and the process keeps its rows: the
@@ -18,28 +18,14 @@ from collections.abc import Iterator
 
 import numpy as np
 
-_state: dict = {"seed": None, "cpu": np.random.default_rng(), "gpu": None, "part": None}
+_state: dict = {"cpu": np.random.default_rng(), "part": None}
 
 
 def manual_seed(seed: int) -> None:
-    """Re-seed the generators used by initialisers and dropout (NumPy now, CuPy lazily on first use)."""
+    """Re-seed the generator used by initialisers and dropout."""
     if not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    _state.update(seed=int(seed), cpu=np.random.default_rng(int(seed)), gpu=None)
-
-
-def generator(xp=np):
-    """The generator for the array module ``xp``: a ``numpy.random.Generator`` or a ``cupy.random.Generator``.
-    """
-    if xp is np:
-        return _state["cpu"]
-    if _state["gpu"] is None:
-        seed = _state["seed"]
-        if seed is None:  # unseeded: derive the GPU seed from the CPU stream, itself seeded from OS entropy
-            seed = int(_state["cpu"].integers(2**62))
-        gpu_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1, dtype=np.uint64)[0] >> 1)
-        _state["gpu"] = xp.random.default_rng(gpu_seed)
-    return _state["gpu"]
+    _state["cpu"] = np.random.default_rng(int(seed))
 
 
 @contextlib.contextmanager
@@ -57,14 +43,17 @@ def batch_part(total: int, start: int) -> Iterator[None]:
 
 def uniform(shape: tuple[int, ...], xp=np, dtype=np.float32):
     """Uniform samples in ``[0, 1)`` of ``shape`` (first axis the batch) and ``dtype`` on the device of
-    ``xp``; inside :func:`batch_part`, this process's rows of the whole batch's draw."""
+    ``xp`` (drawn on the CPU, the same values for either); inside :func:`batch_part`, this process's rows of
+    the whole batch's draw."""
     part = _state["part"]
     if part is None:
-        return generator(xp).random(shape, dtype=dtype)
-    total, start = part
-    if start + shape[0] > total:
-        raise ValueError(f"a draw of {shape[0]} rows from row {start} exceeds the batch of {total}")
-    return generator(xp).random((total, *shape[1:]), dtype=dtype)[start:start + shape[0]]
+        draw = _state["cpu"].random(shape, dtype=dtype)
+    else:
+        total, start = part
+        if start + shape[0] > total:
+            raise ValueError(f"a draw of {shape[0]} rows from row {start} exceeds the batch of {total}")
+        draw = _state["cpu"].random((total, *shape[1:]), dtype=dtype)[start:start + shape[0]]
+    return draw if xp is np else xp.asarray(draw)
 
 
 def standard_normal(shape: tuple[int, ...], dtype=np.float32):
