@@ -1,7 +1,8 @@
-"""Run by the distributed tests, alone or under ``mpiexec -n K``: train a small classifier or a YOLO detector
-with a batch-normalised backbone on shards in ``data_dir`` through :class:`xpvision.train.Trainer` and the
-data-parallel hook, reading as the train stage does (:func:`xpvision.distributed.open_shards` and
-:func:`~xpvision.distributed.loaders`), then (root) save the final weights and history to ``out``.
+"""Run by the distributed tests, alone or under ``mpiexec -n K``: train a small classifier, a YOLO detector
+with a batch-normalised backbone or an FCN-8s (learnable and frozen transposed convolutions) on shards in
+``data_dir`` through :class:`xpvision.train.Trainer` and the data-parallel hook, reading as the train stage
+does (:func:`xpvision.distributed.open_shards` and :func:`~xpvision.distributed.loaders`), then (root) save
+the final weights and history to ``out``.
 
 Every process also reports a SHA-256 of its final weights; the root stores them all, so the test checks that
 the replicas agree. ``--fail-rank r --fail-step s``: process ``r`` raises at its ``s``-th training step.
@@ -31,8 +32,8 @@ CLASSES = ["a", "b", "c"]
 
 def write_data(folder: Path, kind: str, count: int, seed: int) -> None:
     """Learnable synthetic shards: classification, class = which quadrant is bright (16x16 grey); detection,
-    one to three coloured squares (class = colour) on noise (32x32 RGB). Several shards, so a process reads
-    some of them only."""
+    one to three coloured squares (class = colour) on noise (32x32 RGB); segmentation, those scenes with a
+    mask (colour + 1 inside the squares, 0 around). Several shards, so a process reads some of them only."""
     gen = np.random.default_rng(seed)
     samples = []
     for _ in range(count):
@@ -43,7 +44,13 @@ def write_data(folder: Path, kind: str, count: int, seed: int) -> None:
             image[y * 8:(y + 1) * 8, x * 8:(x + 1) * 8] += 150
             samples.append({"image": image.astype(np.uint8), "label": label})
             continue
-        samples.append(box_scene(gen))
+        scene = box_scene(gen)
+        if kind == "segmentation":
+            mask = np.zeros(scene["image"].shape[:2], np.uint8)
+            for (x0, y0, x1, y1), label in zip(scene["boxes"].astype(int), scene["labels"], strict=True):
+                mask[y0:y1, x0:x1] = label + 1
+            scene = {"image": scene["image"], "mask": mask}
+        samples.append(scene)
     write_shards(folder, samples, classes=CLASSES, shard_size=16)
 
 
@@ -96,6 +103,11 @@ def build(kind: str, train_set):
 
         model = build_model("deep_convnet", in_channels=1, num_classes=3, input_size=(16, 16))
         return model, ClassificationTask(3)
+    if kind == "segmentation":
+        from xpvision.segmentation.fcn import build_fcn
+        from xpvision.tasks import SegmentationTask
+
+        return build_fcn("8s", in_channels=3, num_classes=4, fc_channels=16), SegmentationTask(4)
     from xpvision.detection.yolo import build_detector
     from xpvision.tasks import DetectionTask
 
@@ -137,7 +149,7 @@ def main(args) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["classification", "detection"])
+    parser.add_argument("kind", choices=["classification", "detection", "segmentation"])
     parser.add_argument("data")
     parser.add_argument("out")
     parser.add_argument("--epochs", type=int, default=2)

@@ -1,12 +1,12 @@
 """Data-parallel training under ``mpiexec`` (MPICH from the ``mpich`` wheel) equals one process, bit for bit.
 
-Each case runs :mod:`tests.distributed.ranks` (the Trainer with the data-parallel hook on shard datasets) for
-two epochs with K = 1, 2 and 3 processes at the same global batch of 10 (3 does not divide it: parts of 4, 3,
-3, and 2, 1, 1 for the last batch of 4), in float32. Every sum over the batch is formed from per-block
-partial sums added in block order over the processes (``reduction='ordered'``, the default), so the final
-weights, the training losses and the metrics computed from the gathered predictions (each process evaluates
-whole batches of one process's) are the same bits for every K; the validation loss adds the processes' loss
-sums, so it agrees to float64 rounding (1e-15 relative).
+Each case (classifier, BatchNorm detector, FCN-8s) runs :mod:`tests.distributed.ranks` (the Trainer with the
+data-parallel hook on shard datasets) for two epochs with K = 1, 2 and 3 processes at the same global batch of
+10 (3 does not divide it: parts of 4, 3, 3, and 2, 1, 1 for the last batch of 4), in float32. Every sum over
+the batch is formed from per-block partial sums added in block order over the processes
+(``reduction='ordered'``, the default), so the final weights, the training losses and the metrics computed
+from the gathered predictions (each process evaluates whole batches of one process's) are the same bits for
+every K; the validation loss adds the processes' loss sums, so it agrees to float64 rounding (1e-15 relative).
 """
 
 import json
@@ -22,7 +22,7 @@ import pytest
 BIN = Path(sys.executable).parent
 RANKS = Path(__file__).with_name("ranks.py")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-LR = {"classification": "0.003", "detection": "0.01"}
+LR = {"classification": "0.003", "detection": "0.01", "segmentation": "0.001"}
 
 
 def src_path() -> str:
@@ -79,18 +79,22 @@ def assert_same_history(one: list[dict], other: list[dict]) -> None:
                 assert b[key] == a[key], key
 
 
-@pytest.mark.parametrize("kind", ["classification", "detection"])
+@pytest.mark.parametrize("kind", ["classification", "detection", "segmentation"])
 def test_any_number_of_processes_trains_the_same_bits(data, tmp_path, kind):
     runs = {k: train(data, tmp_path / f"{k}.npz", kind, k) for k in (1, 2, 3)}
-    assert runs[1]["weights"]["head.pred.b" if kind == "detection" else "head.fc2.b"].dtype == np.float32
+    assert all(w.dtype == np.float32 for w in runs[1]["weights"].values())
     for k in (2, 3):
         assert_same_bits(runs[1]["weights"], runs[k]["weights"], f"{k} processes")
         assert_same_history(runs[1]["history"], runs[k]["history"])
         assert len(runs[k]["digests"]) == k and len(set(runs[k]["digests"])) == 1  # replicas bit-identical
+    history = runs[1]["history"]
     if kind == "detection":
-        assert runs[1]["history"][-1]["val_map_50"] > 0.05  # AP gathered from every process's detections
+        assert history[-1]["val_map_50"] > 0.05  # AP gathered from every process's detections
+    elif kind == "segmentation":  # FCN-8s: learnable and frozen transposed convolutions, summed per block too
+        assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
+        assert history[-1]["val_pixel_accuracy"] > 0.5
     else:
-        assert runs[1]["history"][-1]["val_accuracy"] > 0.5
+        assert history[-1]["val_accuracy"] > 0.5
 
 
 def test_the_allreduce_reduction_equals_one_process_within_1e_5(data, tmp_path):

@@ -12,19 +12,19 @@ With ``size`` processes (:class:`DataParallel`):
   (:class:`~xpvision.distributed.data.ShardedLoader`) and runs the forward and backward passes on them inside
   :func:`xpvision.nn.parallel.batch_layout` (and :func:`xpvision.nn.rng.batch_part`, so dropout masks are
   those the whole batch would get);
-* every sum over the batch - the loss and its normaliser, batch-norm statistics and the sums of their
-  backward, the weight and bias gradients of convolutions, linear and batch-norm layers - is formed by the
-  layer or loss from one partial sum per block and ``layout.fold``, which adds the blocks of every process in
-  block order (:meth:`~xpvision.distributed.comm.MPICommunicator.fold`, ``reduction='ordered'``, the
-  default): one process and any number of them perform the same additions in the same order, so the loss,
+* every sum over the batch (the loss and its normaliser, batch-norm statistics and the sums of their backward,
+  the weight and bias gradients of convolutions (transposed ones too), linear and batch-norm layers) is formed
+  by the layer or loss from one partial sum per block and ``layout.fold``, which adds the blocks of every
+  process in block order (:meth:`~xpvision.distributed.comm.MPICommunicator.fold`, ``reduction='ordered'``,
+  the default): one process and any number of them perform the same additions in the same order, so the loss,
   the gradients and the trained weights are the same bits for any number of processes (up to
   :data:`xpvision.nn.parallel.REDUCTION_BLOCKS`) and threads;
 * with ``reduction='allreduce'`` each process adds its own blocks and the totals are summed with an
   all-reduce (MPI's or NCCL's order, fixed for a given number of processes): equal to one process's result
   up to float rounding, and reproducible run to run;
 * gradients of layers that do not sum over the batch through the layout (:attr:`Layer.batch_summed` false:
-  transposed convolutions) are summed with one all-reduce of a packed buffer after the backward, in the
-  all-reduce's order.
+  none of xpvision's, a user's own layers perhaps) are summed with one all-reduce of a packed buffer after
+  the backward, in the all-reduce's order.
 """
 
 from __future__ import annotations

@@ -142,7 +142,12 @@ class ConvTranspose2d(Layer):
     ``i != o``, ``W[i, i] = outer(a, b)`` for every ``i``: bilinear upsampling, as FCN's fixed final layer)
     runs as two small matrix products per channel, ``U_h @ x @ U_w^T``, instead of a dense GEMM over all
     channel pairs: the same sums (up to float rounding), and no weight gradient to compute.
+
+    Its weight and bias gradients are sums over the batch formed block by block of the batch's layout
+    (:attr:`~xpvision.nn.base.Layer.batch_summed`), as :class:`Conv2d`'s are.
     """
+
+    batch_summed = True
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int | tuple[int, int], stride: int | tuple = 1,
                  padding: int | tuple = 0, bias: bool = True) -> None:
@@ -223,33 +228,38 @@ class ConvTranspose2d(Layer):
 def conv_transpose2d(x, w, b, stride, padding, *, upsampling, scratch: Scratch):
     """The tuned ``conv_transpose2d`` kernel of :mod:`xpvision.nn.engine`: the input gradient of the
     convolution with the same weights (no spread zeros); with ``upsampling`` (the 1-D matrices of a frozen
-    ``W`` that is one separable kernel on the channel diagonal) two small matrix products per channel."""
+    ``W`` that is one separable kernel on the channel diagonal) two small matrix products per channel. Both
+    run block by block of the batch's layout (:func:`xpvision.nn.parallel.current_layout`): a sample's
+    bits must not depend on the samples its products share a GEMM with."""
+    xp = backend.get_array_module(x)
+    layout = current_layout(x.shape[0], xp)
     kernel = w.shape[2:]
     oh, ow = ((size - 1) * s - 2 * p + k for size, k, s, p in zip(x.shape[1:3], kernel, stride, padding,
                                                                   strict=True))
     if upsampling is not None:
         mats = list(upsampling)  # (OH, H), (OW, W)
-        with single_threaded_blas(backend.get_array_module(x)):
-            y = _apply_per_channel(x, *mats)  # (N, OH, OW, C)
+        with single_threaded_blas(xp):
+            y = _by_block(layout, lambda a, e: _apply_per_channel(x[a:e], *mats))  # (N, OH, OW, C)
         if b is not None:
             y += b
-        return y, (x, w, mats, stride, padding)
+        return y, (x, w, mats, stride, padding, layout)
     w_mat = F.conv_weight_matrix(w)  # (kh*kw*O, I): the matching convolution maps O -> I
     padded_hw = (oh + 2 * padding[0], ow + 2 * padding[1])
-    with single_threaded_blas(backend.get_array_module(x)):
-        ypad = F.conv2d_grad_input(x, w_mat, padded_hw, kernel, stride)  # (N, OHp, OWp, O)
-    y = F.crop_nhwc(ypad, padding)
+    with single_threaded_blas(xp):
+        ypad = _by_block(layout, lambda a, e: F.conv2d_grad_input(x[a:e], w_mat, padded_hw, kernel, stride))
+    y = F.crop_nhwc(ypad, padding)  # (N, OH, OW, O)
     if padding != (0, 0):
         y = y.copy()  # contiguous (N, OH, OW, O)
     if b is not None:
         y += b
-    return y, (x, w, w_mat, stride, padding)
+    return y, (x, w, w_mat, stride, padding, layout)
 
 
 @engine.register("tuned", "conv_transpose2d_backward")
 def conv_transpose2d_backward(dy, saved, *, need_params: bool, need_bias: bool, scratch: Scratch):
-    """The tuned ``conv_transpose2d_backward`` kernel: ``dx`` is the convolution of ``dy`` with ``W``."""
-    x, w, weights, stride, padding = saved
+    """The tuned ``conv_transpose2d_backward`` kernel: ``dx`` is the convolution of ``dy`` with ``W``; the
+    weight and bias gradients are one partial sum per block of the layout, added by its ``fold``."""
+    x, w, weights, stride, padding, layout = saved
     kernel = w.shape[2:]
     xp = backend.get_array_module(dy)
     separable = isinstance(weights, list)
@@ -259,15 +269,24 @@ def conv_transpose2d_backward(dy, saved, *, need_params: bool, need_bias: bool, 
         buffer = scratch.get(0, "dypad", (n, h + 2 * p0, w_out + 2 * p1, c), dy.dtype, xp, fill=0)
         dypad = F.pad_nhwc(dy, padding, out=buffer)  # (N, OHp, OWp, O), border zero
     dw = db = None
+    blocks = layout.blocks
     with single_threaded_blas(xp):
-        if need_params:
-            dw = F.conv_weight_from_matrix(F.conv2d_grad_weight(dypad, x, kernel, stride), kernel)
+        if need_params:  # (kh*kw*O, I) per block, summed in block order
+            dw_mat = layout.fold([F.conv2d_grad_weight(dypad[a:e], x[a:e], kernel, stride)
+                                  for a, e in blocks])
+            dw = F.conv_weight_from_matrix(dw_mat, kernel)
         if need_bias:
-            db = dy.reshape(-1, dy.shape[3]).sum(axis=0)
+            db = layout.fold([dy[a:e].reshape(-1, dy.shape[3]).sum(axis=0) for a, e in blocks])  # (O,)
         if separable:  # weights holds (U_h, U_w)
             u_h, u_w = weights
-            return _apply_per_channel(dy, u_h.T, u_w.T), dw, db  # (N, H, W, C)
-        return F.conv2d_nhwc(dypad, weights, kernel, stride), dw, db  # (N, H, W, I)
+            return _by_block(layout, lambda a, e: _apply_per_channel(dy[a:e], u_h.T, u_w.T)), dw, db
+        return _by_block(layout, lambda a, e: F.conv2d_nhwc(dypad[a:e], weights, kernel, stride)), dw, db
+
+
+def _by_block(layout, compute):
+    """``compute(start, stop)`` for each block of ``layout``, concatenated along the batch."""
+    parts = [compute(a, e) for a, e in layout.blocks]
+    return parts[0] if len(parts) == 1 else backend.get_array_module(parts[0]).concatenate(parts)
 
 
 def _separable_factors(w):
