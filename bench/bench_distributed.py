@@ -42,12 +42,22 @@ def worker(args) -> None:
     comm = distributed.world(args.device)
     parallel.set_num_threads(args.threads)
     gen = np.random.default_rng(0)
-    samples = [{"image": gen.integers(0, 256, (28, 28, 1), dtype=np.uint8), "label": int(gen.integers(10))}
-               for _ in range(args.batch * (args.steps + 3))]
-    data = ListDataset(samples, [str(i) for i in range(10)])
+    count = args.batch * (args.steps + 3)
     rng.manual_seed(0)
-    model = build_model("deep_convnet", batch_norm=args.batch_norm).to(args.device)
-    task, optimizer = ClassificationTask(10), Adam(model, lr=1e-3)
+    if args.model == "fcn":  # segmentation_ft's network and scene size, 11 classes
+        from xpvision.segmentation.fcn import build_fcn
+        from xpvision.tasks import SegmentationTask
+
+        samples = [{"image": gen.integers(0, 256, (96, 96, 3), dtype=np.uint8),
+                    "mask": gen.integers(0, 11, (96, 96), dtype=np.uint8)} for _ in range(count)]
+        model, task = build_fcn("8s", in_channels=3, num_classes=11), SegmentationTask(11)
+    else:
+        samples = [{"image": gen.integers(0, 256, (28, 28, 1), dtype=np.uint8),
+                    "label": int(gen.integers(10))} for _ in range(count)]
+        model, task = build_model("deep_convnet", batch_norm=args.batch_norm), ClassificationTask(10)
+    data = ListDataset(samples, [str(i) for i in range(11 if args.model == "fcn" else 10)])
+    model.to(args.device)
+    optimizer = Adam(model, lr=1e-3)
     if comm.size > 1:
         loader = distributed.ShardedLoader(data, args.batch, rank=comm.rank, size=comm.size,
                                            device=args.device)
@@ -77,7 +87,8 @@ def worker(args) -> None:
 
 def run(k: int, threads: int, reduction: str, args) -> dict:
     command = [sys.executable, __file__, "--worker", "--threads", str(threads), "--batch", str(args.batch),
-               "--steps", str(args.steps), "--device", args.device, "--reduction", reduction]
+               "--steps", str(args.steps), "--device", args.device, "--reduction", reduction,
+               "--model", args.model]
     if args.batch_norm:
         command.append("--batch-norm")
     if k > 1:
@@ -96,6 +107,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-norm", action="store_true", help="DeepConvNet with BatchNorm (synchronised)")
+    parser.add_argument("--model", choices=["deep_convnet", "fcn"], default="deep_convnet",
+                        help="fcn: segmentation_ft's FCN-8s on 96x96 scenes (use --batch 4 as it does)")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
@@ -104,7 +117,8 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    print(f"DeepConvNet{' + BatchNorm' if args.batch_norm else ''} training, global batch {args.batch}, "
+    name = "FCN-8s (96 px)" if args.model == "fcn" else "DeepConvNet" + (" + BatchNorm" * args.batch_norm)
+    print(f"{name} training, global batch {args.batch}, "
           f"{args.device}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     configs = [("1 process x 1 thread", 1, 1, "ordered")]
     for k in args.processes:

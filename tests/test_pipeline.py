@@ -132,6 +132,27 @@ def test_changing_one_tasks_params_reruns_only_that_task(clone):
     run(clone, str(BIN / "dvc"), "checkout")
 
 
+def test_changing_a_fine_tuned_tasks_evaluation_does_not_retrain_it(clone):
+    """The fine-tuned task's first stage is train: a new parent run alone (an evaluate change) must not re-run
+    it (it depends on start_run's unchanging pipeline_order.json, not on the run id)."""
+    clone, _ = clone
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["evaluate"]["detection_ft"]["sample_images"] = 3
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    output = run(clone, str(BIN / "dvc"), "repro")
+    assert ran_stages(output) == {"start_run@detection_ft", "evaluate@detection_ft", "export@detection_ft"}
+    parent = json.loads((clone / "reports/detection_ft/pipeline_run.json").read_text())["run_id"]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{clone / 'mlflow.db'}")
+    assert client.get_run(parent).info.status == "FINISHED"
+    stages = client.search_runs([client.get_run(parent).info.experiment_id],
+                                f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert {r.info.run_name for r in stages} == {"evaluate", "export"}
+    run(clone, "git", "checkout", "--", "params.yaml")
+    run(clone, str(BIN / "dvc"), "checkout")
+
+
 def test_experiment_is_visible_in_exp_show(clone):
     clone, _ = clone
     run(clone, str(BIN / "dvc"), "exp", "run", "-n", "more-previews", "-S",

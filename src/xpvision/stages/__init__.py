@@ -48,6 +48,12 @@ class TaskPaths:
         return self.reports / "pipeline_run.json"
 
     @property
+    def pipeline_order(self) -> Path:
+        """``start_run``'s second output, whose content never changes: a stage that depends on it runs after
+        ``start_run`` but is not re-run when only the parent run is new (``dvc.yaml``'s header)."""
+        return self.reports / "pipeline_order.json"
+
+    @property
     def figures(self) -> Path:
         """PNG figures of the task (confusion matrix, PR curves, samples, overlays)."""
         return self.reports / "figures"
