@@ -42,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from xpvision.errors import ConfigError
+from xpvision.nn import heap
 
 ENV_THREADS = "XPVISION_NUM_THREADS"
 """Environment variable overriding the default thread count (a positive integer)."""
@@ -131,6 +132,8 @@ def run_blocks(work: Callable[[int, int, int], None], blocks: list[tuple[int, in
     """
     threads = min(get_num_threads(), len(blocks))
     controller = _blas_controller() if xp is np else None
+    if xp is np:
+        heap.configure()
     if controller is None or threads == 1:
         with single_threaded_blas(xp):
             for start, stop in blocks:
