@@ -10,6 +10,7 @@ from xpvision import backend
 from xpvision.errors import ConfigError, ShapeError
 from xpvision.nn import init, rng
 from xpvision.nn.base import Layer
+from xpvision.nn.convblock import Scratch
 from xpvision.nn.parallel import current_layout, single_threaded_blas
 from xpvision.nn.validate import check_float, forward_done, grad_like, matrix_input, positive_int
 
@@ -34,7 +35,7 @@ class Linear(Layer):
             self.add_param("b", np.zeros(self.out_features, dtype=np.float32))
         self._x = None
         self._layout = None
-        self._grad_parts = None  # (blocks, in [+ 1], out), reused
+        self._scratch = Scratch()  # the per-block gradient partials, reused from step to step
 
     def config(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,
@@ -72,12 +73,8 @@ class Linear(Layer):
         xp = backend.get_array_module(dout)
         bias = "b" in self.params
         blocks = self._layout.blocks
-        shape = (len(blocks), self.in_features + bias, self.out_features)
-        dtype = xp.result_type(self._x.dtype, dout.dtype)
-        parts = self._grad_parts
-        reusable = parts is not None and backend.get_array_module(parts) is xp
-        if not reusable or parts.shape != shape or parts.dtype != dtype:
-            parts = self._grad_parts = xp.empty(shape, dtype=dtype)  # (blocks, in [+ 1], out)
+        shape = (len(blocks), self.in_features + bias, self.out_features)  # (blocks, in [+ 1], out)
+        parts = self._scratch.get(0, "grad_parts", shape, xp.result_type(self._x.dtype, dout.dtype), xp)
         for i, (a, b) in enumerate(blocks):
             xp.matmul(self._x[a:b].T, dout[a:b], out=parts[i, :self.in_features])  # (in, out)
             if bias:
