@@ -48,14 +48,16 @@ def worker(args) -> None:
         from xpvision.segmentation.fcn import build_fcn
         from xpvision.tasks import SegmentationTask
 
+        classes = 11
         samples = [{"image": gen.integers(0, 256, (96, 96, 3), dtype=np.uint8),
-                    "mask": gen.integers(0, 11, (96, 96), dtype=np.uint8)} for _ in range(count)]
-        model, task = build_fcn("8s", in_channels=3, num_classes=11), SegmentationTask(11)
+                    "mask": gen.integers(0, classes, (96, 96), dtype=np.uint8)} for _ in range(count)]
+        model, task = build_fcn("8s", in_channels=3, num_classes=classes), SegmentationTask(classes)
     else:
+        classes = 10
         samples = [{"image": gen.integers(0, 256, (28, 28, 1), dtype=np.uint8),
-                    "label": int(gen.integers(10))} for _ in range(count)]
-        model, task = build_model("deep_convnet", batch_norm=args.batch_norm), ClassificationTask(10)
-    data = ListDataset(samples, [str(i) for i in range(11 if args.model == "fcn" else 10)])
+                    "label": int(gen.integers(classes))} for _ in range(count)]
+        model, task = build_model("deep_convnet", batch_norm=args.batch_norm), ClassificationTask(classes)
+    data = ListDataset(samples, [str(i) for i in range(classes)])
     model.to(args.device)
     optimizer = Adam(model, lr=1e-3)
     if comm.size > 1:

@@ -59,8 +59,11 @@ def run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int, s
     return status, output, time.perf_counter() - start
 
 
-def _section(what: str, status: int, seconds: float, output: str, tail: int = 3000) -> str:
-    return f"`{what}` — {seconds:.0f} s, exit {status}\n\n```\n{output.strip()[-tail:]}\n```"
+def _section(what: str | None, status: int, output: str, seconds: float, tail: int = 3000) -> str:
+    """A report section for a :func:`run` result (``_section(what, *run(...))``): the command ``what`` (when
+    given), the time, the exit status and the last ``tail`` characters of the output."""
+    head = f"`{what}` — " if what else ""
+    return f"{head}{seconds:.0f} s, exit {status}\n\n```\n{output.strip()[-tail:]}\n```"
 
 
 def environment() -> str:
@@ -127,19 +130,18 @@ def gpu_tests(env: dict, timeout: float) -> tuple[bool, str]:
 def short_training(env: dict, timeout: float) -> tuple[bool, str]:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, str(ROOT / "tools" / "gpu_train_check.py"), "--work", tmp]
-        status, output, seconds = run(cmd, timeout, env)
-    return status == 0, f"{seconds:.0f} s, exit {status}\n\n```\n{output.strip()[-6000:]}\n```"
+        result = run(cmd, timeout, env)
+    return result[0] == 0, _section(None, *result, tail=6000)
 
 
 def bench(env: dict, timeout: float) -> tuple[bool, str]:
     if importlib.util.find_spec("torch") is None:
         return True, "skipped: PyTorch is not installed here"
     cmd = [sys.executable, "bench/bench_convnet.py", "--device", "gpu", "--repeats", "9"]
-    status, output, seconds = run(cmd, timeout * 2 / 3, env)
-    texts = [_section("bench/bench_convnet.py --device gpu --repeats 9", status, seconds, output)]
-    profile = run([sys.executable, "bench/profile_gpu_step.py"], timeout / 3, env)  # host vs device time
-    texts.append(_section("bench/profile_gpu_step.py", profile[0], profile[2], profile[1]))
-    return status == 0 and profile[0] == 0, "\n\n".join(texts)
+    profile = [sys.executable, "bench/profile_gpu_step.py"]  # host vs device time
+    results = [(cmd, run(cmd, timeout * 2 / 3, env)), (profile, run(profile, timeout / 3, env))]
+    return (all(result[0] == 0 for _, result in results),
+            "\n\n".join(_section(" ".join(c[1:]), *result) for c, result in results))
 
 
 def sanitizer(env: dict, timeout: float) -> tuple[bool, str]:
@@ -153,7 +155,7 @@ def sanitizer(env: dict, timeout: float) -> tuple[bool, str]:
     ok = status == 0
     if status != 0 and "not supported" in output.lower():
         ok, output = True, "compute-sanitizer does not support this device here:\n" + output
-    return ok, f"{seconds:.0f} s, exit {status}\n\n```\n{output.strip()[-3000:]}\n```"
+    return ok, _section(None, status, output, seconds)
 
 
 def nccl(env: dict, timeout: float) -> tuple[bool, str]:
@@ -172,7 +174,7 @@ def nccl(env: dict, timeout: float) -> tuple[bool, str]:
         status, output, seconds = run([mpiexec, "-n", "1", sys.executable, "tests/distributed/nccl_smoke.py",
                                        tmp], timeout, env)
     return (status == 0 and "nccl smoke: ok" in output,
-            _section("mpiexec -n 1 python tests/distributed/nccl_smoke.py", status, seconds, output))
+            _section("mpiexec -n 1 python tests/distributed/nccl_smoke.py", status, output, seconds))
 
 
 def cpu_scaling(env: dict, timeout: float) -> tuple[bool, str]:
@@ -190,7 +192,7 @@ def cpu_scaling(env: dict, timeout: float) -> tuple[bool, str]:
     for args, share in runs:
         status, output, seconds = run([sys.executable, *args], timeout * share, env)
         ok = ok and status == 0
-        texts.append(_section(" ".join(args), status, seconds, output, 2500))
+        texts.append(_section(" ".join(args), status, output, seconds, 2500))
     return ok, "\n\n".join(texts)
 
 
