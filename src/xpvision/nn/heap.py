@@ -2,9 +2,9 @@
 
 A training step allocates and frees the same large arrays every step. By default glibc serves allocations
 above a threshold with fresh ``mmap`` pages and gives freed heap memory back to the system: every step then
-page-faults its new arrays in again (about 2,100 minor faults, 8 MB, per DeepConvNet step at batch 100,
-4-13% of the step in bench/README.md). :func:`configure` raises both thresholds once, so freed blocks are
-kept and reused: the process keeps its peak heap instead of shrinking between steps.
+page-faults its new arrays in again (bench/README.md, "Page faults"). :func:`configure` raises both thresholds
+once, so freed blocks are kept and reused: the process keeps its peak heap instead of shrinking between
+steps.
 
 ``XPVISION_HEAP`` in the environment chooses: ``keep`` (the default) or ``system`` (glibc's own policy).
 Elsewhere than Linux with glibc, nothing changes.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 from xpvision.nn.engine import choice_from_environment
@@ -25,17 +26,12 @@ HEAP_MODES = ("keep", "system")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD = 32 << 20
 _TRIM_THRESHOLD = 1 << 30
-_state = {"done": False}
 
 
+@functools.cache
 def configure() -> bool:
     """Apply ``XPVISION_HEAP`` once per process; True when glibc's thresholds were raised."""
-    if _state["done"]:
-        return _state["raised"]
-    mode = choice_from_environment(ENV_HEAP, HEAP_MODES, "keep")
-    raised = mode == "keep" and _raise_thresholds()
-    _state.update(done=True, raised=raised)
-    return raised
+    return choice_from_environment(ENV_HEAP, HEAP_MODES, "keep") == "keep" and _raise_thresholds()
 
 
 def _raise_thresholds() -> bool:

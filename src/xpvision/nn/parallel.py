@@ -49,8 +49,8 @@ ENV_THREADS = "XPVISION_NUM_THREADS"
 
 MAX_DEFAULT_THREADS = 4
 """The default thread count's ceiling. Past it, the threads wait for one another on Python's interpreter lock
-(each block's element-wise calls are short): on a 16-core machine DeepConvNet's training step got faster up
-to 4 threads and slower beyond (bench/README.md, "Threads and processes on 16 cores")."""
+(each block's element-wise calls are short), so more threads make a step slower, not faster (bench/README.md,
+"Threads and processes on 16 cores")."""
 
 REDUCTION_BLOCKS = 16
 """Blocks a global batch is cut into for its sums (fewer when it holds fewer samples): 1, 2, 4, 8 or 16
@@ -58,8 +58,8 @@ processes get equal shares, and one process's threads take several blocks. With 
 each process gets one block and the blocks (so the bits) depend on the process count."""
 
 GPU_REDUCTION_BLOCKS = 1
-"""Blocks of a global batch per process on the GPU: a DeepConvNet training step at batch 256 makes 7.5 times
-the CuPy calls with 16 blocks (counted with the stand-in), and its time is that of the calls."""
+"""Blocks of a global batch per process on the GPU: a GPU step's time is that of its kernel launches, which
+grow with the blocks (bench/README.md has the counts)."""
 
 _state: dict = {"threads": None, "pool": None, "blas": None, "layout": None}
 
