@@ -387,6 +387,39 @@ def test_data_a_stage_read_are_dataset_inputs_with_dvc_digests(tmp_path, monkeyp
         ("data/classification/processed", md5)]  # the UI's runs table shows parents: listed there, once
 
 
+def test_a_dataset_another_pipeline_created_at_the_same_moment_is_logged_once(tmp_path):
+    """Two pipelines logging the same data into one experiment race in the store (look-up, then insert): the
+    loser's insert fails on the unique key (PostgreSQL's UniqueViolation, as a server returned it in CI); the
+    inputs are logged again, reusing the row. Other errors are not retried."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    class RacingClient:
+        """The real client, whose next ``log_inputs`` fails first with ``error``, as the server's would."""
+
+        def __init__(self, client, error: str) -> None:
+            self.client, self.error, self.calls = client, error, 0
+
+        def log_inputs(self, run_id, datasets):
+            self.calls += 1
+            if self.calls == 1:
+                raise MlflowException(self.error)
+            self.client.log_inputs(run_id, datasets=datasets)
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("race")).info.run_id
+    md5 = "0123456789abcdef0123456789abcdef.dir"
+    race = 'BAD_REQUEST: (psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint'
+    racing = RacingClient(client, race + ' "dataset_pk"')
+    tracking._log_datasets(racing, run_id, {"data/x/processed": md5}, "train")
+    assert racing.calls == 2
+    assert [i.dataset.digest for i in client.get_run(run_id).inputs.dataset_inputs] == [md5]
+    other = RacingClient(client, "INTERNAL_ERROR: the store is down")
+    with pytest.raises(MlflowException, match="store is down"):
+        tracking._log_datasets(other, run_id, {"data/x/processed": md5}, "train")
+    assert other.calls == 1
+
+
 def test_ui_url_opens_the_model_training_view_that_the_installed_mlflow_ui_reads():
     import mlflow
 

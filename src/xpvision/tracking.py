@@ -349,13 +349,20 @@ def _log_datasets(client, run_id: str, hashes: Mapping[str, str], context: str) 
     Outputs DVC has not hashed yet are left out (their ``dvc.md5.*`` tags say ``unknown``); a dataset the run
     already has is not added twice (MLflow keeps the first context)."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
 
     inputs = [DatasetInput(Dataset(name=path, digest=md5, source_type="dvc",
                                    source=json.dumps({"path": path, "md5": md5})),
                            tags=[InputTag("mlflow.data.context", context)])
               for path, md5 in hashes.items() if md5 != "unknown"]
-    if inputs:
+    if not inputs:
+        return
+    try:
         client.log_inputs(run_id, datasets=inputs)
+    except MlflowException as e:  # another pipeline created the same dataset row since the store's look-up
+        if "unique" not in str(e).lower():
+            raise
+        client.log_inputs(run_id, datasets=inputs)  # the row exists now and is reused
 
 
 @contextlib.contextmanager
