@@ -55,7 +55,6 @@ KERNELS = ("conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_ba
            "batch_norm_backward")
 
 _registry: dict[str, dict[str, Callable]] = {engine: {} for engine in ENGINES}
-_state: dict[str, str | None] = {"engine": None}
 
 
 def register(engine: str, name: str) -> Callable[[Callable], Callable]:
@@ -70,18 +69,25 @@ def register(engine: str, name: str) -> Callable[[Callable], Callable]:
     return add
 
 
-def set_engine(engine: str | None) -> None:
-    """Use ``engine`` (``'reference'`` or ``'tuned'``) from now on; ``None``: back to the default."""
-    if engine is not None and engine not in ENGINES:
-        raise ConfigError(f"engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
-    _state["engine"] = engine
+class Setting:
+    """A process-wide choice among ``choices``: the value set with :meth:`set`, else the environment variable
+    ``variable`` (read once, at the first :meth:`get`), else ``default``. A value outside ``choices`` is a
+    :class:`ConfigError` naming ``what`` (or the variable)."""
 
+    def __init__(self, what: str, variable: str, choices: tuple[str, ...], default: str) -> None:
+        self.what, self.variable, self.choices, self.default = what, variable, choices, default
+        self._value: str | None = None
 
-def get_engine() -> str:
-    """The engine in use: the one set, else ``XPVISION_ENGINE``, else ``'tuned'``."""
-    if _state["engine"] is None:
-        _state["engine"] = choice_from_environment(ENV_ENGINE, ENGINES, "tuned")
-    return _state["engine"]
+    def set(self, value: str | None) -> None:
+        """Use ``value`` from now on; ``None``: back to the environment's choice or the default."""
+        if value is not None and value not in self.choices:
+            raise ConfigError(f"{self.what}: expected one of {', '.join(self.choices)}, got {value!r}")
+        self._value = value
+
+    def get(self) -> str:
+        if self._value is None:
+            self._value = choice_from_environment(self.variable, self.choices, self.default)
+        return self._value
 
 
 def choice_from_environment(variable: str, choices: tuple[str, ...], default: str) -> str:
@@ -92,6 +98,19 @@ def choice_from_environment(variable: str, choices: tuple[str, ...], default: st
         raise ConfigError(f"environment variable {variable}: expected one of {', '.join(choices)}, "
                           f"got {value!r}")
     return value
+
+
+_engine = Setting("engine", ENV_ENGINE, ENGINES, "tuned")
+
+
+def set_engine(engine: str | None) -> None:
+    """Use ``engine`` (``'reference'`` or ``'tuned'``) from now on; ``None``: back to the default."""
+    _engine.set(engine)
+
+
+def get_engine() -> str:
+    """The engine in use: the one set, else ``XPVISION_ENGINE``, else ``'tuned'``."""
+    return _engine.get()
 
 
 def kernel(name: str, engine: str | None = None) -> Callable:

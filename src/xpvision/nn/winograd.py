@@ -50,7 +50,6 @@ import math
 import numpy as np
 
 from xpvision import backend
-from xpvision.errors import ConfigError
 from xpvision.nn import engine
 from xpvision.nn import functional as F
 from xpvision.nn.convblock import ConvGeometry, Scratch, pool4, unpool4
@@ -84,21 +83,17 @@ weight transforms of ``16 I O`` values, Python per chunk) must be spread over en
 TILE_ELEMENTS_PER_PIXEL = 4
 """Values of ``V`` (and of ``M``) per output pixel and channel: 16 per tile of four pixels."""
 
-_state: dict[str, str | None] = {"mode": None}
+_mode = engine.Setting("winograd mode", ENV_MODE, MODES, DEFAULT_MODE)
 
 
 def set_mode(mode: str | None) -> None:
     """Use ``mode`` (``'off'``, ``'auto'`` or ``'on'``) from now on; ``None``: back to the default."""
-    if mode is not None and mode not in MODES:
-        raise ConfigError(f"winograd mode: expected one of {', '.join(MODES)}, got {mode!r}")
-    _state["mode"] = mode
+    _mode.set(mode)
 
 
 def get_mode() -> str:
     """The mode in use: the one set, else ``XPVISION_WINOGRAD``, else :data:`DEFAULT_MODE`."""
-    if _state["mode"] is None:
-        _state["mode"] = engine.choice_from_environment(ENV_MODE, MODES, DEFAULT_MODE)
-    return _state["mode"]
+    return _mode.get()
 
 
 def applicable(geom: ConvGeometry) -> bool:
