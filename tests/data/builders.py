@@ -21,6 +21,12 @@ def md5_of(path: Path) -> str:
     return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
 
 
+def tree_files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes)."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*"))
+            if path.is_file()}
+
+
 def write_mnist_files(folder: Path, n_train: int = 12, n_test: int = 5, seed: int = 0) -> dict:
     """Tiny MNIST-layout gz files with random 28x28 images; returns the arrays written."""
     rng = np.random.default_rng(seed)

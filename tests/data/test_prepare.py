@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from xpvision.data import registry
+from xpvision.data import registry, scenes, voc
 from xpvision.data.prepare import PrepareConfig, prepare
 from xpvision.data.registry import RemoteFile
 from xpvision.data.scenes import SceneConfig
@@ -13,7 +15,7 @@ from xpvision.data.shards import ShardDataset
 from xpvision.data.voc import VOC_CLASSES
 from xpvision.errors import ConfigError, DataError
 
-from .builders import md5_of, tar_folder, write_coco_zips, write_mnist_files, write_voc_tree
+from .builders import md5_of, tar_folder, tree_files, write_coco_zips, write_mnist_files, write_voc_tree
 
 
 def _serve(monkeypatch, dataset, served):
@@ -114,6 +116,22 @@ def test_offline_sources(tmp_path):
     for split in ("train", "test"):
         assert ((tmp_path / "scenes" / split / "manifest.json").read_bytes()
                 == (tmp_path / "scenes2" / split / "manifest.json").read_bytes())
+
+
+def test_digit_scene_shards_are_the_same_bytes_for_any_number_of_workers(tmp_path, monkeypatch):
+    small = SceneConfig(n_train=24, n_test=7, image_size=40, min_digit_size=10, max_digit_size=20)
+    config = PrepareConfig(source="digit-scenes", task="segmentation", shard_size=8, workers=1, scenes=small)
+    prepare(config, tmp_path / "raw1", tmp_path / "one")  # one chunk per split, no pool
+    expected = tree_files(tmp_path / "one")
+    assert sorted(expected) == [f"{split}/{name}" for split, count in (("test", 1), ("train", 3))
+                                for name in ["manifest.json"] + [f"shard-{k:05d}.npz" for k in range(count)]]
+    monkeypatch.setattr(scenes, "SCENE_CHUNK", 5)
+    monkeypatch.setattr(voc, "READ_CHUNK", 3)
+    for workers in (2, 3):
+        prepare(replace(config, workers=workers), tmp_path / f"raw{workers}", tmp_path / str(workers))
+        found = tree_files(tmp_path / str(workers))
+        assert found.keys() == expected.keys()
+        assert [name for name in expected if found[name] != expected[name]] == [], workers
 
 
 def test_config_errors():

@@ -8,12 +8,15 @@ import json
 import numpy as np
 import pytest
 
+from xpvision.data import scenes
 from xpvision.data.coco import load_coco
 from xpvision.data.digits import render_digits, write_digits
 from xpvision.data.mnist import load_mnist_split, write_idx_gz
 from xpvision.data.scenes import SceneConfig, write_digit_scenes
 from xpvision.data.voc import load_voc
 from xpvision.errors import ConfigError
+
+from .builders import tree_files
 
 SMALL = SceneConfig(n_train=12, n_test=6, image_size=48, min_digit_size=12, max_digit_size=24, seed=5)
 
@@ -74,6 +77,24 @@ def test_scenes_are_byte_deterministic(scenes_dir, digits_dir, tmp_path):
     other = tmp_path / "other"
     write_digit_scenes(other, digits_dir, SceneConfig(**{**SMALL.__dict__, "seed": 6}))
     assert _tree_hash(other) != _tree_hash(scenes_dir)
+
+
+def test_scenes_are_the_same_bytes_for_any_number_of_workers(digits_dir, tmp_path, monkeypatch):
+    config = SceneConfig(**{**SMALL.__dict__, "n_train": 24, "n_test": 7})
+    write_digit_scenes(tmp_path / "one", digits_dir, config, workers=1)  # one chunk per split, no pool
+    expected = tree_files(tmp_path / "one")
+    assert len(expected) == 3 * 31 + 4 + 2  # jpg, xml, png per scene; 4 image lists; 2 COCO files
+    coco = json.loads(expected["annotations/instances_train.json"])
+    assert [image["id"] for image in coco["images"]] == list(range(1, 25))
+    assert [a["id"] for a in coco["annotations"]] == list(range(1, len(coco["annotations"]) + 1))
+    assert [a["image_id"] for a in coco["annotations"]] == sorted(a["image_id"] for a in coco["annotations"])
+    monkeypatch.setattr(scenes, "SCENE_CHUNK", 5)  # 5 + 2 chunks, shared among the workers
+    for workers in (1, 2, 3):
+        write_digit_scenes(tmp_path / str(workers), digits_dir, config, workers=workers)
+        found = tree_files(tmp_path / str(workers))
+        assert found.keys() == expected.keys()
+        assert [name for name in expected if found[name] != expected[name]] == [], workers
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
 def test_voc_and_coco_views_agree(scenes_dir):

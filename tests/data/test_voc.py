@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from xpvision.data import voc
 from xpvision.data.voc import VOC_CLASSES, load_voc, parse_voc_xml, read_voc_mask, voc_palette, write_voc_xml
 from xpvision.errors import DataError
 
@@ -124,3 +125,35 @@ def test_corrupt_image_and_size_mismatch(tmp_path):
 def test_missing_image_list_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match=r"val\.txt"):
         load_voc(tmp_path, "val")
+
+
+SUBSET = {"classes": ("dog", "car"), "max_images": 2, "image_size": (20, 24)}
+
+
+@pytest.mark.parametrize("options", [{}, SUBSET], ids=["all", "subset"])
+def test_workers_read_the_samples_one_process_reads(tmp_path, monkeypatch, options):
+    write_voc_tree(tmp_path, "2007", {"trainval": ["000005", "000007", "000009"]})
+    root = tmp_path / "VOCdevkit/VOC2007"
+    expected = load_voc(root, "trainval", "segmentation", workers=1, **options)
+    monkeypatch.setattr(voc, "READ_CHUNK", 1)  # one task per image
+    for workers in (2, 3):
+        found = load_voc(root, "trainval", "segmentation", workers=workers, **options)
+        assert [s["id"] for s in found] == [s["id"] for s in expected]
+        for a, b in zip(found, expected, strict=True):
+            assert a.keys() == b.keys()
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_bad_file_read_ahead_is_raised_only_when_reached(tmp_path, monkeypatch, workers):
+    write_voc_tree(tmp_path, "2007", {"trainval": ["000005", "000007", "000009"]})
+    root = tmp_path / "VOCdevkit/VOC2007"
+    (root / "Annotations/000007.xml").write_text("<annotation><object>")
+    monkeypatch.setattr(voc, "READ_CHUNK", 2)  # the bad file shares a task with the one image asked for
+    # a class subset: images may be dropped, so the reader cannot know where to stop and reads ahead
+    kept = load_voc(root, "trainval", classes=("dog", "car"), max_images=1, workers=workers)
+    assert [s["id"] for s in kept] == ["000005"]
+    with pytest.raises(DataError, match="not well-formed") as info:
+        load_voc(root, "trainval", classes=("dog", "car"), workers=workers)
+    assert str(root / "Annotations/000007.xml") in str(info.value)

@@ -8,6 +8,7 @@ Sub-modules import their heavy dependencies (pooch, defusedxml, albumentations, 
 * :mod:`xpvision.data.download`  - fetch with pooch through a list of mirrors, verify, lock file
 * :mod:`xpvision.data.archives`  - safe zip / tar extraction
 * :mod:`xpvision.data.folders`   - whole folders written atomically
+* :mod:`xpvision.data.workers`   - work cut by index into tasks for worker processes, results in order
 * :mod:`xpvision.data.images`    - image decoding with clear errors, resizing samples with boxes / masks
 * :mod:`xpvision.data.mnist`     - IDX read / write, MNIST-layout folders
 * :mod:`xpvision.data.voc`       - VOC XML, palette PNG masks, VOC folders

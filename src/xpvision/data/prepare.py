@@ -60,6 +60,8 @@ class PrepareConfig:
     machine). ``root`` is a local extracted copy read in place (:mod:`xpvision.data.local`); ``box_policy``
     and ``voc_pixel_origin`` are passed to the VOC / COCO readers. ``voc_classes`` names the classes, in
     order, of a VOC-layout dataset with classes of its own (``None``: the 20 official VOC classes).
+    ``workers``: processes generating digit-scenes and decoding VOC-layout images
+    (:mod:`xpvision.data.workers`; ``None``: every core by default); the files written do not depend on it.
     ``image_size`` is ``(height, width)`` for VOC / COCO (required there: shards hold one size); ``None``
     keeps the generated sizes of digits and digit-scenes.
     """
@@ -81,6 +83,7 @@ class PrepareConfig:
     scenes: SceneConfig = field(default_factory=SceneConfig)
     progress: bool = True
     retries: int = 2
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -157,7 +160,7 @@ def _load_split(config: PrepareConfig, raw_dir: Path, split: str, part: str | No
     samples = iter_voc(root, split, task, all_classes=all_classes, classes=config.classes,
                        max_images=config.max_images, image_size=config.image_size,
                        pixel_origin=config.voc_pixel_origin, box_policy=config.box_policy,
-                       keep_id=lambda image_id: in_part(image_id, part))
+                       keep_id=lambda image_id: in_part(image_id, part), workers=config.workers)
     return samples, tuple(config.classes or all_classes)
 
 
@@ -204,7 +207,8 @@ def _voc_root(config: PrepareConfig, raw_dir: Path, split: str, task: str) -> tu
         folder = raw_dir / "digit-scenes"
         digits = _digits_folder(config, raw_dir)
         params = {**asdict(config.scenes), "digits_seed": config.digits_seed}
-        _generate_once(folder, params, lambda: write_digit_scenes(folder, digits, config.scenes))
+        _generate_once(folder, params, lambda: write_digit_scenes(folder, digits, config.scenes,
+                                                                  config.workers))
         return folder, DIGIT_CLASSES
     from xpvision.data.voc import VOC_CLASSES
 

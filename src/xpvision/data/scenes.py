@@ -20,7 +20,8 @@ Layout under ``out_dir``::
     ImageSets/Main/{train,test}.txt, ImageSets/Segmentation/{train,test}.txt
     annotations/instances_{train,test}.json   COCO, compressed RLE masks, category ids 1..10 for "0".."9"
 
-Every scene is drawn from its own generator seeded by ``(seed, split, index)``: same bytes on every run.
+Every scene is drawn from its own generator seeded by ``(seed, split, index)``: same bytes on every run, for
+any number of worker processes (chunks of scenes are shared among them, :mod:`xpvision.data.workers`).
 """
 
 from __future__ import annotations
@@ -39,9 +40,13 @@ from xpvision.data.coco import rle_encode
 from xpvision.data.folders import atomic_dir
 from xpvision.data.mnist import DIGIT_CLASSES, load_mnist_split
 from xpvision.data.voc import voc_palette, write_voc_xml
+from xpvision.data.workers import ordered_map
 from xpvision.errors import ConfigError
 
 SPLITS = ("train", "test")
+SCENE_CHUNK = 100
+"""Scenes per task of a worker process: small enough that the last tasks leave no worker idle for long,
+large enough that handing tasks out (and the digits with them) is a small share of the work."""
 _PLACEMENT_TRIES = 30
 
 
@@ -75,33 +80,77 @@ class SceneConfig:
 
 
 def write_digit_scenes(out_dir: str | os.PathLike, digits_dir: str | os.PathLike,
-                       config: SceneConfig = SceneConfig()) -> dict[str, int]:
+                       config: SceneConfig = SceneConfig(), workers: int | None = None) -> dict[str, int]:
     """Generate the scenes from the MNIST-layout ``digits_dir`` into ``out_dir`` (atomically, whole folder).
+
+    The scenes are drawn and written in chunks of :data:`SCENE_CHUNK` by ``workers`` processes (``None``:
+    :func:`xpvision.data.workers.resolve_workers`, every core by default); the COCO files are assembled here
+    in scene order, so every file is the same bytes for any number of workers.
 
     Returns ``{"train": n_train, "test": n_test}``.
     """
-    palette = voc_palette().reshape(-1).tolist()
     with atomic_dir(out_dir) as root:
+        chunks = []
         for split in SPLITS:
             digits = load_mnist_split(digits_dir, split)
             count = config.n_train if split == "train" else config.n_test
-            categories = [{"id": d + 1, "name": name, "supercategory": "digit"}
-                          for d, name in enumerate(DIGIT_CLASSES)]
-            coco = {"images": [], "annotations": [], "categories": categories}
-            ids = []
-            for index in range(count):
-                rng = np.random.default_rng([config.seed, SPLITS.index(split), index])
-                image, owner, labels = render_scene(rng, digits.images[..., 0], digits.labels, config)
-                image_id = f"{split}_{index:06d}"
-                ids.append(image_id)
-                _write_scene(root, image_id, index + 1, image, owner, labels, palette, coco, config)
-            listing = "".join(f"{i}\n" for i in ids)
-            for kind in ("Main", "Segmentation"):
-                write_bytes(root / "ImageSets" / kind / f"{split}.txt", listing.encode())
-            coco["info"] = {"description": "xpvision digit-scenes", "config": asdict(config)}
-            write_bytes(root / "annotations" / f"instances_{split}.json",
-                        json.dumps(coco, separators=(",", ":")).encode())
+            chunks += [_Chunk(root, split, start, min(start + SCENE_CHUNK, count), digits.images[..., 0],
+                              digits.labels, config) for start in range(0, count, SCENE_CHUNK)]
+        records: dict[str, list[dict]] = {split: [] for split in SPLITS}
+        results = ordered_map(_write_chunk, chunks, workers, f"digit-scenes into {out_dir}")
+        for chunk, chunk_records in zip(chunks, results, strict=True):
+            records[chunk.split] += chunk_records
+        for split in SPLITS:
+            _write_split_files(root, split, records[split], config)
     return {"train": config.n_train, "test": config.n_test}
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Scenes ``start:stop`` of ``split``, drawn from ``digit_images`` ``(N, 28, 28)`` uint8 and
+    ``digit_labels`` ``(N,)``, written under ``root``: one task of a worker process."""
+
+    root: Path
+    split: str
+    start: int
+    stop: int
+    digit_images: np.ndarray
+    digit_labels: np.ndarray
+    config: SceneConfig
+
+
+def _write_chunk(chunk: _Chunk) -> list[dict]:
+    """Draw and write the chunk's scenes (JPEG, VOC XML, PNG mask); return each scene's COCO record."""
+    palette = voc_palette().reshape(-1).tolist()
+    records = []
+    for index in range(chunk.start, chunk.stop):
+        rng = np.random.default_rng([chunk.config.seed, SPLITS.index(chunk.split), index])
+        image, owner, labels = render_scene(rng, chunk.digit_images, chunk.digit_labels, chunk.config)
+        records.append(_write_scene(chunk.root, _image_id(chunk.split, index), index + 1, image, owner,
+                                    labels, palette, chunk.config))
+    return records
+
+
+def _image_id(split: str, index: int) -> str:
+    return f"{split}_{index:06d}"
+
+
+def _write_split_files(root: Path, split: str, records: list[dict], config: SceneConfig) -> None:
+    """The split's image lists and COCO json from its scenes' records, in scene order (annotation ids
+    1, 2, ... in that order)."""
+    listing = "".join(f"{_image_id(split, index)}\n" for index in range(len(records)))
+    for kind in ("Main", "Segmentation"):
+        write_bytes(root / "ImageSets" / kind / f"{split}.txt", listing.encode())
+    categories = [{"id": d + 1, "name": name, "supercategory": "digit"}
+                  for d, name in enumerate(DIGIT_CLASSES)]
+    coco: dict = {"images": [], "annotations": [], "categories": categories}
+    for record in records:
+        coco["images"].append(record["image"])
+        for annotation in record["annotations"]:
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, **annotation})
+    coco["info"] = {"description": "xpvision digit-scenes", "config": asdict(config)}
+    write_bytes(root / "annotations" / f"instances_{split}.json",
+                json.dumps(coco, separators=(",", ":")).encode())
 
 
 def render_scene(rng: np.random.Generator, digit_images: np.ndarray, digit_labels: np.ndarray,
@@ -204,30 +253,31 @@ def _contrasting_colour(rng: np.random.Generator, region: np.ndarray) -> np.ndar
 
 
 def _write_scene(root: Path, image_id: str, numeric_id: int, image: np.ndarray, owner: np.ndarray,
-                 labels: list[int], palette: list[int], coco: dict, config: SceneConfig) -> None:
+                 labels: list[int], palette: list[int], config: SceneConfig) -> dict:
+    """Write one scene's JPEG, VOC XML and PNG mask; return its COCO ``{"image", "annotations"}`` (the
+    annotations without their ids, which number the split's annotations in scene order)."""
     file_name = f"{image_id}.jpg"
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=config.jpeg_quality, subsampling=0)
     write_bytes(root / "JPEGImages" / file_name, buf.getvalue())
-    boxes, kept = [], []
+    boxes, annotations = [], []
     semantic = np.zeros(owner.shape, dtype=np.uint8)
     for k, label in enumerate(labels):
         visible = owner == k
         rows, cols = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
         box = [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
         boxes.append(box)
-        kept.append(label)
         semantic[visible] = label + 1
-        coco["annotations"].append({
-            "id": len(coco["annotations"]) + 1, "image_id": numeric_id, "category_id": label + 1,
-            "segmentation": rle_encode(visible), "area": int(visible.sum()),
-            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "iscrowd": 0})
-    coco["images"].append({"id": numeric_id, "file_name": file_name, "height": int(owner.shape[0]),
-                           "width": int(owner.shape[1])})
+        annotations.append({
+            "image_id": numeric_id, "category_id": label + 1, "segmentation": rle_encode(visible),
+            "area": int(visible.sum()), "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+            "iscrowd": 0})
     write_voc_xml(root / "Annotations" / f"{image_id}.xml", file_name, image.shape,
-                  np.array(boxes, dtype=np.float32).reshape(-1, 4), np.array(kept), DIGIT_CLASSES)
+                  np.array(boxes, dtype=np.float32).reshape(-1, 4), np.array(labels), DIGIT_CLASSES)
     mask = Image.fromarray(semantic, mode="P")
     mask.putpalette(palette)
     buf = io.BytesIO()
     mask.save(buf, format="PNG")
     write_bytes(root / "SegmentationClass" / f"{image_id}.png", buf.getvalue())
+    return {"image": {"id": numeric_id, "file_name": file_name, "height": int(owner.shape[0]),
+                      "width": int(owner.shape[1])}, "annotations": annotations}

@@ -15,6 +15,8 @@ for class ``k`` of the official order, 255 = ignore (object borders and difficul
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -24,12 +26,17 @@ import numpy as np
 
 from xpvision.atomic import write_bytes
 from xpvision.data.images import check_boxes, inside, read_image, read_index_png, resize_sample
+from xpvision.data.workers import ordered_map
 from xpvision.errors import DataError
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor")
 IGNORE = 255
+READ_CHUNK = 32
+"""Images per task of :func:`iter_voc`'s worker processes: with the tasks kept ahead of the consumer
+(:data:`xpvision.data.workers.AHEAD`) it bounds the decoded images held at once, which matters for
+full-size photographs."""
 
 
 def voc_palette() -> np.ndarray:
@@ -180,8 +187,8 @@ def load_voc(root: str | os.PathLike, split: str, task: str = "detection", **kwa
 def iter_voc(root: str | os.PathLike, split: str, task: str = "detection", *,
              all_classes: tuple[str, ...] = VOC_CLASSES, classes: tuple[str, ...] | None = None,
              max_images: int | None = None, image_size: tuple[int, int] | None = None,
-             pixel_origin: int = 1, box_policy: str = "refuse", keep_id: Callable[[str], bool] | None = None
-             ) -> Iterator[dict]:
+             pixel_origin: int = 1, box_policy: str = "refuse", keep_id: Callable[[str], bool] | None = None,
+             workers: int | None = None) -> Iterator[dict]:
     """Read the ``split`` of a VOC folder (the one holding ``JPEGImages``, ``Annotations``, ``ImageSets``).
 
     Args:
@@ -194,6 +201,9 @@ def iter_voc(root: str | os.PathLike, split: str, task: str = "detection", *,
         image_size: ``(height, width)`` to resize to (boxes scaled, masks nearest); ``None`` keeps sizes.
         pixel_origin, box_policy: see :func:`parse_voc_xml`.
         keep_id: reads only the images whose id it accepts (``None``: all).
+        workers: processes decoding chunks of :data:`READ_CHUNK` images ahead of the consumer
+            (:func:`xpvision.data.workers.ordered_map`; ``None``: every core by default). The samples, and
+            the first bad file's error, are those one process gives.
 
     Yields:
         Samples ``{"id", "image" (H, W, 3) uint8, "boxes" (R, 4) float32, "labels" (R,) int64,
@@ -206,33 +216,65 @@ def iter_voc(root: str | os.PathLike, split: str, task: str = "detection", *,
     unknown = sorted(set(keep) - set(all_classes))
     if unknown:
         raise DataError(f"VOC {root}: classes {unknown} are not in the dataset's classes {list(all_classes)}")
-    subset = keep != tuple(all_classes)
-    mask_lut = _mask_lut(all_classes, keep)
     list_dir = "Main" if task == "detection" else "Segmentation"
-    count = 0
-    for image_id in read_image_list(root / "ImageSets" / list_dir / f"{split}.txt"):
-        if max_images is not None and count >= max_images:
-            break
-        if keep_id is not None and not keep_id(image_id):
-            continue
-        xml = root / "Annotations" / f"{image_id}.xml"
-        ann = parse_voc_xml(xml, keep, skip_unknown=subset, pixel_origin=pixel_origin, box_policy=box_policy)
-        if subset and len(ann["labels"]) == 0:
-            continue
-        image = read_image(inside(root / "JPEGImages", ann["filename"], f"VOC annotation {xml}: <filename>"))
-        if image.shape[:2] != (ann["height"], ann["width"]):
-            raise DataError(f"VOC {root}: image {ann['filename']} is {image.shape[1]}x{image.shape[0]} but "
-                            f"Annotations/{image_id}.xml says {ann['width']}x{ann['height']}")
-        sample = {"id": image_id, "image": image, "boxes": ann["boxes"], "labels": ann["labels"],
-                  "difficult": ann["difficult"], "truncated": ann["truncated"]}
-        if task == "segmentation":
-            mask = read_voc_mask(root / "SegmentationClass" / f"{image_id}.png")
-            if mask.shape != image.shape[:2]:
-                raise DataError(f"VOC {root}: mask {image_id}.png is {mask.shape} but the image is "
-                                f"{image.shape[:2]}")
-            sample["mask"] = mask_lut[mask]
-        count += 1
-        yield resize_sample(sample, image_size) if image_size else sample
+    ids = [i for i in read_image_list(root / "ImageSets" / list_dir / f"{split}.txt")
+           if keep_id is None or keep_id(i)]
+    subset = keep != tuple(all_classes)
+    if max_images is not None and not subset:
+        ids = ids[:max_images]  # every id read gives a sample (or an error): read no more
+    read = functools.partial(_read_images, root, task=task, keep=keep, subset=subset,
+                             mask_lut=_mask_lut(all_classes, keep), image_size=image_size,
+                             pixel_origin=pixel_origin, box_policy=box_policy)
+    chunks = [ids[i:i + READ_CHUNK] for i in range(0, len(ids), READ_CHUNK)]
+    yield from itertools.islice(_in_order(ordered_map(read, chunks, workers, f"VOC {root}")), max_images)
+
+
+def _in_order(chunk_results: Iterator[list[dict | DataError | None]]) -> Iterator[dict]:
+    """The samples of :func:`_read_images`' results, in order; an error is raised when it is reached."""
+    for results in chunk_results:
+        for result in results:
+            if isinstance(result, DataError):
+                raise result
+            if result is not None:
+                yield result
+
+
+def _read_images(root: Path, ids: list[str], *, task: str, keep: tuple[str, ...], subset: bool,
+                 mask_lut: np.ndarray, image_size: tuple[int, int] | None, pixel_origin: int, box_policy: str
+                 ) -> list[dict | DataError | None]:
+    """:func:`_read_image` of each of ``ids``; a bad file's error is returned in its place, for the consumer
+    to raise only if it reads that far (``max_images`` may stop it before)."""
+    results: list[dict | DataError | None] = []
+    for image_id in ids:
+        try:
+            results.append(_read_image(root, image_id, task, keep, subset, mask_lut, image_size,
+                                       pixel_origin, box_policy))
+        except DataError as e:
+            results.append(e)
+    return results
+
+
+def _read_image(root: Path, image_id: str, task: str, keep: tuple[str, ...], subset: bool,
+                mask_lut: np.ndarray, image_size: tuple[int, int] | None, pixel_origin: int, box_policy: str
+                ) -> dict | None:
+    """One sample of :func:`iter_voc`, or ``None`` when a class subset leaves the image without objects."""
+    xml = root / "Annotations" / f"{image_id}.xml"
+    ann = parse_voc_xml(xml, keep, skip_unknown=subset, pixel_origin=pixel_origin, box_policy=box_policy)
+    if subset and len(ann["labels"]) == 0:
+        return None
+    image = read_image(inside(root / "JPEGImages", ann["filename"], f"VOC annotation {xml}: <filename>"))
+    if image.shape[:2] != (ann["height"], ann["width"]):
+        raise DataError(f"VOC {root}: image {ann['filename']} is {image.shape[1]}x{image.shape[0]} but "
+                        f"Annotations/{image_id}.xml says {ann['width']}x{ann['height']}")
+    sample = {"id": image_id, "image": image, "boxes": ann["boxes"], "labels": ann["labels"],
+              "difficult": ann["difficult"], "truncated": ann["truncated"]}
+    if task == "segmentation":
+        mask = read_voc_mask(root / "SegmentationClass" / f"{image_id}.png")
+        if mask.shape != image.shape[:2]:
+            raise DataError(f"VOC {root}: mask {image_id}.png is {mask.shape} but the image is "
+                            f"{image.shape[:2]}")
+        sample["mask"] = mask_lut[mask]
+    return resize_sample(sample, image_size) if image_size else sample
 
 
 def _mask_lut(all_classes: tuple[str, ...], keep: tuple[str, ...]) -> np.ndarray:

@@ -9,7 +9,8 @@ everything runs on the caller's thread.
 Thread count: by default the number of cores this process may run on (its CPU affinity, what
 ``os.sched_getaffinity`` reports: a container's or ``taskset``'s limit, not the machine's core count), at most
 :data:`MAX_DEFAULT_THREADS`; ``XPVISION_NUM_THREADS`` in the environment, or :func:`set_num_threads`,
-overrides it (any count). More cores are used by processes (:mod:`xpvision.distributed`).
+overrides it (any count). More cores are used by processes (:mod:`xpvision.distributed`); data preparation
+runs in :func:`default_num_processes` worker processes (the same variable, every core by default).
 
 Results are bit-identical for every thread count: callers cut the batch into blocks whose boundaries depend
 on the batch size and the shapes alone (the :func:`global_blocks` below, each cut further by
@@ -45,7 +46,8 @@ from xpvision.errors import ConfigError
 from xpvision.nn import heap
 
 ENV_THREADS = "XPVISION_NUM_THREADS"
-"""Environment variable overriding the default thread count (a positive integer)."""
+"""Environment variable overriding the default thread count and the data preparation's worker processes (a
+positive integer)."""
 
 MAX_DEFAULT_THREADS = 4
 """The default thread count's ceiling. Past it, the threads wait for one another on Python's interpreter lock
@@ -75,9 +77,21 @@ def available_cores() -> int:
 def default_num_threads() -> int:
     """``XPVISION_NUM_THREADS`` when set, else :func:`available_cores` up to :data:`MAX_DEFAULT_THREADS`;
     a bad value raises ``ConfigError``."""
+    return _environment_count() or min(available_cores(), MAX_DEFAULT_THREADS)
+
+
+def default_num_processes() -> int:
+    """Worker processes for the CPU work done in processes (preparing data, :mod:`xpvision.data.workers`):
+    ``XPVISION_NUM_THREADS`` when set, else every one of :func:`available_cores` (no ceiling: processes do
+    not share an interpreter lock); a bad value raises ``ConfigError``."""
+    return _environment_count() or available_cores()
+
+
+def _environment_count() -> int | None:
+    """``XPVISION_NUM_THREADS`` as a positive integer, ``None`` when unset or empty."""
     value = os.environ.get(ENV_THREADS, "").strip()
     if not value:
-        return min(available_cores(), MAX_DEFAULT_THREADS)
+        return None
     if not value.isdecimal() or int(value) < 1:
         raise ConfigError(f"environment variable {ENV_THREADS}: expected a positive integer, got {value!r}")
     return int(value)

@@ -1,0 +1,72 @@
+"""ordered_map: results in task order from worker processes, in-process for one worker, clear errors."""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import pytest
+
+from xpvision.atomic import write_text
+from xpvision.data.images import read_image
+from xpvision.data.workers import ordered_map, resolve_workers
+from xpvision.errors import DataError, XPVisionError
+from xpvision.nn import parallel
+
+
+def slow_echo(task: int, count: int) -> tuple[int, int]:
+    """``(task, pid)`` after a delay that shrinks with ``task``: later tasks finish first."""
+    time.sleep(0.01 * (count - task))
+    return task, os.getpid()
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_results_come_in_task_order_from_other_processes(workers):
+    results = list(ordered_map(functools.partial(slow_echo, count=10), range(10), workers, "echo"))
+    assert [task for task, _ in results] == list(range(10))
+    assert os.getpid() not in {pid for _, pid in results}
+
+
+def test_one_worker_runs_in_this_process_without_pickling():
+    results = list(ordered_map(lambda task: (task, os.getpid()), range(4), 1, "lambda"))  # a lambda: no pool
+    assert results == [(task, os.getpid()) for task in range(4)]
+
+
+def test_default_is_every_available_core_or_the_environment(monkeypatch):
+    monkeypatch.delenv(parallel.ENV_THREADS, raising=False)
+    monkeypatch.setattr(parallel, "available_cores", lambda: 12)
+    assert resolve_workers(None) == 12  # no ceiling of MAX_DEFAULT_THREADS for processes
+    monkeypatch.setenv(parallel.ENV_THREADS, "3")
+    assert resolve_workers(None) == 3 and resolve_workers(5) == 5
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            resolve_workers(bad)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_project_error_in_a_worker_is_raised_as_itself(tmp_path, workers):
+    missing = tmp_path / "missing.jpg"
+    with pytest.raises(DataError) as expected:
+        read_image(missing)
+    with pytest.raises(DataError) as raised:
+        list(ordered_map(read_image, [missing, missing], workers, "images"))
+    assert str(raised.value) == str(expected.value) and str(missing) in str(raised.value)
+    if workers > 1:
+        assert raised.value.__cause__ is None  # not the worker's pickled traceback
+
+
+def test_a_worker_that_dies_is_a_clear_error():
+    with pytest.raises(XPVisionError, match="exit tasks: a worker process ended abruptly"):
+        list(ordered_map(os._exit, [3, 3, 3], 2, "exit tasks"))
+
+
+def test_leaving_early_cancels_the_tasks_not_started(tmp_path):
+    paths = [tmp_path / f"{i:03d}.txt" for i in range(100)]
+    results = ordered_map(functools.partial(write_text, text="x"), paths, 2, "writes")
+    next(results)
+    results.close()  # returns once the running tasks are done
+    written = sorted(tmp_path.iterdir())
+    time.sleep(0.3)
+    assert sorted(tmp_path.iterdir()) == written  # no worker still writes
+    assert len(written) < len(paths)  # only the tasks handed out ahead of the consumer ran
