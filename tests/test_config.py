@@ -83,6 +83,11 @@ def test_project_params_load_into_frozen_blocks():
      "download.segmentation.digit_size: expected a max <= image_size"),
     ("download.segmentation.max_occlusion", 1.0,
      "download.segmentation.max_occlusion: expected a number in [0, 1), got 1.0"),
+    ("train.detection.processes", "two", "train.detection.processes: expected a positive integer or auto, "
+                                         "got 'two'"),
+    ("train.detection.processes", 0, "train.detection.processes: expected a positive integer or auto, got 0"),
+    ("train.detection.processes", True, "train.detection.processes: expected a positive integer or auto, "
+                                        "got True"),
 ])
 def test_bad_value_names_key_expected_and_actual(raw, key, value, message):
     with pytest.raises(ConfigError) as info:

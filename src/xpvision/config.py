@@ -18,6 +18,7 @@ one block per task, plus ``tracking`` (MLflow) and ``transfer`` (the transfer-le
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import types
@@ -57,6 +58,7 @@ OPEN_UNIT: Check = (lambda v: 0 < v < 1, "a number in (0, 1)")
 FRACTION_BELOW_ONE: Check = (lambda v: 0 <= v < 1, "a number in [0, 1)")
 WEIGHTS: Check = (lambda v: all(w >= 0 for w in v) and any(w > 0 for w in v),
                   "a list of numbers >= 0, not all 0")
+PROCESSES: Check = (lambda v: v == "auto" or (isinstance(v, int) and v > 0), "a positive integer or auto")
 DIGIT_SIZE: Check = (lambda v: len(v) == 2 and 4 <= v[0] <= v[1], "[min, max] with 4 <= min <= max")
 CLASS_LIST: Check = (lambda v: 1 <= len(v) <= 254 and len(set(v)) == len(v)
                      and all(n and n == n.strip() for n in v),
@@ -203,9 +205,10 @@ class TrainConfig:
     val_fraction: float = checked(OPEN_UNIT)
     seed: int = checked(NON_NEGATIVE)
     device: Literal["cpu", "gpu"]
-    processes: int = checked(POSITIVE)
-    """Processes training together, data-parallel (``xpvision train`` starts them under ``mpiexec``); the
-    result is the same for any number (see :mod:`xpvision.distributed`)."""
+    processes: int | str = checked(PROCESSES)
+    """Processes training together, data-parallel (``xpvision train`` starts them under ``mpiexec``), or
+    ``auto``: one per core (:func:`xpvision.distributed.launch.process_count`); the result is the same for any
+    number (see :mod:`xpvision.distributed`)."""
     hosts: str | None
     """Where the processes run: null (this host), ``host[:slots]`` entries separated by commas, or the path
     of an MPICH hostfile."""
@@ -353,8 +356,13 @@ def build_block(cls: type, raw: Any, source: str, key: str) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, f in fields.items():
-        value = _coerce(values[name], hints[name], source, f"{key}.{name}")
         check = f.metadata.get("check")
+        try:
+            value = _coerce(values[name], hints[name], source, f"{key}.{name}")
+        except ConfigError:
+            if check is None or not _several_types(hints[name]):
+                raise
+            _fail(source, f"{key}.{name}", check[1], values[name])  # not only the last type's name
         if check is not None and not check[0](value):
             _fail(source, f"{key}.{name}", check[1], values[name])
         kwargs[name] = value
@@ -374,13 +382,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _several_types(hint: Any) -> bool:
+    """Whether ``hint`` is a union of more than one type besides ``None`` (``int | str``)."""
+    return (typing.get_origin(hint) in (typing.Union, types.UnionType)
+            and len([a for a in typing.get_args(hint) if a is not type(None)]) > 1)
+
+
 def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, source, key)
+        inner = [a for a in args if a is not type(None)]
+        for hint_choice in inner[:-1]:  # e.g. int | str: the first type the value is, the field's check after
+            with contextlib.suppress(ConfigError):
+                return _coerce(value, hint_choice, source, key)
+        return _coerce(value, inner[-1], source, key)
     if origin is Literal:
         if value not in args:
             _fail(source, key, f"one of {', '.join(map(str, args))}", value)

@@ -9,6 +9,7 @@ import pytest
 from xpvision.config import load_params
 from xpvision.distributed import launch
 from xpvision.errors import ConfigError
+from xpvision.nn.parallel import REDUCTION_BLOCKS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,6 +45,30 @@ def test_too_many_processes_are_refused_before_anything_starts():
         launch.launch_command(train_block(processes=60), "classification", [])
     with pytest.raises(ConfigError, match="device 'gpu' needs one GPU per process"):
         launch.launch_command(train_block(processes=2, device="gpu"), "classification", [])
+
+
+def test_auto_is_a_process_per_core_within_the_batch_and_the_reduction_blocks(monkeypatch):
+    """``auto``: the cores this process may run on, at most the batch and REDUCTION_BLOCKS (so that the bits
+    are the same on every machine), the slots of ``hosts``, one process on the GPU; numbers pass through."""
+    monkeypatch.setattr(launch, "cpu_count", lambda: 2)
+    assert launch.process_count(train_block(processes="auto"), "classification") == 2
+    monkeypatch.setattr(launch, "cpu_count", lambda: 64)
+    assert launch.process_count(train_block(processes="auto"), "classification") == REDUCTION_BLOCKS
+    assert launch.process_count(train_block(processes="auto", batch_size=4), "classification") == 4
+    assert launch.process_count(train_block(processes="auto", hosts="a:4,b:2"), "classification") == 6
+    assert launch.process_count(train_block(processes="auto", device="gpu"), "classification") == 1
+    assert launch.process_count(train_block(processes=3), "classification") == 3
+    command, _ = launch.launch_command(train_block(processes="auto", batch_size=4), "classification", [])
+    assert command[1:3] == ["-n", "4"]
+
+
+def test_auto_without_mpi_trains_in_one_process_and_says_why(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(launch, "cpu_count", lambda: 8)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert launch.process_count(train_block(processes="auto"), "detection") == 1
+    said = capsys.readouterr().err
+    assert "train.detection.processes auto: one process (processes > 1 needs mpiexec" in said
 
 
 def test_a_missing_mpiexec_is_a_clear_error(monkeypatch, tmp_path):

@@ -1,9 +1,10 @@
 """Starting the processes of a data-parallel ``xpvision train`` and ending them all when one fails.
 
-:func:`train_command` is what ``xpvision train`` runs. Outside MPI with ``processes: K > 1`` it checks that
-``mpiexec`` exists and that K fits (the slots of ``hosts``, the GPUs of this host), then starts ``mpiexec -n
-K [-hosts ... | -f hostfile] python -m xpvision.cli train ...`` and returns its exit status; BLAS and the
-layers' threads are set to split this host's cores among its processes. Under MPI (started by the line
+:func:`train_command` is what ``xpvision train`` runs. Outside MPI with ``processes: K > 1`` (or ``auto``, one
+per core: :func:`process_count`) it checks that ``mpiexec`` exists and that K fits (the slots of ``hosts``,
+the GPUs of this host), then starts ``mpiexec -n K [-hosts ... | -f hostfile] python -m xpvision.cli train
+...`` and returns its exit status; BLAS and the layers' threads are set to split this host's cores among its
+processes. Under MPI (started by the line
 above, or by a user's own ``mpiexec``/scheduler) it runs the stage as one process of the group: an exception
 in any process prints its error once and aborts the whole group (``MPI_Abort``), so no process waits
 forever in a collective for one that died. The root reports first; the others wait
@@ -12,6 +13,7 @@ forever in a collective for one that died. The root reports first; the others wa
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -71,12 +73,43 @@ def host_arguments(hosts: str | None, key: str) -> tuple[list[str], int | None]:
     return arguments, slots
 
 
+def process_count(cfg: Any, task: str) -> int:
+    """The processes ``train.<task>`` trains with: ``cfg.processes``, or for ``auto`` one per CPU core this
+    process may run on, at most the batch size and :data:`xpvision.nn.parallel.REDUCTION_BLOCKS` (so that the
+    trained bits are the same on every machine); the slots of ``hosts`` when they are given; 1 on the GPU (one
+    process per GPU is asked for with a number) and where MPI is not installed (said on stderr)."""
+    from xpvision.nn.parallel import REDUCTION_BLOCKS
+
+    if cfg.processes != "auto":
+        return cfg.processes
+    if cfg.device == "gpu":
+        return 1
+    _, slots = host_arguments(cfg.hosts, f"train.{task}.hosts")
+    k = min(slots or min(cpu_count(), REDUCTION_BLOCKS), cfg.batch_size)
+    missing = _missing_mpi() if k > 1 else None
+    if missing:
+        print(f"xpvision train: train.{task}.processes auto: one process ({missing})", file=sys.stderr)
+        return 1
+    return k
+
+
+def _missing_mpi() -> str | None:
+    """What is missing to start processes (``None``: nothing)."""
+    if importlib.util.find_spec("mpi4py") is None:
+        return "mpi4py is not installed: pip install 'xpvision[distributed]'"
+    try:
+        find_mpiexec()
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
 def launch_command(cfg: Any, task: str, argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """``(command, environment)`` starting ``cfg.processes`` processes of ``xpvision <argv>``; raises
-    :class:`ConfigError` when they cannot be started."""
+    """``(command, environment)`` starting the :func:`process_count` processes of ``xpvision <argv>``;
+    raises :class:`ConfigError` when they cannot be started."""
     from xpvision import backend
 
-    key, k = f"train.{task}", cfg.processes
+    key, k = f"train.{task}", process_count(cfg, task)
     host_args, slots = host_arguments(cfg.hosts, f"{key}.hosts")
     if slots is not None and k > slots:
         raise ConfigError(f"{key}.processes: {k} is larger than allowed: {key}.hosts offers {slots} slots")
@@ -101,12 +134,12 @@ def train_command(run: Callable[[Any, str], None], params: Any, task: str, param
         run_in_group(lambda: run(params, task), params.train[task].device)
         return 0
     cfg = params.train[task]
-    if cfg.processes == 1:
+    k = process_count(cfg, task)
+    if k == 1:
         run(params, task)
         return 0
     command, env = launch_command(cfg, task, ["train", "--task", task, "--params", params_path])
-    print(f"xpvision train: starting {cfg.processes} processes: {' '.join(command)}", file=sys.stderr,
-          flush=True)
+    print(f"xpvision train: starting {k} processes: {' '.join(command)}", file=sys.stderr, flush=True)
     return subprocess.run(command, env=env, check=False).returncode or 0
 
 
