@@ -4,11 +4,10 @@
 per core: :func:`process_count`) it checks that ``mpiexec`` exists and that K fits (the slots of ``hosts``,
 the GPUs of this host), then starts ``mpiexec -n K [-hosts ... | -f hostfile] python -m xpvision.cli train
 ...`` and returns its exit status; BLAS and the layers' threads are set to split this host's cores among its
-processes. Under MPI (started by the line
-above, or by a user's own ``mpiexec``/scheduler) it runs the stage as one process of the group: an exception
-in any process prints its error once and aborts the whole group (``MPI_Abort``), so no process waits
-forever in a collective for one that died. The root reports first; the others wait
-:data:`REPORT_DELAY_S` before reporting, so an error every process hits is shown once.
+processes. Under MPI (started by the line above, or by a user's own ``mpiexec``/scheduler) it runs the stage
+as one process of the group: an exception in any process prints its error once and aborts the whole group
+(``MPI_Abort``), so no process waits forever in a collective for one that died. The root reports first; the
+others wait :data:`REPORT_DELAY_S` before reporting, so an error every process hits is shown once.
 """
 
 from __future__ import annotations
