@@ -85,6 +85,7 @@ class Setting:
         self._value = value
 
     def get(self) -> str:
+        """The value in use (see the class docstring)."""
         if self._value is None:
             self._value = choice_from_environment(self.variable, self.choices, self.default)
         return self._value

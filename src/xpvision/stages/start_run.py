@@ -6,9 +6,8 @@ configuration changes: one parent run per configuration that is executed. The ta
 through their data dependencies and log under whichever parent the file names. A fine-tuned task's first
 stage is its training, which must not re-run for a new parent run alone: it declares
 ``reports/<task>/pipeline_order.json`` instead, written here with the same content every time (the task and
-its data task). A stage re-run for a code
-change alone logs under the current parent. Returning to an earlier configuration is restored from DVC's
-run cache together with the results that were logged under that parent.
+its data task). A stage re-run for a code change alone logs under the current parent. Returning to an earlier
+configuration is restored from DVC's run cache together with the results that were logged under that parent.
 """
 
 from __future__ import annotations
