@@ -51,7 +51,9 @@ def worker(args) -> None:
         classes = 11
         samples = [{"image": gen.integers(0, 256, (96, 96, 3), dtype=np.uint8),
                     "mask": gen.integers(0, classes, (96, 96), dtype=np.uint8)} for _ in range(count)]
-        model, task = build_fcn("8s", in_channels=3, num_classes=classes), SegmentationTask(classes)
+        model = build_fcn("8s", in_channels=3, num_classes=classes, backbone="deep_convnet",
+                          encoder_stride=16, extra_channels=[128])  # params.yaml's train.segmentation_ft
+        task = SegmentationTask(classes)
     else:
         classes = 10
         samples = [{"image": gen.integers(0, 256, (28, 28, 1), dtype=np.uint8),

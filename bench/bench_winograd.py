@@ -63,6 +63,7 @@ def runner(method, layer: Conv2d, relu: bool, pool: bool, hw: tuple[int, int], k
     scratch = Scratch()
     training = kind == "train"
     dy = None
+    grads = {"W": np.empty_like(w), "b": np.empty_like(b)}
 
     def run() -> None:
         nonlocal dy
@@ -70,8 +71,7 @@ def runner(method, layer: Conv2d, relu: bool, pool: bool, hw: tuple[int, int], k
         if training:
             if dy is None:
                 dy = data.standard_normal(y.shape, dtype=np.float32)
-            method.conv2d_backward(dy, saved, need_params=True, need_bias=True, need_input=need_input,
-                                   scratch=scratch)
+            method.conv2d_backward(dy, saved, grads=grads, need_input=need_input, scratch=scratch)
 
     return run
 

@@ -51,3 +51,50 @@ def test_an_mpi4py_of_another_mpi_than_the_launchers_is_a_clear_error(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
                          cwd=tmp_path, check=True).stdout
     assert "started 3 processes but mpi4py's MPI library" in out and "sees 1" in out
+
+
+FOLD_RANKS = """
+import numpy as np
+from xpvision.distributed.comm import MPICommunicator
+from xpvision.distributed.data import part_bounds
+from xpvision.nn.parallel import local_fold
+
+shared, messages = MPICommunicator(), MPICommunicator(shared_memory=False)
+assert shared.shared is not None and messages.shared is None, "one host: the shared-memory fold"
+rs = np.random.default_rng(0)
+cases = [(16, (3, 5), np.float32), (4, (70000,), np.float32), (3, (7,), np.float64), (5, (2,), np.float32),
+         (16, (40, 33), np.float32)]
+for blocks, shape, dtype in cases * 20:  # the window reused and reallocated, sums laid over old totals
+    every = [(rs.standard_normal(shape) * 10.0 ** rs.integers(-6, 7, shape)).astype(dtype)
+             for _ in range(blocks)]  # magnitudes 1e-6 .. 1e6: any other order of additions shows
+    first, last = part_bounds(blocks, shared.size, shared.rank)
+    expected = local_fold(every)
+    for name, comm in (("shared", shared), ("messages", messages)):
+        total = comm.fold(every[first:last], blocks)
+        assert total.dtype == dtype and total.shape == shape, name
+        assert np.array_equal(total, expected), f"{name}: {blocks} blocks of {shape}"
+shared.barrier()  # every process got here: an assertion anywhere ends mpiexec with an error instead
+if shared.rank == 0:
+    print("folded", shared.size)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [2, 3])
+def test_the_shared_memory_and_the_message_folds_add_as_one_process_does(tmp_path, k):
+    """Through the shared window (the one-host default) and by messages (as between hosts), each of 100
+    folds of growing and shrinking sizes (the window is reallocated), float32 and float64, gives the bits of
+    one process adding every block in order."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.distributed.test_data_parallel import BIN, src_path
+
+    script = tmp_path / "fold_ranks.py"
+    script.write_text(FOLD_RANKS)
+    done = subprocess.run([str(BIN / "mpiexec"), "-n", str(k), sys.executable, str(script)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": src_path()})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["folded", str(k)]

@@ -226,3 +226,52 @@ def test_local_fold_adds_in_list_order():
     parts = [np.float32([1.0]), np.float32([1e8]), np.float32([-1e8])]
     # (1 + 1e8) + -1e8 = 0 in float32; 1 + (1e8 + -1e8) would give 1
     np.testing.assert_array_equal(parallel.local_fold(parts), np.float32([0.0]))
+
+
+def test_deferred_sums_are_written_at_the_flush_in_one_fold_with_the_bits_of_their_own_folds():
+    rs = np.random.default_rng(3)
+    sums = [[rs.standard_normal(shape).astype(np.float32) * 10.0 ** rs.integers(-4, 5) for _ in range(3)]
+            for shape in ((4, 3), (5,), (2, 3, 2))]
+    sums[0] = [part.T for part in sums[0]]  # a transposed view, as a convolution's weight gradient is
+    folds = []
+
+    def counting_fold(parts):
+        folds.append(len(parts))
+        return parallel.local_fold(parts)
+
+    eager = parallel.BatchLayout(3)
+    expected = [np.zeros(parts[0].shape, np.float32) for parts in sums]
+    for parts, out in zip(sums, expected, strict=True):
+        eager.fold_into(parts, out)
+    deferred = parallel.BatchLayout(3, fold=counting_fold, defer=True)
+    outs = [np.full(parts[0].shape, np.nan, np.float32) for parts in sums]
+    for parts, out in zip(sums, outs, strict=True):
+        deferred.fold_into(parts, out)
+    assert deferred.pending == 3 and folds == [] and all(np.isnan(out).all() for out in outs)
+    deferred.flush()
+    assert deferred.pending == 0 and folds == [3]  # one fold of the three blocks' sums laid end to end
+    for out, want in zip(outs, expected, strict=True):
+        np.testing.assert_array_equal(out, want)
+    with pytest.raises(ValueError, match="2 partial sums for the 3 blocks"):
+        deferred.fold_into(sums[1][:2], outs[1])
+
+
+def test_data_parallel_refuses_a_forward_before_the_last_backward_was_reduced():
+    from xpvision.distributed import DataParallel
+    from xpvision.distributed.comm import SingleCommunicator
+
+    rng.manual_seed(0)
+    conv, linear = Conv2d(1, 2, 3, padding=1), Linear(2 * 4 * 4, 3)
+    model = Sequential(conv, ReLU(), Flatten(), linear)
+    task, hook = ClassificationTask(3), DataParallel(SingleCommunicator(), model)
+    batch = {"images": np.random.default_rng(0).standard_normal((4, 1, 4, 4)).astype(np.float32),
+             "labels": np.array([0, 1, 2, 0]), "global_batch": (4, 0)}
+    _, dout, _ = hook.forward_loss(task, model, batch)
+    model.backward(dout)
+    assert not conv.grads["W"].any()  # deferred: nothing written before reduce_gradients
+    hook.reduce_gradients(None)
+    assert conv.grads["W"].any() and linear.grads["b"].any()
+    _, dout, _ = hook.forward_loss(task, model, batch)
+    model.backward(dout)
+    with pytest.raises(RuntimeError, match="call reduce_gradients after each backward"):
+        hook.forward_loss(task, model, batch)

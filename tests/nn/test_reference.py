@@ -15,6 +15,8 @@ from xpvision.nn import BatchNorm2d, Conv2d, ConvTranspose2d, MaxPool2d, ReLU, S
 from xpvision.nn.convblock import ConvGeometry, Scratch
 from xpvision.nn.functional import conv_output_size
 
+from .kernels import backward_grads
+
 TOL = {np.float64: 1e-10, np.float32: 2e-5}
 
 
@@ -67,8 +69,8 @@ def test_conv2d_kernels_match(case, tail, dtype, bias, training):
         y, saved = engine.kernel("conv2d", name)(x, w, b, geom, relu=relu, pool=pool, training=training,
                                                  scratch=Scratch())
         dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
-        grads = engine.kernel("conv2d_backward", name)(dy, saved, need_params=True, need_bias=bias,
-                                                        need_input=True, scratch=Scratch())
+        grads = backward_grads(engine.kernel("conv2d_backward", name), dy, saved, w.shape,
+                               b.shape if bias else None, need_input=True, scratch=Scratch())
         results[name] = (np.array(y), *(None if g is None else np.array(g) for g in grads))
     for what, ref, tuned in zip(("y", "dx", "dw", "db"), results["reference"], results["tuned"],
                                 strict=True):
@@ -127,8 +129,8 @@ def _compare_transposed(x, w, b, stride, padding, frozen, dtype):
         y, saved = engine.kernel("conv_transpose2d", name)(x, w, b, stride, padding, upsampling=upsampling,
                                                            scratch=Scratch())
         dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
-        grads = engine.kernel("conv_transpose2d_backward", name)(dy, saved, need_params=True, need_bias=True,
-                                                                  scratch=Scratch())
+        grads = backward_grads(engine.kernel("conv_transpose2d_backward", name), dy, saved, w.shape,
+                               (w.shape[1],), scratch=Scratch())
         results[name] = [np.array(a) for a in (y, *grads)]
         tuned_saved = saved if name == "tuned" else tuned_saved
     expected_shape = tuple((n - 1) * s - 2 * p + k for n, k, s, p in zip(

@@ -16,6 +16,8 @@ from xpvision.nn import Conv2d, MaxPool2d, ReLU, Sequential, convblock, engine, 
 from xpvision.nn.convblock import ConvGeometry, Scratch
 from xpvision.nn.functional import conv_output_size
 
+from .kernels import backward_grads
+
 TOL = {np.float64: 1e-11, np.float32: 1e-5}
 
 
@@ -118,8 +120,8 @@ CASES = [  # (N, (H, W), I, O, padding)
 def run_kernels(conv, conv_backward, x, w, b, geom, relu, pool, training, need_input=True):
     y, saved = conv(x, w, b, geom, relu=relu, pool=pool, training=training, scratch=Scratch())
     dy = np.random.default_rng(1).standard_normal(y.shape).astype(x.dtype)
-    grads = conv_backward(dy, saved, need_params=True, need_bias=b is not None, need_input=need_input,
-                          scratch=Scratch())
+    grads = backward_grads(conv_backward, dy, saved, w.shape, None if b is None else b.shape,
+                           need_input=need_input, scratch=Scratch())
     return np.array(y), *(None if g is None else np.array(g) for g in grads)
 
 
@@ -169,13 +171,10 @@ def test_input_gradient_alone():
     geom = geometry((7, 6), (1, 2))
     y, saved = winograd.conv2d(x, w, b, geom, relu=True, pool=False, training=True, scratch=Scratch())
     dy = rs.standard_normal(y.shape)
-    dx, dw, db = winograd.conv2d_backward(dy, saved, need_params=False, need_bias=False, need_input=True,
-                                          scratch=Scratch())
-    assert dw is None and db is None
+    dx = winograd.conv2d_backward(dy, saved, grads={}, need_input=True, scratch=Scratch())
     reference = engine.kernel("conv2d", "reference")
     ref_y, ref_saved = reference(x, w, b, geom, relu=True, pool=False, training=True)
-    ref_dx = engine.kernel("conv2d_backward", "reference")(dy, ref_saved, need_params=False, need_bias=False,
-                                                          need_input=True)[0]
+    ref_dx = engine.kernel("conv2d_backward", "reference")(dy, ref_saved, grads={}, need_input=True)
     assert_close(y, ref_y, np.float64, "y")
     assert_close(dx, ref_dx, np.float64, "dx")
 
@@ -296,8 +295,8 @@ def test_parts_of_a_global_batch_give_the_bits_of_the_whole_batch():
         with parallel.batch_layout(layout):
             y, saved = winograd.conv2d(x[rows], w, b, geom, relu=True, pool=True, training=True,
                                        scratch=Scratch())
-            dx, dw, db = winograd.conv2d_backward(dy[rows], saved, need_params=True, need_bias=True,
-                                                  need_input=True, scratch=Scratch())
+            dx, dw, db = backward_grads(winograd.conv2d_backward, dy[rows], saved, w.shape, b.shape,
+                                        need_input=True, scratch=Scratch())
         return y, dx, dw, db
 
     whole = run(parallel.BatchLayout(10), slice(0, 10))
@@ -309,8 +308,8 @@ def test_parts_of_a_global_batch_give_the_bits_of_the_whole_batch():
 
     first = run(parallel.BatchLayout(10, 0, 5, processes=2, fold=collect), slice(0, 5))
     second = run(parallel.BatchLayout(10, 5, 5, processes=2, fold=collect), slice(5, 10))
-    du_parts, db_parts = collected[0] + collected[2], collected[1] + collected[3]
+    dw_parts, db_parts = collected[0] + collected[2], collected[1] + collected[3]
     np.testing.assert_array_equal(np.concatenate([first[0], second[0]]), whole[0])
     np.testing.assert_array_equal(np.concatenate([first[1], second[1]]), whole[1])
-    np.testing.assert_array_equal(winograd.weight_grad_transform(parallel.local_fold(du_parts)), whole[2])
+    np.testing.assert_array_equal(parallel.local_fold(dw_parts), whole[2])
     np.testing.assert_array_equal(parallel.local_fold(db_parts), whole[3])

@@ -8,7 +8,9 @@ process calls them in the same order. Arrays are reduced in place:
 * :meth:`fold` sums per-block partial sums in block order over every process's blocks (the processes holding
   consecutive runs of ``blocks`` blocks, as :func:`xpvision.distributed.data.batch_part` deals them, rank 0
   the first), the additions being those one process makes over all the blocks, in the same order: the same
-  bits for any number of processes. Small partials (:data:`GATHER_BYTES`): rank 0 adds its own blocks, and
+  bits for any number of processes. When every process runs on one host, through shared memory
+  (:mod:`xpvision.distributed.shared`: each process adds a share of the values). Between hosts, by messages.
+  Small partials (:data:`GATHER_BYTES`): rank 0 adds its own blocks, and
   one all-gather gives every process that running sum and every other process's blocks, which each adds to
   it in order. Larger ones travel as a running sum: rank ``r`` receives it from rank ``r - 1``, adds its
   blocks and passes it on; the last rank broadcasts the total (about twice an all-reduce's traffic, where an
@@ -82,9 +84,11 @@ class SingleCommunicator:
 
 
 class MPICommunicator:
-    """MPI_COMM_WORLD through mpi4py; CuPy arrays are reduced through host copies."""
+    """MPI_COMM_WORLD through mpi4py; CuPy arrays are reduced through host copies. When every process runs
+    on one host, :meth:`fold` goes through shared memory (:class:`~xpvision.distributed.shared.SharedFold`;
+    ``shared_memory=False`` keeps it to messages, as between hosts)."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared_memory: bool = True) -> None:
         try:
             from mpi4py import MPI
         except ImportError as e:
@@ -102,7 +106,13 @@ class MPICommunicator:
                               f"(MPI4PY_LIBMPI=<its libmpi.so>)")
         local = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
-        local.Free()
+        self.shared = None  # every process on one host: folds through shared memory (SharedFold)
+        if self.local_size == self.size and shared_memory:
+            from xpvision.distributed.shared import SharedFold
+
+            self.shared = SharedFold(local, MPI)
+        else:
+            local.Free()
 
     @property
     def is_root(self) -> bool:
@@ -126,7 +136,9 @@ class MPICommunicator:
         from xpvision.nn.parallel import local_fold
 
         xp = backend.get_array_module(parts[0])
-        host = list(backend.to_numpy(xp.stack(parts)))  # one copy to the host for all blocks
+        host = parts if xp is np else list(backend.to_numpy(xp.stack(parts)))  # one copy for all blocks
+        if self.shared is not None:
+            return xp.asarray(self.shared.fold(host, blocks))
         if blocks * host[0].nbytes <= GATHER_BYTES:
             mine = np.stack([local_fold(host)] if self.rank == 0 else host)  # rank 0: its running sum
             base, extra = divmod(blocks, self.size)

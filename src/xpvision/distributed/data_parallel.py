@@ -16,9 +16,12 @@ With ``size`` processes (:class:`DataParallel`):
   the weight and bias gradients of convolutions (transposed ones too), linear and batch-norm layers) is formed
   by the layer or loss from one partial sum per block and ``layout.fold``, which adds the blocks of every
   process in block order (:meth:`~xpvision.distributed.comm.MPICommunicator.fold`, ``reduction='ordered'``,
-  the default): one process and any number of them perform the same additions in the same order, so the loss,
-  the gradients and the trained weights are the same bits for any number of processes (up to
-  :data:`xpvision.nn.parallel.REDUCTION_BLOCKS`) and threads;
+  the default): one process and any number of them perform the same additions in the same order, so the
+  loss, the gradients and the trained weights are the same bits for any number of processes (up to
+  :data:`xpvision.nn.parallel.REDUCTION_BLOCKS`) and threads. The sums the backward pass itself does not
+  read (the weight and bias gradients of convolutions and linear layers) wait in the layout (``fold_into``)
+  and ``reduce_gradients`` folds them together: one collective per step where each layer would make one, so
+  the processes meet once per backward pass instead of at every layer;
 * with ``reduction='allreduce'`` each process adds its own blocks and the totals are summed with an
   all-reduce (MPI's or NCCL's order, fixed for a given number of processes): equal to one process's result
   up to float rounding, and reproducible run to run;
@@ -71,6 +74,7 @@ class DataParallel:
         self.rank, self.size, self.is_root = comm.rank, comm.size, comm.is_root
         self.reduction = reduction
         self.block_count = parallel.reduction_blocks(backend.xp_for(model.device))
+        self._layout: parallel.BatchLayout | None = None  # the last forward's: its gradient sums wait in it
 
     def synchronize(self, model: Layer) -> None:
         """Broadcast the root's parameters and buffers (packed into one buffer per dtype and device)."""
@@ -88,14 +92,21 @@ class DataParallel:
         blocks = len(parallel.global_blocks(total, self.size, self.block_count))
         fold = (functools.partial(self.comm.fold, blocks=blocks) if self.reduction == "ordered"
                 else self._allreduce)
-        layout = parallel.BatchLayout(total, start, len(batch["images"]), self.size, fold, self.block_count)
-        with rng.batch_part(total, start), parallel.batch_layout(layout):
+        if self._layout is not None and self._layout.pending:
+            raise RuntimeError("a backward's gradient sums were never folded: call reduce_gradients after "
+                               "each backward, before the next forward_loss")
+        self._layout = parallel.BatchLayout(total, start, len(batch["images"]), self.size, fold,
+                                            self.block_count, defer=True)
+        with rng.batch_part(total, start), parallel.batch_layout(self._layout):
             loss, dout = task.forward_loss(model, batch)
         return loss, dout, total
 
     def reduce_gradients(self, optimizer: Any) -> None:
-        """Sum over the processes the gradients the layers did not sum through the layout: one all-reduce
-        per dtype and device of those of the trainable layers whose ``batch_summed`` is false."""
+        """Fold the weight and bias gradients the layers left in the batch's layout (every layer's in one
+        collective), then sum over the processes those the layers did not sum through the layout: one
+        all-reduce per dtype and device of those of the trainable layers whose ``batch_summed`` is false."""
+        if self._layout is not None:
+            self._layout.flush()
         grads = [layer.grads[key] for _, layer in self.model.named_layers()
                  if layer.trainable and not layer.batch_summed for key in sorted(layer.grads)]
         for group in _by_kind(grads):

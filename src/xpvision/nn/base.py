@@ -9,9 +9,10 @@ Conventions every layer follows -------------------------------
 * **dtype.** float32 unless the caller passes float64 (gradient checks); layers never upcast silently.
 * **Parameters.** ``params[name]`` holds the array and ``grads[name]`` the gradient of the same shape,
   allocated by :meth:`Layer.add_param`. ``backward`` writes gradients *in place* (``self.grads['W'][...] =
-  dW``), never rebinds them, and ``forward`` reads ``self.params[...]`` on every call: optimizers may replace
-  both by views into one flat buffer. ``buffers`` hold non-trained state saved with the weights (batch-norm
-  running statistics).
+  dW``, or through ``layout.fold_into``, which in data-parallel training writes them at the end of the
+  backward pass), never rebinds them, and ``forward`` reads ``self.params[...]`` on every call: optimizers
+  may replace both by views into one flat buffer. ``buffers`` hold non-trained state saved with the weights
+  (batch-norm running statistics).
 * **Training flag.** ``training`` switches dropout and batch norm; ``train()``/``eval()`` set it recursively.
 * **Freezing.** ``trainable = False`` (``freeze()``) keeps a layer's parameters out of the optimizer; its
   ``backward`` still returns the input gradient but need not fill its parameter gradients.
@@ -138,6 +139,11 @@ class Layer:
         xp = backend.get_array_module(value)
         self.params[name] = value
         self.grads[name] = xp.zeros_like(value)
+
+    def wanted_grads(self) -> dict:
+        """The gradient arrays a backward fills: every one of ``grads`` when the layer is trainable, none
+        when frozen (the destinations the engine's backward kernels write into)."""
+        return dict(self.grads) if self.trainable else {}
 
     def children(self) -> Iterator[tuple[str, Layer]]:
         """Direct sub-layers with their names. Containers override this."""

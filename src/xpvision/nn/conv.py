@@ -98,13 +98,8 @@ class Conv2d(Layer):
         forward_done(type(self).__name__, self._cache)
         kernels, saved, y_shape = self._cache
         dy = F.nhwc(grad_like(type(self).__name__, dout, (y_shape[0], y_shape[3], y_shape[1], y_shape[2])))
-        dx, dw, db = engine.kernel("conv2d_backward", kernels)(
-            dy, saved, need_params=self.trainable, need_bias=self.trainable and "b" in self.params,
-            need_input=self.needs_input_grad, scratch=self._scratch)
-        if dw is not None:
-            self.grads["W"][...] = dw
-        if db is not None:
-            self.grads["b"][...] = db
+        dx = engine.kernel("conv2d_backward", kernels)(
+            dy, saved, grads=self.wanted_grads(), need_input=self.needs_input_grad, scratch=self._scratch)
         return None if dx is None else F.nchw(dx)  # (N, I, H, W)
 
 
@@ -121,11 +116,10 @@ def conv2d(x, w, b, geom: ConvGeometry, *, relu: bool, pool: bool, training: boo
 
 
 @engine.register("tuned", "conv2d_backward")
-def conv2d_backward(dy, saved, *, need_params: bool, need_bias: bool, need_input: bool, scratch: Scratch):
+def conv2d_backward(dy, saved, *, grads: dict, need_input: bool, scratch: Scratch):
     """The tuned ``conv2d_backward`` kernel: the backward of the method :func:`conv2d` used."""
     method, state = saved
-    return method.conv2d_backward(dy, state, need_params=need_params, need_bias=need_bias,
-                                  need_input=need_input, scratch=scratch)
+    return method.conv2d_backward(dy, state, grads=grads, need_input=need_input, scratch=scratch)
 
 
 class ConvTranspose2d(Layer):
@@ -214,13 +208,8 @@ class ConvTranspose2d(Layer):
         kernels, saved, y_shape = self._cache
         dy = F.nhwc(grad_like(type(self).__name__, dout, (y_shape[0], y_shape[3], y_shape[1], y_shape[2])))
         # a layer frozen at the forward and unfrozen since gets its gradients too
-        dx, dw, db = engine.kernel("conv_transpose2d_backward", kernels)(
-            dy, saved, need_params=self.trainable, need_bias=self.trainable and "b" in self.params,
-            scratch=self._scratch)
-        if dw is not None:
-            self.grads["W"][...] = dw
-        if db is not None:
-            self.grads["b"][...] = db
+        dx = engine.kernel("conv_transpose2d_backward", kernels)(dy, saved, grads=self.wanted_grads(),
+                                                                  scratch=self._scratch)
         return F.nchw(dx)  # (N, I, H, W)
 
 
@@ -256,31 +245,29 @@ def conv_transpose2d(x, w, b, stride, padding, *, upsampling, scratch: Scratch):
 
 
 @engine.register("tuned", "conv_transpose2d_backward")
-def conv_transpose2d_backward(dy, saved, *, need_params: bool, need_bias: bool, scratch: Scratch):
+def conv_transpose2d_backward(dy, saved, *, grads: dict, scratch: Scratch):
     """The tuned ``conv_transpose2d_backward`` kernel: ``dx`` is the convolution of ``dy`` with ``W``; the
-    weight and bias gradients are one partial sum per block of the layout, added by its ``fold``."""
+    weight and bias gradients are one partial sum per block of the layout, added by its ``fold_into``."""
     x, w, weights, stride, padding, layout = saved
     kernel = w.shape[2:]
     xp = backend.get_array_module(dy)
     separable = isinstance(weights, list)
     dypad = dy
-    if padding != (0, 0) and (need_params or not separable):
+    if padding != (0, 0) and ("W" in grads or not separable):
         (p0, p1), (n, h, w_out, c) = padding, dy.shape
         buffer = scratch.get(0, "dypad", (n, h + 2 * p0, w_out + 2 * p1, c), dy.dtype, xp, fill=0)
         dypad = F.pad_nhwc(dy, padding, out=buffer)  # (N, OHp, OWp, O), border zero
-    dw = db = None
     blocks = layout.blocks
     with single_threaded_blas(xp):
-        if need_params:  # (kh*kw*O, I) per block, summed in block order
-            dw_mat = layout.fold([F.conv2d_grad_weight(dypad[a:e], x[a:e], kernel, stride)
-                                  for a, e in blocks])
-            dw = F.conv_weight_from_matrix(dw_mat, kernel)
-        if need_bias:
-            db = layout.fold([dy[a:e].reshape(-1, dy.shape[3]).sum(axis=0) for a, e in blocks])  # (O,)
+        if "W" in grads:  # (kh*kw*O, I) per block, seen as (I, O, kh, kw)
+            parts = [F.conv2d_grad_weight(dypad[a:e], x[a:e], kernel, stride) for a, e in blocks]
+            layout.fold_into([F.conv_weight_from_matrix(part, kernel) for part in parts], grads["W"])
+        if "b" in grads:
+            layout.fold_into([dy[a:e].reshape(-1, dy.shape[3]).sum(axis=0) for a, e in blocks], grads["b"])
         if separable:  # weights holds (U_h, U_w)
             u_h, u_w = weights
-            return _by_block(layout, lambda a, e: _apply_per_channel(dy[a:e], u_h.T, u_w.T)), dw, db
-        return _by_block(layout, lambda a, e: F.conv2d_nhwc(dypad[a:e], weights, kernel, stride)), dw, db
+            return _by_block(layout, lambda a, e: _apply_per_channel(dy[a:e], u_h.T, u_w.T))
+        return _by_block(layout, lambda a, e: F.conv2d_nhwc(dypad[a:e], weights, kernel, stride))
 
 
 def _by_block(layout, compute):

@@ -400,19 +400,19 @@ def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: boo
     return out, index
 
 
-def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index, need_params: bool,
-                  need_bias: bool, need_input: bool, scratch: Scratch, layout: BatchLayout | None = None):
+def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index, grads: dict,
+                  need_input: bool, scratch: Scratch, layout: BatchLayout | None = None):
     """Gradients of :func:`conv_forward` from ``dout``, the gradient of its output.
 
     ``relu_out``: the forward output when a ReLU was fused without a pool (its positive entries pass the
     gradient), else ``None``; ``pool_index``: the forward's pool index, or ``None``. The batch is worked on
     in the blocks of ``layout`` (default: the whole batch in this process, see
     :class:`xpvision.nn.parallel.BatchLayout`), each block's weight gradient computed from it alone and the
-    blocks summed by ``layout.fold``. Returns ``(dx, dw_mat, db)``: ``dx`` ``(N, H, W, I)`` (``None``
-    unless ``need_input``), ``dw_mat`` ``(kh * kw * I, O)`` and ``db`` ``(O,)`` (``None`` unless
-    ``need_params`` / ``need_bias``).
+    blocks summed by ``layout.fold_into`` into ``grads``: ``'W'`` ``(O, I, kh, kw)`` and ``'b'`` ``(O,)``,
+    those wanted. Returns ``dx`` ``(N, H, W, I)``, ``None`` unless ``need_input``.
     """
     xp = backend.get_array_module(dout)
+    need_params, need_bias = bool(grads), "b" in grads  # the bias gradient is the weight GEMM's last row
     n = dout.shape[0]
     (oh, ow), (h, w), o, k = geom.out_hw, geom.in_hw, w_mat.shape[1], w_mat.shape[0]
     (kh, kw), i_ch = geom.kernel, k // (geom.kernel[0] * geom.kernel[1])
@@ -490,15 +490,16 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
             F.col2im_add(dxpad[start:stop], dcols, geom.kernel, geom.stride, geom.dilation)
 
     run_blocks(work, [(a, e) for a, e, _, _ in plan], xp)
-    dw = db = None
-    if need_params:  # (K[+1], O): each block's sub-blocks added in order, then the blocks in block order
-        dw = layout.fold([ordered_sum({j: dw_parts[j] for j, sub in enumerate(plan) if sub[3] == part})
-                          for part in range(len(layout.blocks))])
-        if need_bias:
-            dw, db = dw[:-1], dw[-1]
+    # (K[+1], O) per block: its sub-blocks added in order; the fold adds the blocks in block order
+    parts = [ordered_sum({j: dw_parts[j] for j, sub in enumerate(plan) if sub[3] == part})
+             for part in range(len(layout.blocks))] if need_params else []
+    if "W" in grads:
+        layout.fold_into([F.conv_weight_from_matrix(part[:k], geom.kernel) for part in parts], grads["W"])
+    if need_bias:
+        layout.fold_into([part[k] for part in parts], grads["b"])
     if dxpad is not None:
         dx = F.crop_nhwc(dxpad, geom.padding)
-    return dx, dw, db
+    return dx
 
 
 def conv2d(x, w, b, geom: ConvGeometry, *, relu: bool, pool: bool, training: bool, scratch: Scratch):
@@ -519,17 +520,15 @@ def conv2d(x, w, b, geom: ConvGeometry, *, relu: bool, pool: bool, training: boo
     return y, (xpad, w_mat, bias, geom, relu, pool, y if relu and not pool else None, pool_index, layout)
 
 
-def conv2d_backward(dy, saved, *, need_params: bool, need_bias: bool, need_input: bool, scratch: Scratch):
+def conv2d_backward(dy, saved, *, grads: dict, need_input: bool, scratch: Scratch):
     """The ``conv2d_backward`` kernel of :mod:`xpvision.nn.engine` for :func:`conv2d`'s ``saved``
     (:func:`conv_backward`)."""
     xpad, w_mat, bias, geom, relu, pool, relu_out, pool_index, layout = saved
     if pool and pool_index is None:
         _, pool_index = conv_forward(xpad, w_mat, bias, geom, relu=relu, pool=True, scratch=scratch,
                                      layout=layout)
-    dx, dw, db = conv_backward(dy, xpad, w_mat, geom, relu_out=relu_out, pool_index=pool_index,
-                               need_params=need_params, need_bias=need_bias, need_input=need_input,
-                               scratch=scratch, layout=layout)
-    return dx, None if dw is None else F.conv_weight_from_matrix(dw, geom.kernel), db
+    return conv_backward(dy, xpad, w_mat, geom, relu_out=relu_out, pool_index=pool_index, grads=grads,
+                         need_input=need_input, scratch=scratch, layout=layout)
 
 
 __all__ = ["ConvGeometry", "Scratch", "conv2d", "conv2d_backward", "conv_backward", "conv_forward",

@@ -23,14 +23,17 @@ Kernels (``x``: channels-last ``(N, H, W, C)``; ``geom``: :class:`xpvision.nn.co
   ``x`` with ``w`` ``(O, I, kh, kw)`` and ``b`` ``(O,)`` or ``None``, then a ReLU and a 2x2 stride-2 max pool
   when asked -> ``y`` ``(N, OH, OW, O)`` (pooled: ``(N, OH // 2, OW // 2, O)``); ``saved``: what the
   backward needs.
-* ``conv2d_backward(dy, saved, *, need_params, need_bias, need_input, scratch) -> (dx, dw, db)``: ``dx``
-  ``(N, H, W, I)``, ``dw`` ``(O, I, kh, kw)``, ``db`` ``(O,)``, each ``None`` when not needed.
+* ``conv2d_backward(dy, saved, *, grads, need_input, scratch) -> dx``: ``dx`` ``(N, H, W, I)`` (``None``
+  unless ``need_input``); the weight and bias gradients are written into ``grads``, a dict holding the
+  arrays of those wanted (``'W'`` ``(O, I, kh, kw)``, ``'b'`` ``(O,)``; a frozen layer's is empty), by
+  ``layout.fold_into``: on return in one process, by the trainer's ``reduce_gradients`` in several.
 * ``conv_transpose2d(x, w, b, stride, padding, *, upsampling, scratch) -> (y, saved)``: transposed
   convolution of ``x`` ``(N, H, W, I)`` with ``w`` ``(I, O, kh, kw)`` -> ``(N, (H - 1) * S - 2P + K, ...,
   O)``; ``upsampling``: ``None``, or ``(U_h, U_w)`` ``(OH, H)``, ``(OW, W)`` when ``w`` is frozen and one
   separable kernel on the channel diagonal (``y[n, :, :, c] = U_h @ x[n, :, :, c] @ U_w^T``), which a kernel
   may use.
-* ``conv_transpose2d_backward(dy, saved, *, need_params, need_bias, scratch) -> (dx, dw, db)``.
+* ``conv_transpose2d_backward(dy, saved, *, grads, scratch) -> dx``: ``grads`` as above, ``'W'`` ``(I, O,
+  kh, kw)``.
 * ``batch_norm(x2, gamma, beta, running_mean, running_var, *, momentum, eps, training, layout) -> (y2,
   saved)``: per channel of ``x2`` ``(M, C)``, the rows of ``layout``'s samples
   (:class:`xpvision.nn.parallel.BatchLayout`); in training the running statistics are updated in place.
@@ -38,7 +41,8 @@ Kernels (``x``: channels-last ``(N, H, W, C)``; ``geom``: :class:`xpvision.nn.co
 
 Every sum over the batch (weight and bias gradients, batch statistics) is formed per block of the batch's
 layout (``conv2d`` takes it from :func:`xpvision.nn.parallel.current_layout`) and added with
-``layout.fold``: the result does not depend on how many processes or threads share the batch.
+``layout.fold`` (``fold_into`` for the parameter gradients): the result does not depend on how many processes
+or threads share the batch.
 """
 
 from __future__ import annotations

@@ -67,9 +67,10 @@ class Linear(Layer):
             return dx
 
     def _parameter_grads(self, dout) -> None:
-        """``W`` and ``b`` gradients: one ``(in [+ 1], out)`` partial per block, folded in block order. The
-        partials are written into one buffer kept from step to step: fresh ones (a fc1's are 200 KB each)
-        cost a page fault per 4 KiB on every step."""
+        """``W`` and ``b`` gradients: one ``(in [+ 1], out)`` partial per block, folded in block order (at
+        once, or with the other layers' at the end of a data-parallel backward: ``BatchLayout.fold_into``).
+        The partials are written into one buffer kept from step to step: fresh ones (a fc1's are 200 KB
+        each) cost a page fault per 4 KiB on every step."""
         xp = backend.get_array_module(dout)
         bias = "b" in self.params
         blocks = self._layout.blocks
@@ -79,10 +80,9 @@ class Linear(Layer):
             xp.matmul(self._x[a:b].T, dout[a:b], out=parts[i, :self.in_features])  # (in, out)
             if bias:
                 xp.sum(dout[a:b], axis=0, out=parts[i, self.in_features])  # (out,)
-        total = self._layout.fold(list(parts))
-        self.grads["W"][...] = total[:self.in_features]
+        self._layout.fold_into([part[:self.in_features] for part in parts], self.grads["W"])
         if bias:
-            self.grads["b"][...] = total[self.in_features]
+            self._layout.fold_into([part[self.in_features] for part in parts], self.grads["b"])
 
 
 class Flatten(Layer):

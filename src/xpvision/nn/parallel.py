@@ -42,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from xpvision import backend
 from xpvision.errors import ConfigError
 from xpvision.nn import heap
 
@@ -215,11 +216,14 @@ class BatchLayout:
     ``fold(parts)``: given one partial sum per block of ``blocks`` (arrays of one shape, each computed from
     its block alone), the sum over every block of the global batch, added in block order (:func:`local_fold`
     for one process; a collective over the processes otherwise, which every process calls in the same
-    order).
+    order). :meth:`fold_into` is ``fold`` for the sums nobody reads before the optimizer step (weight and
+    bias gradients): with ``defer`` they wait for :meth:`flush`, which folds them all in one collective, so
+    the processes meet once per backward pass instead of once per layer.
     """
 
     def __init__(self, total: int, start: int = 0, count: int | None = None, processes: int = 1,
-                 fold: Callable[[list], object] = local_fold, block_count: int = REDUCTION_BLOCKS) -> None:
+                 fold: Callable[[list], object] = local_fold, block_count: int = REDUCTION_BLOCKS,
+                 defer: bool = False) -> None:
         count = total - start if count is None else count
         if start < 0 or count <= 0 or start + count > total:
             raise ValueError(f"a part of {count} samples from {start} lies outside a batch of {total}")
@@ -229,6 +233,42 @@ class BatchLayout:
             raise ValueError(f"samples {start}:{start + count} of a batch of {total} are not whole blocks "
                              f"of {bounds}")
         self.total, self.start, self.count, self.blocks, self.fold = total, start, count, mine, fold
+        self.defer = defer
+        self._deferred: list[tuple[list, object]] = []
+
+    def fold_into(self, parts: list, out) -> None:
+        """``out[...] = fold(parts)``: at once, or at :meth:`flush` when the layout defers (``out`` must then
+        stay untouched until the flush; ``parts`` too, which may be a layer's reused buffers)."""
+        if len(parts) != len(self.blocks):
+            raise ValueError(f"{len(parts)} partial sums for the {len(self.blocks)} blocks of this part")
+        if self.defer:
+            self._deferred.append((parts, out))
+        else:
+            out[...] = self.fold(parts)
+
+    @property
+    def pending(self) -> int:
+        """The number of sums :meth:`fold_into` deferred that :meth:`flush` has not written yet."""
+        return len(self._deferred)
+
+    def flush(self) -> None:
+        """Fold and write every deferred sum: one ``fold`` per dtype and device of their parts, the sums laid
+        end to end in it. Addition is element-wise, so each sum gets the bits its own ``fold`` would give."""
+        deferred, self._deferred = self._deferred, []
+        groups: dict[tuple, list[tuple[list, object]]] = {}
+        for parts, out in deferred:
+            groups.setdefault((backend.device_of(parts[0]), parts[0].dtype.str), []).append((parts, out))
+        for items in groups.values():
+            first = items[0][0][0]
+            ends = list(itertools.accumulate(out.size for _, out in items))
+            xp = backend.get_array_module(first)
+            stacked = xp.empty((len(self.blocks), ends[-1]), dtype=first.dtype)  # (blocks, all sums' values)
+            for (parts, out), end in zip(items, ends, strict=True):
+                for row, part in zip(stacked, parts, strict=True):
+                    row[end - out.size:end].reshape(out.shape)[...] = part
+            total = self.fold(list(stacked))  # (sums,)
+            for (_, out), end in zip(items, ends, strict=True):
+                out[...] = total[end - out.size:end].reshape(out.shape)
 
     def block_rows(self, rows: int) -> list[tuple[int, int]]:
         """``blocks`` in rows of an array holding ``rows`` rows (``rows / count`` per sample)."""

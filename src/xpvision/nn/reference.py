@@ -45,8 +45,9 @@ def conv2d(x, w, b, geom, *, relu: bool, pool: bool, training: bool, scratch=Non
 
 
 @engine.register("reference", "conv2d_backward")
-def conv2d_backward(dy, saved, *, need_params: bool, need_bias: bool, need_input: bool, scratch=None):
-    """Gradients of :func:`conv2d` from ``dy``, the gradient of its output -> ``(dx, dw, db)``."""
+def conv2d_backward(dy, saved, *, grads: dict, need_input: bool, scratch=None):
+    """Gradients of :func:`conv2d` from ``dy``, the gradient of its output: the weight and bias gradients into
+    ``grads`` (see :mod:`xpvision.nn.engine`), the input gradient ``dx`` returned."""
     padded_shape, cols, w_mat, geom, relu, conv_out, index, layout = saved
     xp = backend.get_array_module(dy)
     if index is not None:  # route each pooled gradient to its window's maximum
@@ -54,13 +55,13 @@ def conv2d_backward(dy, saved, *, need_params: bool, need_bias: bool, need_input
     if relu:
         dy = dy * (conv_out > 0)
     dmat = dy.reshape(-1, w_mat.shape[1])  # (N*OH*OW, O)
-    dw = db = dx = None
+    dx = None
     blocks = layout.block_rows(dmat.shape[0])
-    if need_params:
-        dw_mat = layout.fold([cols[r0:r1].T @ dmat[r0:r1] for r0, r1 in blocks])  # (kh*kw*I, O)
-        dw = F.conv_weight_from_matrix(dw_mat, geom.kernel)  # (O, I, kh, kw)
-    if need_bias:
-        db = layout.fold([dmat[r0:r1].sum(axis=0) for r0, r1 in blocks])  # (O,)
+    if "W" in grads:  # per block (kh*kw*I, O), seen as (O, I, kh, kw)
+        layout.fold_into([F.conv_weight_from_matrix(cols[r0:r1].T @ dmat[r0:r1], geom.kernel)
+                          for r0, r1 in blocks], grads["W"])
+    if "b" in grads:
+        layout.fold_into([dmat[r0:r1].sum(axis=0) for r0, r1 in blocks], grads["b"])  # (O,) per block
     if need_input:
         kh, kw = geom.kernel
         i_ch = w_mat.shape[0] // (kh * kw)
@@ -69,7 +70,7 @@ def conv2d_backward(dy, saved, *, need_params: bool, need_bias: bool, need_input
         dxpad = xp.zeros(padded_shape, dtype=dmat.dtype)  # (N, Hp, Wp, I)
         F.col2im_add(dxpad, dcols, geom.kernel, geom.stride, geom.dilation)
         dx = F.crop_nhwc(dxpad, geom.padding)  # (N, H, W, I)
-    return dx, dw, db
+    return dx
 
 
 def batch_sum(a2, layout: BatchLayout):
@@ -140,14 +141,15 @@ def conv_transpose2d(x, w, b, stride, padding, *, upsampling=None, scratch=None)
 
 
 @engine.register("reference", "conv_transpose2d_backward")
-def conv_transpose2d_backward(dy, saved, *, need_params: bool, need_bias: bool, scratch=None):
+def conv_transpose2d_backward(dy, saved, *, grads: dict, scratch=None):
     """Gradients of :func:`conv_transpose2d`: back through the convolution, the crop and the spreading."""
     conv_saved, spread_shape, edges, (sh, sw) = saved
-    dcropped, dw_conv, db = conv2d_backward(dy, conv_saved, need_params=need_params, need_bias=need_bias,
-                                            need_input=True)
+    conv_grads = dict(grads)
+    if "W" in grads:  # the convolution's (O, I, kh, kw) kernel is W (I, O, kh, kw) flipped and swapped
+        conv_grads["W"] = grads["W"][:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+    dcropped = conv2d_backward(dy, conv_saved, grads=conv_grads, need_input=True)
     xp = backend.get_array_module(dy)
     dspread = xp.zeros(spread_shape, dtype=dcropped.dtype)
     c0, c1 = max(0, -edges[0]), max(0, -edges[1])
     dspread[:, c0:spread_shape[1] - c0, c1:spread_shape[2] - c1] = dcropped
-    dw = None if dw_conv is None else dw_conv[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (I, O, kh, kw)
-    return dspread[:, ::sh, ::sw], dw, db
+    return dspread[:, ::sh, ::sw]

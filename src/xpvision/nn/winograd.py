@@ -332,13 +332,15 @@ def _output_grad_taps(dout, relu_out, pool_index, taps, out_hw: tuple[int, int])
             tap[:, :rows, columns:] = 0
 
 
-def backward(dout, xpar, w, geom: ConvGeometry, *, relu_out, pool_index, need_params: bool, need_bias: bool,
-             need_input: bool, scratch: Scratch, layout: BatchLayout | None = None):
+def backward(dout, xpar, w, geom: ConvGeometry, *, relu_out, pool_index, grads: dict, need_input: bool,
+             scratch: Scratch, layout: BatchLayout | None = None):
     """Gradients of :func:`forward` from ``dout``, the gradient of its output (``relu_out`` and
-    ``pool_index`` as in :func:`xpvision.nn.convblock.conv_backward`). Returns ``(dx, dw, db)``: ``dx``
-    ``(N, H, W, I)``, ``dw`` ``(O, I, 3, 3)``, ``db`` ``(O,)``, each ``None`` when not needed. ``dw`` and
-    ``db`` are summed per block of ``layout`` and the blocks' sums added by ``layout.fold``."""
+    ``pool_index`` as in :func:`xpvision.nn.convblock.conv_backward`). Returns ``dx`` ``(N, H, W, I)``
+    (``None`` unless ``need_input``). The weight and bias gradients wanted, ``grads['W']`` ``(O, I, 3, 3)``
+    and ``grads['b']`` ``(O,)``, are summed per block of ``layout`` (``dW = G^T dU G`` of each block's
+    ``dU``) and the blocks' sums added by ``layout.fold_into``."""
     xp = backend.get_array_module(dout)
+    need_params, need_bias = bool(grads), "b" in grads  # the bias gradient comes with the weights' GEMMs
     n, (h, wi) = dout.shape[0], geom.in_hw
     o, c = w.shape[:2]
     dtype = xp.result_type(dout.dtype, w.dtype)
@@ -396,9 +398,11 @@ def backward(dout, xpar, w, geom: ConvGeometry, *, relu_out, pool_index, need_pa
 
     run_blocks(work, layout.blocks, xp)
     parts = range(len(layout.blocks))
-    dw = weight_grad_transform(layout.fold([du_parts[i] for i in parts])) if need_params else None
-    db = layout.fold([db_parts[i] for i in parts]) if need_bias else None
-    return dx, dw, db
+    if "W" in grads:
+        layout.fold_into([weight_grad_transform(du_parts[i]) for i in parts], grads["W"])
+    if need_bias:
+        layout.fold_into([db_parts[i] for i in parts], grads["b"])
+    return dx
 
 
 # -- the engine's conv2d interface ---------------------------------------------------------------------------
@@ -417,11 +421,11 @@ def conv2d(x, w, b, geom: ConvGeometry, *, relu: bool, pool: bool, training: boo
     return y, (xpar, w, bias, geom, relu, pool, y if relu and not pool else None, pool_index, layout)
 
 
-def conv2d_backward(dy, saved, *, need_params: bool, need_bias: bool, need_input: bool, scratch: Scratch):
+def conv2d_backward(dy, saved, *, grads: dict, need_input: bool, scratch: Scratch):
     """The ``conv2d_backward`` kernel of :mod:`xpvision.nn.engine` for :func:`conv2d`'s ``saved``."""
     xpar, w, bias, geom, relu, pool, relu_out, pool_index, layout = saved
     if pool and pool_index is None:
         _, pool_index = forward(xpar, weight_transform(w), bias, geom.out_hw, relu=relu, pool=True,
                                 scratch=scratch, layout=layout)
-    return backward(dy, xpar, w, geom, relu_out=relu_out, pool_index=pool_index, need_params=need_params,
-                    need_bias=need_bias, need_input=need_input, scratch=scratch, layout=layout)
+    return backward(dy, xpar, w, geom, relu_out=relu_out, pool_index=pool_index, grads=grads,
+                    need_input=need_input, scratch=scratch, layout=layout)
