@@ -343,17 +343,38 @@ def compare_transfer(build_network: Callable[[], Layer], source: Source,
                      modes: Sequence[str] = MODES, freeze_layers: int | None = None, optimizer: str = "adam",
                      lr: float = 1e-3, pretrained_lr_scale: float = 1.0, include: Sequence[str] | None = None,
                      rename: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """Fine-tuned from ``source`` vs trained from scratch, for each mode, with the same data, epochs and seed.
+    """Fine-tuned from ``source`` vs trained from scratch, for each mode, with the same data, epochs and seed:
+    :func:`comparison_run` for every mode and for pretrained in (True, False), in this process.
 
-    For every mode and for pretrained in (True, False): seed :mod:`xpvision.nn.rng` with ``seed``, build the
-    network with ``build_network()`` (so both start from the same random weights), load ``source`` (pretrained
-    runs only), apply the mode to the layers that hold source weights (from scratch, the same layers are
-    frozen at their random initialisation: the baseline for "how much do the pretrained features help"), train
-    ``epochs`` epochs with a cosine schedule, evaluate on ``eval_loader``.
+    Returns one row per run, in that order (:func:`comparison_run` describes a row). The runs are
+    independent: a caller may run them in several processes instead (the ``transfer_report`` stage does).
+    """
+    return [comparison_run(build_network, source, task, train_loader, eval_loader, mode=mode,
+                           pretrained=pretrained, epochs=epochs, seed=seed, freeze_layers=freeze_layers,
+                           optimizer=optimizer, lr=lr, pretrained_lr_scale=pretrained_lr_scale,
+                           include=include, rename=rename)
+            for mode in modes for pretrained in (True, False)]
 
-    ``freeze_layers`` for ``'partial'`` defaults to half of the pretrained layers. Returns one row per run:
+
+def comparison_run(build_network: Callable[[], Layer], source: Source, task: Any, train_loader: Any,
+                   eval_loader: Any, *, mode: str, pretrained: bool, epochs: int, seed: int = 0,
+                   freeze_layers: int | None = None, optimizer: str = "adam", lr: float = 1e-3,
+                   pretrained_lr_scale: float = 1.0, include: Sequence[str] | None = None,
+                   rename: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """One run of :func:`compare_transfer`: ``mode``, fine-tuned from ``source`` or (``pretrained=False``)
+    from scratch.
+
+    Seeds :mod:`xpvision.nn.rng` with ``seed``, builds the network with ``build_network()`` (so the
+    pretrained and scratch runs start from the same random weights), loads ``source`` (pretrained runs only),
+    applies the mode to the layers that hold source weights (from scratch, the same layers are frozen at
+    their random initialisation: the baseline for "how much do the pretrained features help"), trains
+    ``epochs`` epochs with a cosine schedule, evaluates on ``eval_loader``. The result depends on the
+    arguments alone, not on runs before it in the process.
+
+    ``freeze_layers`` for ``'partial'`` defaults to half of the pretrained layers. Returns the row
     ``{'mode', 'pretrained', 'metric', 'value', 'train_time_s', 'trainable_parameters', 'epochs', 'seed'}``
-    plus every metric of ``task.evaluate`` under ``metrics``.
+    plus every metric of ``task.evaluate`` under ``metrics``; :class:`WeightsError` when no weight of
+    ``source`` fits the network.
     """
     import tempfile
     import time
@@ -363,35 +384,31 @@ def compare_transfer(build_network: Callable[[], Layer], source: Source,
     from xpvision.schedules import build_schedule
     from xpvision.train import Trainer
 
-    rows = []
-    for mode in modes:
-        for pretrained in (True, False):
-            rng.manual_seed(seed)
-            model = build_network()
-            report = transfer_weights(model, source, rename=rename, include=include)
-            if not report.pretrained:
-                raise WeightsError(f"no weights of {report.source} fit the network: nothing to compare")
-            if not pretrained:
-                rng.manual_seed(seed)
-                model = build_network()
-            layers = len({n.rsplit(".", 1)[0] for n in report.pretrained})
-            set_transfer_mode(model, mode, report, freeze_layers or max(1, layers // 2))
-            params = param_groups(model, lr, pretrained_lr_scale, report) if pretrained else model
-            opt = build_optimizer(optimizer, params, lr=lr)
-            with tempfile.TemporaryDirectory() as tmp:
-                schedule = build_schedule("cosine", opt, epochs=epochs)
-                trainer = Trainer(model, task, opt, epochs=epochs, checkpoint_path=Path(tmp) / "c.npz",
-                                  scheduler=schedule, seed=seed, progress=False, resume=False)
-                start = time.perf_counter()
-                trainer.fit(train_loader)
-                train_time = time.perf_counter() - start
-            metrics = task.evaluate(model, eval_loader)
-            rows.append({"mode": mode, "pretrained": pretrained, "metric": task.primary_metric,
-                         "value": float(metrics[task.primary_metric]), "train_time_s": round(train_time, 2),
-                         "trainable_parameters": sum(int(layer.params[key].size) for _, layer, key
-                                                     in model.named_parameters(trainable_only=True)),
-                         "epochs": epochs, "seed": seed, "metrics": metrics})
-    return rows
+    rng.manual_seed(seed)
+    model = build_network()
+    report = transfer_weights(model, source, rename=rename, include=include)
+    if not report.pretrained:
+        raise WeightsError(f"no weights of {report.source} fit the network: nothing to compare")
+    if not pretrained:
+        rng.manual_seed(seed)
+        model = build_network()
+    layers = len({n.rsplit(".", 1)[0] for n in report.pretrained})
+    set_transfer_mode(model, mode, report, freeze_layers or max(1, layers // 2))
+    params = param_groups(model, lr, pretrained_lr_scale, report) if pretrained else model
+    opt = build_optimizer(optimizer, params, lr=lr)
+    with tempfile.TemporaryDirectory() as tmp:
+        schedule = build_schedule("cosine", opt, epochs=epochs)
+        trainer = Trainer(model, task, opt, epochs=epochs, checkpoint_path=Path(tmp) / "c.npz",
+                          scheduler=schedule, seed=seed, progress=False, resume=False)
+        start = time.perf_counter()
+        trainer.fit(train_loader)
+        train_time = time.perf_counter() - start
+    metrics = task.evaluate(model, eval_loader)
+    return {"mode": mode, "pretrained": pretrained, "metric": task.primary_metric,
+            "value": float(metrics[task.primary_metric]), "train_time_s": round(train_time, 2),
+            "trainable_parameters": sum(int(layer.params[key].size) for _, layer, key
+                                        in model.named_parameters(trainable_only=True)),
+            "epochs": epochs, "seed": seed, "metrics": metrics}
 
 
 def write_comparison(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike) -> tuple[str, str]:
