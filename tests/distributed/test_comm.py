@@ -64,7 +64,8 @@ assert shared.shared is not None and messages.shared is None, "one host: the sha
 rs = np.random.default_rng(0)
 cases = [(16, (3, 5), np.float32), (4, (70000,), np.float32), (3, (7,), np.float64), (5, (2,), np.float32),
          (16, (40, 33), np.float32)]
-for blocks, shape, dtype in cases * 20:  # the window reused and reallocated, sums laid over old totals
+chunked = [(4, (300000, 2), np.float32), (3, (140000,), np.float64)]  # several CHUNK_BYTES of each block
+for blocks, shape, dtype in cases * 20 + chunked:  # the window reused and reallocated, sums over old totals
     every = [(rs.standard_normal(shape) * 10.0 ** rs.integers(-6, 7, shape)).astype(dtype)
              for _ in range(blocks)]  # magnitudes 1e-6 .. 1e6: any other order of additions shows
     first, last = part_bounds(blocks, shared.size, shared.rank)
@@ -73,6 +74,8 @@ for blocks, shape, dtype in cases * 20:  # the window reused and reallocated, su
         total = comm.fold(every[first:last], blocks)
         assert total.dtype == dtype and total.shape == shape, name
         assert np.array_equal(total, expected), f"{name}: {blocks} blocks of {shape}"
+from xpvision.distributed.shared import CHUNK_BYTES
+assert shared.shared._memory.size <= 17 * CHUNK_BYTES, "bounded by (blocks + 1) chunks, whatever the fold"
 shared.barrier()  # every process got here: an assertion anywhere ends mpiexec with an error instead
 if shared.rank == 0:
     print("folded", shared.size)
@@ -82,9 +85,9 @@ if shared.rank == 0:
 @pytest.mark.slow
 @pytest.mark.parametrize("k", [2, 3])
 def test_the_shared_memory_and_the_message_folds_add_as_one_process_does(tmp_path, k):
-    """Through the shared window (the one-host default) and by messages (as between hosts), each of 100
-    folds of growing and shrinking sizes (the window is reallocated), float32 and float64, gives the bits of
-    one process adding every block in order."""
+    """Through the shared window (the one-host default) and by messages (as between hosts), each of 102
+    folds of growing and shrinking sizes (the window is reallocated; the largest go in chunks), float32 and
+    float64, gives the bits of one process adding every block in order."""
     import os
     import subprocess
     import sys

@@ -2,13 +2,13 @@
 host share (an MPI-3 shared-memory window), instead of messages.
 
 Every process writes its blocks' partial sums into their slots of one shared array ``(blocks + 1, n)``; after
-a barrier, each process adds a share of the ``n`` columns over the ``blocks`` rows in block order into the
+a barrier, each process adds a share of the ``n`` values over the ``blocks`` rows in block order into the
 last row (the total); after a second barrier every process copies the total out, and a third lets the next
-fold write. Each value is the same chain
-of additions one process makes over all the blocks, so the bits are those of the message path and of one
-process. An MPI library moves a large message between two processes of one host several times slower than a
-copy (bench/README.md has the figures): a step's gradients, one fold of a few MB, then cost a few copies and
-three barriers instead of two such messages in turn.
+fold write. Large folds go chunk by chunk, so the shared memory stays small. Each value is the same chain of
+additions one process makes over all the blocks: the bits of the message path and of one process. A step's
+gradients, one fold of a few MB, then cost a few copies and three barriers instead of two large messages in
+turn, which an MPI library moves between two processes of one host several times slower than a copy
+(bench/README.md has the figures).
 """
 
 from __future__ import annotations
@@ -17,11 +17,15 @@ from typing import Any
 
 import numpy as np
 
+CHUNK_BYTES = 1 << 20
+"""Bytes of each block's partial sums folded at a time: the shared window holds ``blocks + 1`` of them (17 MiB
+for 16 blocks) whatever the model's size, within a container's small ``/dev/shm`` (Docker's is 64 MiB)."""
+
 
 class SharedFold:
     """Folds over the processes of ``node``, an MPI communicator whose processes all run on one host, ranked
-    as in the world communicator. The window grows (collectively: every process folds the same sizes in the
-    same order) to the largest fold seen."""
+    as in the world communicator. Large folds go in chunks of :data:`CHUNK_BYTES` per block; the window
+    grows (collectively: every process folds the same sizes in the same order) to the largest chunk seen."""
 
     def __init__(self, node: Any, MPI: Any) -> None:
         self.node, self.MPI = node, MPI
@@ -40,20 +44,33 @@ class SharedFold:
             raise ValueError(f"process {self.rank} holds {len(parts)} partial sums, expected "
                              f"{last - first} of {blocks}")
         shape, dtype, n = parts[0].shape, parts[0].dtype, parts[0].size
-        # (blocks, n) partial sums, then the (n,) total
-        slots = self._slots((blocks + 1) * n * dtype.itemsize).view(dtype).reshape(blocks + 1, n)
-        for row, part in zip(slots[first:last], parts, strict=True):
-            row.reshape(shape)[...] = part
+        values = [part.reshape(-1) for part in parts]  # (n,) each: a copy only of a non-contiguous part
+        total = np.empty(n, dtype=dtype)
+        step = max(1, CHUNK_BYTES // dtype.itemsize)
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            self._fold_chunk([v[start:stop] for v in values], blocks, first, total[start:stop])
+        return total.reshape(shape)
+
+    def _fold_chunk(self, values: list[np.ndarray], blocks: int, first: int, out: np.ndarray) -> None:
+        """``out`` ``(m,)`` = the block-order sum of every process's ``values`` (this one's: blocks
+        ``first``, ``first + 1``, ... of ``blocks``; ``(m,)`` each)."""
+        from xpvision.distributed.data import part_bounds
+
+        m, dtype = out.size, out.dtype
+        # (blocks, m) partial sums, then the (m,) total
+        slots = self._slots((blocks + 1) * m * dtype.itemsize).view(dtype).reshape(blocks + 1, m)
+        for row, value in zip(slots[first:first + len(values)], values, strict=True):
+            row[...] = value
         self._barrier()
-        a, b = part_bounds(n, self.size, self.rank)  # the columns this process adds
+        a, b = part_bounds(m, self.size, self.rank)  # the values this process adds
         total = slots[blocks, a:b]
         np.copyto(total, slots[0, a:b])
         for row in range(1, blocks):
             total += slots[row, a:b]
         self._barrier()
-        total = slots[blocks].reshape(shape).copy()
-        self._barrier()  # the next fold's partial sums may lie where this total is
-        return total
+        out[...] = slots[blocks]
+        self._barrier()  # the next chunk's partial sums may lie where this total is
 
     def _slots(self, nbytes: int) -> np.ndarray:
         """At least ``nbytes`` of the shared memory (reallocated, collectively, when too small)."""
@@ -62,7 +79,6 @@ class SharedFold:
                 self.node.Barrier()  # nobody reads the old window any more
                 self._window.Unlock_all()
                 self._window.Free()
-            nbytes = max(nbytes, 2 * self._memory.size)
             self._window = self.MPI.Win.Allocate_shared(nbytes if self.rank == 0 else 0, 1, comm=self.node)
             self._window.Lock_all(self.MPI.MODE_NOCHECK)
             buffer, _ = self._window.Shared_query(0)  # rank 0's allocation, mapped into every process
