@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from xpvision.distributed.data import part_bounds
+
 CHUNK_BYTES = 1 << 20
 """Bytes of each block's partial sums folded at a time: the shared window holds ``blocks + 1`` of them (17 MiB
 for 16 blocks) whatever the model's size, within a container's small ``/dev/shm`` (Docker's is 64 MiB)."""
@@ -37,8 +39,6 @@ class SharedFold:
         """The sum of every process's partials in block order: ``parts`` (NumPy arrays of one shape and
         dtype) are this process's consecutive blocks of the ``blocks`` in all (dealt as
         :func:`xpvision.distributed.data.part_bounds` deals them) -> an array of their shape."""
-        from xpvision.distributed.data import part_bounds
-
         first, last = part_bounds(blocks, self.size, self.rank)
         if len(parts) != last - first:
             raise ValueError(f"process {self.rank} holds {len(parts)} partial sums, expected "
@@ -55,8 +55,6 @@ class SharedFold:
     def _fold_chunk(self, values: list[np.ndarray], blocks: int, first: int, out: np.ndarray) -> None:
         """``out`` ``(m,)`` = the block-order sum of every process's ``values`` (this one's: blocks
         ``first``, ``first + 1``, ... of ``blocks``; ``(m,)`` each)."""
-        from xpvision.distributed.data import part_bounds
-
         m, dtype = out.size, out.dtype
         # (blocks, m) partial sums, then the (m,) total
         slots = self._slots((blocks + 1) * m * dtype.itemsize).view(dtype).reshape(blocks + 1, m)
