@@ -224,7 +224,7 @@ def test_output_buffer_reused_only_when_no_one_holds_it(rng):
 
 
 def test_gemm_in_small_pieces_equals_one_gemm(rng):
-    from xpvision.nn.convblock import SMALL_GEMM, Scratch, _gemm, _gemm_tn_add
+    from xpvision.nn.convblock import SMALL_GEMM, Scratch, _gemm, _gemm_tn
 
     a = rng.standard_normal((1000, 145)).astype(np.float32)  # pieces of 431 rows: 431, 431, 138
     b = rng.standard_normal((145, 16)).astype(np.float32)
@@ -234,8 +234,11 @@ def test_gemm_in_small_pieces_equals_one_gemm(rng):
     np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-4)
     d = rng.standard_normal((1000, 16)).astype(np.float32)
     acc = np.ones((145, 16), np.float32)
-    _gemm_tn_add(a, d, acc, Scratch(), 0)
+    assert _gemm_tn(a, d, Scratch(), 0, acc) is acc
     np.testing.assert_allclose(acc, 1 + a.T @ d, rtol=1e-5, atol=1e-3)
+    # a new array: the bits an accumulation into zeros gives
+    np.testing.assert_array_equal(_gemm_tn(a, d, Scratch(), 0),
+                                  _gemm_tn(a, d, Scratch(), 0, np.zeros((145, 16), np.float32)))
 
 
 @pytest.mark.gpu

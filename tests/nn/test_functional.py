@@ -50,6 +50,25 @@ def test_weight_matrix_round_trip(rng):
     np.testing.assert_array_equal(F.conv_weight_from_matrix(w_mat, (2, 5)), w)
 
 
+@pytest.mark.parametrize(("shape", "order", "dtype"), [
+    ((F.MANY_ROWS, 11), "C", np.float32),  # by columns
+    ((F.MANY_ROWS + 5, F.FEW_COLUMNS), "C", np.float64),  # by columns
+    ((F.MANY_ROWS, F.FEW_COLUMNS + 1), "C", np.float32),  # too many columns: by rows
+    ((F.MANY_ROWS - 1, 11), "C", np.float32),  # too few rows: by rows
+    ((F.MANY_ROWS, 11), "F", np.float32),  # not C-contiguous: by rows
+])
+def test_amax_equals_numpy_max_on_both_paths(shape, order, dtype, rng):
+    x = np.asarray(rng.standard_normal(shape), dtype=dtype, order=order)
+    x[3, 5] = np.nan  # a NaN row stays NaN
+    x[7] = -np.inf
+    for axis in (1, -1, 0):
+        expected = x.max(axis=axis, keepdims=True)
+        got = F.amax(x, axis)
+        assert got.shape == expected.shape and got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+    assert np.isnan(F.amax(x, 1)[3, 0])
+
+
 @pytest.mark.parametrize("axis", [0, 1, -1])
 def test_softmax_and_log_softmax(axis, xp, rng):
     x = xp.asarray(rng.standard_normal((3, 4)) * 50)

@@ -256,6 +256,17 @@ def test_deferred_sums_are_written_at_the_flush_in_one_fold_with_the_bits_of_the
         deferred.fold_into(sums[1][:2], outs[1])
 
 
+@pytest.mark.parametrize("defer", [False, True])
+def test_fold_into_a_view_adds_the_parts_in_their_own_layout(defer):
+    rs = np.random.default_rng(4)
+    parts = [(rs.standard_normal((6, 4)) * 10.0 ** rs.integers(-4, 5)).astype(np.float32) for _ in range(3)]
+    layout = parallel.BatchLayout(3, defer=defer)
+    out = np.full((4, 2, 3), np.nan, np.float32)  # the sum's (6, 4) matrix seen as (4, 2, 3) weights
+    layout.fold_into(parts, out, view=lambda total: total.reshape(2, 3, 4).transpose(2, 0, 1))
+    layout.flush()
+    np.testing.assert_array_equal(out, parallel.local_fold(parts).reshape(2, 3, 4).transpose(2, 0, 1))
+
+
 def test_data_parallel_refuses_a_forward_before_the_last_backward_was_reduced():
     from xpvision.distributed import DataParallel
     from xpvision.distributed.comm import SingleCommunicator

@@ -285,22 +285,30 @@ def _gemm(a, b, out) -> None:
         np.matmul(a[main:], b, out=out[main:])
 
 
-def _gemm_tn_add(a, d, acc, scratch: Scratch, worker: int) -> None:
-    """``acc += a.T @ d`` for ``a`` ``(rows, K)``, ``d`` ``(rows, N)`` (C-contiguous), ``acc`` ``(K, N)``: on
-    the CPU the reduction over ``rows`` split as in :func:`_gemm` (a stack of partial products, summed)."""
+def _gemm_tn(a, d, scratch: Scratch, worker: int, acc=None):
+    """``a.T @ d`` for ``a`` ``(rows, K)``, ``d`` ``(rows, N)`` (C-contiguous): added to ``acc`` ``(K, N)``
+    and returned when ``acc`` is given, else a new array. On the CPU the reduction over ``rows`` is split as
+    in :func:`_gemm` (a stack of partial products, summed)."""
     piece = _pieces(a, d.shape[1])
     if not piece:
-        acc += a.T @ d
-        return
+        product = a.T @ d
+        if acc is None:
+            return product
+        acc += product
+        return acc
     (rows, k), n = a.shape, d.shape[1]
     stack = rows // piece
     main = stack * piece
-    parts = scratch.get(worker, "gemm_parts", (stack, k, n), acc.dtype, np)  # (P, K, N)
+    parts = scratch.get(worker, "gemm_parts", (stack, k, n), a.dtype, np)  # (P, K, N)
     np.matmul(a[:main].reshape(stack, piece, k).transpose(0, 2, 1), d[:main].reshape(stack, piece, n),
               out=parts)
-    acc += parts.sum(axis=0)
+    total = parts.sum(axis=0)
+    if acc is not None:
+        acc += total
+        total = acc
     if main < rows:
-        acc += a[main:].T @ d[main:]
+        total += a[main:].T @ d[main:]
+    return total
 
 
 def unpool4(dy, index, targets) -> None:
@@ -465,10 +473,8 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
         dmat = dconv.reshape(-1, o)  # (rows, O), rows in the order of the forward's im2col
         if need_params:
             cols = _im2col(scratch, worker, "cols", patches, start, stop, chunk, need_bias)  # (rows, K[+1])
-            if part not in dw_parts:
-                dw_parts[part] = xp.zeros((cols.shape[1], o), dtype=dtype)
             # (K[+1], O): with the ones column, the bias gradient is the last row
-            _gemm_tn_add(cols, dmat, dw_parts[part], scratch, worker)
+            dw_parts[part] = _gemm_tn(cols, dmat, scratch, worker, dw_parts.get(part))
         if need_input and transposed:
             dpad = scratch.get(worker, "dpad", (chunk, oh + 2 * q0, ow + 2 * q1, o), dtype, xp, fill=0)
             interior = dpad[:m, q0:q0 + oh, q1:q1 + ow]  # (m, OH, OW, O)
@@ -491,15 +497,21 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
 
     run_blocks(work, [(a, e) for a, e, _, _ in plan], xp)
     # (K[+1], O) per block: its sub-blocks added in order; the fold adds the blocks in block order
-    parts = [ordered_sum({j: dw_parts[j] for j, sub in enumerate(plan) if sub[3] == part})
+    parts = [_block_sum([dw_parts[j] for j, sub in enumerate(plan) if sub[3] == part])
              for part in range(len(layout.blocks))] if need_params else []
     if "W" in grads:
-        layout.fold_into([F.conv_weight_from_matrix(part[:k], geom.kernel) for part in parts], grads["W"])
+        layout.fold_into([part[:k] for part in parts], grads["W"],
+                         view=functools.partial(F.conv_weight_from_matrix, kernel=geom.kernel))
     if need_bias:
         layout.fold_into([part[k] for part in parts], grads["b"])
     if dxpad is not None:
         dx = F.crop_nhwc(dxpad, geom.padding)
     return dx
+
+
+def _block_sum(sub_sums: list):
+    """One block's partial sum from those of its sub-blocks, added in order (the only one as it is)."""
+    return sub_sums[0] if len(sub_sums) == 1 else ordered_sum(dict(enumerate(sub_sums)))
 
 
 def conv2d(x, w, b, geom: ConvGeometry, *, relu: bool, pool: bool, training: bool, scratch: Scratch):

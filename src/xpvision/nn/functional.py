@@ -26,6 +26,11 @@ GPU_CHUNK_ELEMENTS = 16 * 1024 * 1024
 """Values per im2col chunk on the GPU: 64 MiB of float32, a bounded workspace small against any CUDA device's
 memory (DeepConvNet's second convolution at batch 1000 would need 455 MB in one piece) and ~100,000 rows per
 GEMM for ``K <= 160``, enough to fill the device."""
+FEW_COLUMNS = 32
+MANY_ROWS = 1024
+""":func:`amax` reduces a C-contiguous ``(M, C)`` array column by column when ``C <= FEW_COLUMNS`` and ``M >=
+MANY_ROWS`` (a segmentation loss's pixels x classes): NumPy's reduction of many short rows pays a loop per
+row, ``C - 1`` element-wise passes pay one per column; from ~64 columns on the row reduction is as fast."""
 BLOCK_ROWS = 8192
 """Output pixels per block of element-wise work on the CPU: with 16-64 channels a block's arrays (0.5-2 MiB)
 stay in a core's L2 / its share of L3 between the GEMMs and the ReLU / pool passes, while each NumPy call
@@ -280,12 +285,27 @@ def avg_pool_backward(dy, padded_hw, kernel, stride):
 def log_softmax(x, axis: int = -1):
     """``log(softmax(x))`` along ``axis``, computed stably (max subtracted); same shape and dtype as ``x``."""
     xp = backend.get_array_module(x)
-    shifted = x - x.max(axis=axis, keepdims=True)
+    shifted = x - amax(x, axis)
     return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def amax(x, axis: int):
+    """``x.max(axis=axis, keepdims=True)``. For a C-contiguous NumPy ``(M, C)`` array with many rows of at
+    most :data:`FEW_COLUMNS` values (per-pixel class scores) taken along ``C``, as ``C - 1`` element-wise
+    maxima of its columns: NumPy reduces each short row with a loop of its own, while the columns are a few
+    long passes. The same values either way (a maximum is exact; NaN propagates in both)."""
+    few = (backend.get_array_module(x) is np and x.ndim == 2 and axis in (1, -1) and x.flags.c_contiguous
+           and 1 < x.shape[1] <= FEW_COLUMNS and x.shape[0] >= MANY_ROWS)
+    if not few:
+        return x.max(axis=axis, keepdims=True)
+    out = x[:, 0].copy()  # (M,)
+    for column in range(1, x.shape[1]):
+        np.maximum(out, x[:, column], out=out)
+    return out[:, None]  # (M, 1)
 
 
 def softmax(x, axis: int = -1):
     """Softmax along ``axis`` (max subtracted for stability); same shape and dtype as ``x``."""
     xp = backend.get_array_module(x)
-    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    e = xp.exp(x - amax(x, axis))
     return e / e.sum(axis=axis, keepdims=True)

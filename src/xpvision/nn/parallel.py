@@ -236,15 +236,18 @@ class BatchLayout:
         self.defer = defer
         self._deferred: list[tuple[list, object]] = []
 
-    def fold_into(self, parts: list, out) -> None:
-        """``out[...] = fold(parts)``: at once, or at :meth:`flush` when the layout defers (``out`` must then
-        stay untouched until the flush; ``parts`` too, which may be a layer's reused buffers)."""
+    def fold_into(self, parts: list, out, view: Callable[[object], object] | None = None) -> None:
+        """``out[...] = view(fold(parts))`` (``view``: none, or a function giving the sum in ``out``'s shape,
+        e.g. a weight matrix as the ``(O, I, kh, kw)`` weights: the parts are then added in their own,
+        contiguous layout and rearranged once); at once, or at :meth:`flush` when the layout defers (``out``
+        must then stay untouched until the flush; ``parts`` too, which may be a layer's reused buffers)."""
         if len(parts) != len(self.blocks):
             raise ValueError(f"{len(parts)} partial sums for the {len(self.blocks)} blocks of this part")
+        view = view or (lambda total: total)
         if self.defer:
-            self._deferred.append((parts, out))
+            self._deferred.append((parts, out, view))
         else:
-            out[...] = self.fold(parts)
+            out[...] = view(self.fold(parts))
 
     @property
     def pending(self) -> int:
@@ -255,20 +258,21 @@ class BatchLayout:
         """Fold and write every deferred sum: one ``fold`` per dtype and device of their parts, the sums laid
         end to end in it. Addition is element-wise, so each sum gets the bits its own ``fold`` would give."""
         deferred, self._deferred = self._deferred, []
-        groups: dict[tuple, list[tuple[list, object]]] = {}
-        for parts, out in deferred:
-            groups.setdefault((backend.device_of(parts[0]), parts[0].dtype.str), []).append((parts, out))
+        groups: dict[tuple, list[tuple[list, object, Callable]]] = {}
+        for item in deferred:
+            parts = item[0]
+            groups.setdefault((backend.device_of(parts[0]), parts[0].dtype.str), []).append(item)
         for items in groups.values():
             first = items[0][0][0]
-            ends = list(itertools.accumulate(out.size for _, out in items))
+            ends = list(itertools.accumulate(parts[0].size for parts, _, _ in items))
             xp = backend.get_array_module(first)
             stacked = xp.empty((len(self.blocks), ends[-1]), dtype=first.dtype)  # (blocks, all sums' values)
-            for (parts, out), end in zip(items, ends, strict=True):
+            for (parts, _, _), end in zip(items, ends, strict=True):
                 for row, part in zip(stacked, parts, strict=True):
-                    row[end - out.size:end].reshape(out.shape)[...] = part
+                    row[end - part.size:end].reshape(part.shape)[...] = part
             total = self.fold(list(stacked))  # (sums,)
-            for (_, out), end in zip(items, ends, strict=True):
-                out[...] = total[end - out.size:end].reshape(out.shape)
+            for (parts, out, view), end in zip(items, ends, strict=True):
+                out[...] = view(total[end - parts[0].size:end].reshape(parts[0].shape))
 
     def block_rows(self, rows: int) -> list[tuple[int, int]]:
         """``blocks`` in rows of an array holding ``rows`` rows (``rows / count`` per sample)."""
