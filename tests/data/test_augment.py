@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from xpvision.data.augment import augment_dataset, augment_sample, build_pipeline, parse_transforms
-from xpvision.data.shards import ShardDataset, channel_stats, write_shards
-from xpvision.errors import ConfigError
+from xpvision.data.shards import (
+    ShardDataset,
+    channel_stats,
+    copy_shards,
+    npz_bytes,
+    read_manifest,
+    write_shards,
+    written_as_shards,
+)
+from xpvision.errors import ConfigError, DataError
 
 # Rectangles (x1, y1, x2, y2) in 0-based continuous pixels, one per object, mask value = label + 1.
 OBJECTS = [(20, 18, 34, 40), (40, 10, 52, 24), (2, 44, 10, 56)]
@@ -171,3 +182,87 @@ def test_transform_failing_on_the_data_is_a_config_error(tmp_path, rng):
         augment_dataset(tmp_path / "in", tmp_path / "out",
                         [{"name": "RandomCrop", "height": 16, "width": 16}], copies=1)
     assert not (tmp_path / "out").exists()
+
+
+FLIP = [{"name": "HorizontalFlip", "p": 0.5}]
+
+
+def _detection_scene(rng, i):
+    scene = _scene(rng)
+    keep = i % 4  # 0 to 3 objects, so some samples own no box
+    return {"image": scene["image"], "boxes": scene["boxes"][:keep], "labels": scene["labels"][:keep],
+            "difficult": scene["difficult"][:keep]}
+
+
+def _segmentation_scene(rng, i):
+    scene = _scene(rng)
+    return {"image": scene["image"], "mask": scene["mask"]}
+
+
+def _files(folder):
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("make", [_detection_scene, _segmentation_scene], ids=["detection", "segmentation"])
+def test_no_copies_copies_the_shard_files_with_the_bytes_of_encoding_them(tmp_path, rng, make, monkeypatch):
+    import xpvision.data.augment as augment
+
+    write_shards(tmp_path / "in", [make(rng, i) for i in range(7)], classes=("a", "b", "c"), shard_size=3,
+                 meta={"source": "test"})
+    spec = [{"name": "Affine", "rotate": [-10, 10], "p": 1.0}, {"name": "Standardize", "scope": "dataset"}]
+    assert augment.written_as_shards(ShardDataset(tmp_path / "in"), 3)
+    copied = []
+    monkeypatch.setattr(augment, "copy_shards", lambda *a, **k: copied.append(1) or copy_shards(*a, **k))
+    fast = augment_dataset(tmp_path / "in", tmp_path / "fast", spec, copies=0, shard_size=3,
+                           preview_path=tmp_path / "fast.png", preview_count=5)
+    assert copied == [1]
+    monkeypatch.setattr(augment, "written_as_shards", lambda source, shard_size: False)  # encode each sample
+    slow = augment_dataset(tmp_path / "in", tmp_path / "slow", spec, copies=0, shard_size=3,
+                           preview_path=tmp_path / "slow.png", preview_count=5)
+    assert copied == [1] and fast == slow
+    assert _files(tmp_path / "fast") == _files(tmp_path / "slow")  # shards and manifest, byte for byte
+    assert sorted(_files(tmp_path / "fast")) == ["manifest.json", *(f"shard-0000{k}.npz" for k in range(3))]
+    assert read_manifest(tmp_path / "fast") == read_manifest(tmp_path / "slow")
+    assert (tmp_path / "fast.png").read_bytes() == (tmp_path / "slow.png").read_bytes()
+
+
+def test_shards_laid_out_otherwise_are_encoded_again(tmp_path, rng):
+    samples = [_detection_scene(rng, i) for i in range(7)]
+    write_shards(tmp_path / "in", samples, classes=("a", "b", "c"), shard_size=2)
+    source = ShardDataset(tmp_path / "in")
+    assert not written_as_shards(source, 3) and not written_as_shards(source, 1)
+    assert written_as_shards(source, 2)
+    augment_dataset(tmp_path / "in", tmp_path / "out", FLIP, copies=0, shard_size=3)
+    write_shards(tmp_path / "expected", samples, classes=("a", "b", "c"), shard_size=3, with_stats=True)
+    for name in ("shard-00000.npz", "shard-00001.npz", "shard-00002.npz"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "expected" / name).read_bytes()
+
+
+def test_shards_with_other_arrays_are_encoded_again(tmp_path, rng):
+    samples = [_detection_scene(rng, i) for i in range(4)]
+    write_shards(tmp_path / "in", samples, classes=("a", "b", "c"), shard_size=4)
+    shard = tmp_path / "in" / "shard-00000.npz"
+    with np.load(shard) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    arrays["boxes"] = arrays["boxes"].astype(np.float64)  # _flush writes float32
+    shard.write_bytes(npz_bytes(arrays))
+    manifest = read_manifest(tmp_path / "in")
+    manifest["shards"][0]["sha256"] = hashlib.sha256(shard.read_bytes()).hexdigest()
+    (tmp_path / "in" / "manifest.json").write_text(json.dumps(manifest))
+    assert not written_as_shards(ShardDataset(tmp_path / "in"), 4)
+    augment_dataset(tmp_path / "in", tmp_path / "out", FLIP, copies=0, shard_size=4)
+    write_shards(tmp_path / "expected", samples, classes=("a", "b", "c"), shard_size=4)
+    assert _files(tmp_path / "out")["shard-00000.npz"] == _files(tmp_path / "expected")["shard-00000.npz"]
+
+
+def test_a_corrupt_input_shard_is_refused_when_copied_and_nothing_is_written(tmp_path, rng):
+    samples = [_segmentation_scene(rng, i) for i in range(5)]
+    write_shards(tmp_path / "in", samples, classes=("a",), shard_size=2)
+    shard = tmp_path / "in" / "shard-00001.npz"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 1  # a pixel: the arrays' headers still read
+    shard.write_bytes(bytes(data))
+    assert written_as_shards(ShardDataset(tmp_path / "in"), 2)  # so the copy is what refuses it
+    with pytest.raises(DataError, match=r"shard-00001\.npz: SHA-256"):
+        augment_dataset(tmp_path / "in", tmp_path / "out", FLIP, copies=0, shard_size=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from xpvision.data.shards import ShardDataset, channel_stats, read_manifest, write_shards
+from xpvision.data.shards import ChannelStats, ShardDataset, channel_stats, read_manifest, write_shards
 from xpvision.errors import DataError
 
 
@@ -93,8 +95,68 @@ def test_channel_stats_match_numpy(rng):
     images = rng.integers(0, 256, (5, 6, 7, 3), dtype=np.uint8)
     mean, std = channel_stats([images[:2], images[2:]])
     x = images.reshape(-1, 3) / 255.0
-    np.testing.assert_allclose(mean, x.mean(0), rtol=1e-10)
-    np.testing.assert_allclose(std, x.std(0), rtol=1e-8)
+    np.testing.assert_allclose(mean, x.mean(0), rtol=1e-14)
+    np.testing.assert_allclose(std, x.std(0), rtol=1e-13)
+
+
+def test_channel_stats_are_the_exact_values_rounded(rng):
+    images = rng.integers(0, 256, (3, 5, 4, 2), dtype=np.uint8)
+    mean, std = channel_stats([images])
+    for c in range(2):
+        values = [int(v) for v in images[..., c].ravel()]  # exact, pixel by pixel
+        exact_mean = Fraction(sum(values), 255 * len(values))
+        exact_var = sum((Fraction(v, 255) - exact_mean) ** 2 for v in values) / len(values)
+        assert mean[c] == float(exact_mean)  # the float nearest the exact mean
+        assert std[c] == math.sqrt(float(exact_var))
+        assert abs(Fraction(std[c]) ** 2 - exact_var) <= exact_var * Fraction(1, 10**15)
+
+
+def test_channel_stats_do_not_depend_on_grouping_or_order(rng):
+    images = rng.integers(0, 256, (9, 8, 6, 3), dtype=np.uint8)
+    by_block = channel_stats([images])
+    per_sample = ChannelStats()
+    for k in rng.permutation(9):
+        per_sample.add(images[k][None])  # (1, H, W, C)
+    assert per_sample.result() == by_block  # bit for bit
+    assert channel_stats([images[:4], images[4:]]) == by_block
+
+
+def test_channel_stats_of_large_blocks_go_in_pieces(rng, monkeypatch):
+    images = rng.integers(0, 256, (4, 7, 5, 3), dtype=np.uint8)
+    whole = channel_stats([images])
+    monkeypatch.setattr(ChannelStats, "PIECE_PIXELS", 11)  # pieces that split images and blocks unevenly
+    assert channel_stats([images]) == whole
+
+
+def test_channel_stats_edge_values_and_constant_images():
+    image = np.zeros((1, 4, 4, 3), np.uint8)
+    image[..., 0] = 255
+    image[:, :2, :, 1] = 255  # channel 1: half 0, half 255
+    image[..., 2] = 37
+    mean, std = channel_stats([image])
+    assert mean == [1.0, 0.5, 37 / 255] and std == [0.0, 0.5, 0.0]
+    assert channel_stats([np.zeros((2, 3, 3, 1), np.uint8)]) == ([0.0], [0.0])
+
+
+def test_channel_stats_refuse_other_inputs():
+    stats = ChannelStats()
+    with pytest.raises(DataError, match="no images"):
+        stats.result()
+    with pytest.raises(DataError, match="uint8"):
+        stats.add(np.zeros((1, 2, 2, 3), np.float32))
+    with pytest.raises(DataError, match="uint8"):
+        stats.add(np.zeros((2, 2, 3), np.uint8))  # one image without its batch axis
+    stats.add(np.zeros((1, 2, 2, 3), np.uint8))
+    with pytest.raises(DataError, match="1 channels"):
+        stats.add(np.zeros((1, 2, 2, 1), np.uint8))
+
+
+def test_written_statistics_are_those_of_the_images(tmp_path, rng):
+    samples = _detection_samples(rng)
+    manifest = write_shards(tmp_path / "s", samples, classes=("x",), shard_size=3, with_stats=True)
+    expected = channel_stats([s["image"][None] for s in samples])
+    assert (manifest["meta"]["mean"], manifest["meta"]["std"]) == expected
+    assert channel_stats(ShardDataset(tmp_path / "s").images()) == expected
 
 
 def test_memory_mapped_shards_read_the_same_samples(tmp_path):

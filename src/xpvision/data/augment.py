@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from xpvision.data.loader import Normalization
-from xpvision.data.shards import ShardDataset, write_shards
+from xpvision.data.shards import ShardDataset, copy_shards, write_shards, written_as_shards
 from xpvision.errors import ConfigError
 
 NORMALIZATION_ENTRIES = ("Rescale", "Standardize")
@@ -147,6 +147,11 @@ def augment_dataset(in_dir: str | os.PathLike, out_dir: str | os.PathLike, spec:
     grid of the first ``preview_count`` augmented samples (the originals when ``copies`` is 0) with their
     boxes and masks is written there.
 
+    With ``copies`` 0 the output samples are the input's: when ``in_dir``'s shards are what ``write_shards``
+    would write for them with ``shard_size`` (:func:`~xpvision.data.shards.written_as_shards`), their files
+    are copied (checked against their SHA-256) instead of decoded and encoded again, which gives the same
+    bytes.
+
     Returns ``{"count", "normalization"}``.
     """
     if copies < 0 or (copies == 0 and not keep_original):
@@ -170,8 +175,13 @@ def augment_dataset(in_dir: str | os.PathLike, out_dir: str | os.PathLike, spec:
     meta = {**source.meta, "augment": {"transforms": [dict(e) for e in spec], "copies": copies,
                                        "keep_original": keep_original, "seed": seed,
                                        "min_visibility": min_visibility}}
-    manifest = write_shards(out_dir, samples(), classes=source.classes, shard_size=shard_size, meta=meta,
-                            with_stats=True, finalize_meta=add_normalization)
+    if copies == 0 and written_as_shards(source, shard_size):  # keep_original: the output is the input
+        manifest = copy_shards(source, out_dir, meta=meta, with_stats=True, finalize_meta=add_normalization)
+        copied = ShardDataset(out_dir, verify=False, mmap=True)  # hashed while copied; read for the preview
+        preview = [copied[i] for i in range(min(preview_count, len(copied)))]
+    else:
+        manifest = write_shards(out_dir, samples(), classes=source.classes, shard_size=shard_size, meta=meta,
+                                with_stats=True, finalize_meta=add_normalization)
     if preview_path is not None:
         from xpvision.data.preview import write_preview
 

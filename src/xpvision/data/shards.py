@@ -12,13 +12,17 @@ A shard ``shard-00000.npz`` holds up to ``shard_size`` samples, stacked:
 ``manifest.json``: ``{"format", "count", "image_shape", "classes", "targets", "shards": [{"file", "count",
 "sha256"}], "meta": {...}}``. Shards are written as zip files with fixed timestamps (``np.savez`` stamps the
 current time), so the same samples give the same bytes, and they are loaded with ``allow_pickle=False``.
+A folder whose shards are already what :func:`write_shards` would write can be copied file by file instead
+(:func:`copy_shards`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import zipfile
 from collections import OrderedDict
@@ -34,6 +38,11 @@ from xpvision.errors import DataError
 FORMAT = "xpvision-shards/1"
 MANIFEST = "manifest.json"
 TARGETS = ("label", "boxes", "mask")
+# The arrays _flush writes: "images", then those of each target in TARGETS order, with these dtypes.
+TARGET_ARRAYS = {"label": ("label",), "boxes": ("boxes", "labels", "difficult", "box_offsets"),
+                 "mask": ("masks",)}
+ARRAY_DTYPES = {"images": np.uint8, "label": np.int64, "boxes": np.float32, "labels": np.int64,
+                "difficult": np.bool_, "box_offsets": np.int64, "masks": np.uint8}
 
 
 def write_shards(out_dir: str | os.PathLike, samples: Iterable[dict], *, classes: Sequence[str],
@@ -57,26 +66,101 @@ def write_shards(out_dir: str | os.PathLike, samples: Iterable[dict], *, classes
     with atomic_dir(out_dir) as tmp:
         pending: list[dict] = []
         for sample in samples:
-            if stats is not None:
-                stats.add(sample["image"][None])  # (1, H, W, C)
             if manifest["targets"] is None:
                 manifest["targets"] = [t for t in TARGETS if t in sample]
                 manifest["image_shape"] = list(sample["image"].shape)
             _check_sample(sample, manifest, manifest["count"] + len(pending))
             pending.append(sample)
             if len(pending) == shard_size:
-                _flush(tmp, pending, manifest)
+                _flush(tmp, pending, manifest, stats)
         if pending:
-            _flush(tmp, pending, manifest)
+            _flush(tmp, pending, manifest, stats)
         if manifest["count"] == 0:
             raise DataError(f"no samples to write into {out_dir} (empty split, or a class filter that "
                             "matches no image?)")
-        if stats is not None:
-            manifest["meta"]["mean"], manifest["meta"]["std"] = stats.result()
-        if finalize_meta is not None:
-            finalize_meta(manifest["meta"])
-        write_json(tmp / MANIFEST, manifest)
+        _write_manifest(tmp, manifest, stats, finalize_meta)
     return manifest
+
+
+def _write_manifest(folder: Path, manifest: dict, stats: ChannelStats | None,
+                    finalize_meta: Callable[[dict], None] | None) -> None:
+    if stats is not None:
+        manifest["meta"]["mean"], manifest["meta"]["std"] = stats.result()
+    if finalize_meta is not None:
+        finalize_meta(manifest["meta"])
+    write_json(folder / MANIFEST, manifest)
+
+
+def copy_shards(source: ShardDataset, out_dir: str | os.PathLike, *, meta: dict | None = None,
+                with_stats: bool = False, finalize_meta: Callable[[dict], None] | None = None) -> dict:
+    """Write ``source``'s samples into ``out_dir`` atomically by copying its shard files.
+
+    For a ``source`` whose files are what :func:`write_shards` writes for its samples (see
+    :func:`written_as_shards`): the files, the manifest and the statistics are then those of
+    ``write_shards(out_dir, source's samples, classes=source.classes, meta=meta, ...)`` (``with_stats`` and
+    ``finalize_meta`` as there). Each file's SHA-256 is checked against ``source``'s manifest in the read that
+    copies it: a mismatch is a :class:`DataError` naming the source file, and leaves ``out_dir`` as it was.
+    Returns the manifest.
+    """
+    manifest = {"format": FORMAT, "count": 0, "image_shape": list(source.manifest["image_shape"]),
+                "classes": list(source.classes), "targets": list(source.targets), "shards": [],
+                "meta": dict(meta or {})}
+    stats = ChannelStats() if with_stats else None
+    with atomic_dir(out_dir) as tmp:
+        for k, entry in enumerate(source.manifest["shards"]):
+            name = f"shard-{k:05d}.npz"  # the name write_shards gives the k-th shard
+            verify_shard(source.folder / entry["file"], entry["sha256"], copy_to=tmp / name)
+            if stats is not None:
+                stats.add(map_npz(tmp / name)["images"])  # (n, H, W, C) uint8, memory-mapped
+            manifest["shards"].append({"file": name, "count": entry["count"], "sha256": entry["sha256"]})
+            manifest["count"] += entry["count"]
+        _write_manifest(tmp, manifest, stats, finalize_meta)
+    return manifest
+
+
+def written_as_shards(source: ShardDataset, shard_size: int) -> bool:
+    """Whether ``source``'s shard files hold exactly the arrays ``write_shards(shard_size=shard_size)`` writes
+    for its samples, so :func:`copy_shards` may copy them.
+
+    True when every shard but the last holds ``shard_size`` samples and the last at most that, and each
+    shard's members are the arrays ``_flush`` writes for the manifest's targets, in its order, with its dtypes
+    (native byte order, C order) and shapes, box offsets from 0 to the number of boxes. Only the ``.npy``
+    headers and the box offsets are read. The files' bytes are then those ``_flush`` writes, given that they
+    were encoded by :func:`npz_bytes` (the only writer of this format).
+    """
+    manifest = source.manifest
+    counts = [entry["count"] for entry in manifest["shards"]]
+    targets = list(manifest["targets"])
+    if (shard_size < 1 or not counts or any(c != shard_size for c in counts[:-1])
+            or not 1 <= counts[-1] <= shard_size or targets != [t for t in TARGETS if t in targets]):
+        return False
+    names = ["images", *(name for t in targets for name in TARGET_ARRAYS[t])]
+    for entry in manifest["shards"]:
+        try:
+            arrays = map_npz(source.folder / entry["file"])
+        except DataError:
+            return False  # missing, corrupt or not as npz_bytes writes: write_shards' path reports or copes
+        if list(arrays) != names or not _as_flush_writes(arrays, entry["count"], manifest["image_shape"]):
+            return False
+    return True
+
+
+def _as_flush_writes(arrays: dict[str, np.ndarray], n: int, image_shape: list[int]) -> bool:
+    """Whether the arrays of one shard have the dtypes, order and shapes ``_flush`` gives ``n`` samples."""
+    for key, array in arrays.items():
+        if array.dtype.str != np.dtype(ARRAY_DTYPES[key]).str or not array.flags.c_contiguous:
+            return False
+    shapes = {"images": (n, *image_shape), "label": (n,), "masks": (n, *image_shape[:2])}
+    if any(key in arrays and arrays[key].shape != shape for key, shape in shapes.items()):
+        return False
+    if "boxes" not in arrays:
+        return True
+    offsets = arrays["box_offsets"]  # (n + 1,): sample i owns rows offsets[i]:offsets[i + 1]
+    if offsets.shape != (n + 1,) or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
+        return False
+    rows = int(offsets[-1])
+    return (arrays["boxes"].shape == (rows, 4) and arrays["labels"].shape == (rows,)
+            and arrays["difficult"].shape == (rows,))
 
 
 def _check_sample(sample: dict, manifest: dict, index: int) -> None:
@@ -89,8 +173,10 @@ def _check_sample(sample: dict, manifest: dict, index: int) -> None:
         raise DataError(f"sample {index}: image dtype {sample['image'].dtype}; expected uint8")
 
 
-def _flush(folder: Path, pending: list[dict], manifest: dict) -> None:
+def _flush(folder: Path, pending: list[dict], manifest: dict, stats: ChannelStats | None) -> None:
     arrays = {"images": np.stack([s["image"] for s in pending])}  # (n, H, W, C)
+    if stats is not None:
+        stats.add(arrays["images"])  # per shard: the histograms do not depend on how images are grouped
     if "label" in manifest["targets"]:
         arrays["label"] = np.array([int(s["label"]) for s in pending], dtype=np.int64)
     if "boxes" in manifest["targets"]:
@@ -226,13 +312,19 @@ class ShardDataset:
             yield self._shard(k)["images"]
 
 
-def verify_shard(path: Path, sha256: str) -> None:
-    """Raise :class:`DataError` unless the file's SHA-256 is ``sha256`` (read in 1 MiB pieces)."""
+def verify_shard(path: Path, sha256: str, copy_to: Path | None = None) -> None:
+    """Raise :class:`DataError` unless the file's SHA-256 is ``sha256`` (read in 1 MiB pieces).
+
+    With ``copy_to``, each piece read is also written to that file: a copy checked in the same single read
+    (on an error the caller deletes the partial copy).
+    """
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb") as f, (open(copy_to, "wb") if copy_to else contextlib.nullcontext()) as out:
             for piece in iter(lambda: f.read(1 << 20), b""):
                 digest.update(piece)
+                if out is not None:
+                    out.write(piece)
     except FileNotFoundError as e:
         raise DataError(f"shard {path} listed in the manifest does not exist") from e
     if digest.hexdigest() != sha256:
@@ -269,31 +361,57 @@ def map_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 class ChannelStats:
-    """Running per-channel mean and std of uint8 images scaled to [0, 1] (float64 sums)."""
+    """Running per-channel mean and std of uint8 images scaled to [0, 1], from exact integer histograms.
+
+    ``counts[c, v]`` (``(C, 256)`` int64) counts the pixels of channel ``c`` with value ``v``. The counts are
+    exact (int64 holds up to 2**63 - 1 pixels per channel), so they, and the statistics computed from them
+    with Python integers in :meth:`result`, do not depend on how the images are grouped or ordered: adding
+    them one by one or in blocks gives the same floats.
+    """
+
+    PIECE_PIXELS = 1 << 20  # np.bincount copies its input as intp: large blocks go in pieces of this many
 
     def __init__(self) -> None:
-        self.total: np.ndarray | None = None
-        self.total_sq: np.ndarray | None = None
-        self.count = 0
+        self.counts: np.ndarray | None = None  # (C, 256) int64
 
     def add(self, images: np.ndarray) -> None:
-        """Add a block of ``(n, H, W, C)`` uint8 images."""
-        x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0  # (n*H*W, C)
-        sums, sums_sq = x.sum(0), (x * x).sum(0)
-        self.total = sums if self.total is None else self.total + sums
-        self.total_sq = sums_sq if self.total_sq is None else self.total_sq + sums_sq
-        self.count += x.shape[0]
+        """Add a block of ``(n, H, W, C)`` uint8 images (any other dtype or rank is a :class:`DataError`)."""
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise DataError(f"channel statistics need (n, H, W, C) uint8 images, got shape {images.shape} "
+                            f"dtype {images.dtype}")
+        pixels = images.reshape(-1, images.shape[-1])  # (n*H*W, C)
+        if self.counts is None:
+            self.counts = np.zeros((pixels.shape[1], 256), np.int64)
+        if pixels.shape[1] != len(self.counts):
+            raise DataError(f"channel statistics: images with {pixels.shape[1]} channels added to "
+                            f"statistics of {len(self.counts)} channels")
+        for start in range(0, len(pixels), self.PIECE_PIXELS):
+            piece = pixels[start:start + self.PIECE_PIXELS]
+            for c in range(pixels.shape[1]):  # one channel at a time: faster than offset indices
+                self.counts[c] += np.bincount(piece[:, c], minlength=256)
 
     def result(self) -> tuple[list[float], list[float]]:
-        if not self.count:
+        """Per-channel ``(mean, std)``, two lists of C floats, of the pixel values / 255 added so far.
+
+        With N pixels, S1 = sum(v) and S2 = sum(v**2) of a channel's values v (exact Python integers):
+        mean = S1 / (255 N), the float nearest the exact mean; std = sqrt(var) of the float nearest the exact
+        variance var = (N S2 - S1**2) / (255 N)**2, so within one unit in the last place of the exact std.
+        """
+        if self.counts is None or not self.counts.any():
             raise DataError("channel statistics of no images")
-        mean = self.total / self.count
-        std = np.sqrt(np.maximum(self.total_sq / self.count - mean * mean, 0.0))
-        return [float(m) for m in mean], [float(s) for s in std]
+        means, stds = [], []
+        for row in self.counts.tolist():  # Python ints: the sums cannot overflow
+            n = sum(row)
+            s1 = sum(v * k for v, k in enumerate(row))
+            s2 = sum(v * v * k for v, k in enumerate(row))
+            means.append(s1 / (255 * n))  # int / int: correctly rounded
+            stds.append(math.sqrt((n * s2 - s1 * s1) / (255 * n) ** 2))  # N S2 - S1**2 >= 0 (Cauchy-Schwarz)
+        return means, stds
 
 
 def channel_stats(image_blocks: Iterable[np.ndarray]) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of images scaled to [0, 1], over blocks of ``(n, H, W, C)`` uint8 images."""
+    """Per-channel ``(mean, std)`` (lists of C floats) of images scaled to [0, 1], over blocks of
+    ``(n, H, W, C)`` uint8 images (see :class:`ChannelStats`: the same however the images are blocked)."""
     stats = ChannelStats()
     for block in image_blocks:
         stats.add(block)
