@@ -69,6 +69,17 @@ def test_amax_equals_numpy_max_on_both_paths(shape, order, dtype, rng):
     assert np.isnan(F.amax(x, 1)[3, 0])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_asum_adds_short_rows_column_by_column_with_numpys_bits(dtype, rng):
+    for columns in range(2, F.FEW_COLUMNS + 1):  # fewer than 8, 8 and more, several blocks of 8
+        x = (rng.standard_normal((F.MANY_ROWS, columns)) * 10.0 ** rng.integers(-4, 5, (F.MANY_ROWS, columns))
+             ).astype(dtype)  # magnitudes far apart: another order of additions rounds differently
+        for axis in (1, -1, 0):
+            np.testing.assert_array_equal(F.asum(x, axis), x.sum(axis=axis, keepdims=True))
+    x = rng.standard_normal((F.MANY_ROWS - 1, 11)).astype(dtype)  # by rows
+    np.testing.assert_array_equal(F.asum(x, 1), x.sum(axis=1, keepdims=True))
+
+
 @pytest.mark.parametrize("axis", [0, 1, -1])
 def test_softmax_and_log_softmax(axis, xp, rng):
     x = xp.asarray(rng.standard_normal((3, 4)) * 50)

@@ -28,9 +28,10 @@ memory (DeepConvNet's second convolution at batch 1000 would need 455 MB in one 
 GEMM for ``K <= 160``, enough to fill the device."""
 FEW_COLUMNS = 32
 MANY_ROWS = 1024
-""":func:`amax` reduces a C-contiguous ``(M, C)`` array column by column when ``C <= FEW_COLUMNS`` and ``M >=
-MANY_ROWS`` (a segmentation loss's pixels x classes): NumPy's reduction of many short rows pays a loop per
-row, ``C - 1`` element-wise passes pay one per column; from ~64 columns on the row reduction is as fast."""
+""":func:`amax` and :func:`asum` reduce a C-contiguous ``(M, C)`` array column by column when ``C <=
+FEW_COLUMNS`` and ``M >= MANY_ROWS`` (a segmentation loss's pixels x classes): NumPy's reduction of many short
+rows pays a loop per row, ``C - 1`` element-wise passes pay one per column; from ~64 columns on the row
+reduction is as fast."""
 BLOCK_ROWS = 8192
 """Output pixels per block of element-wise work on the CPU: with 16-64 channels a block's arrays (0.5-2 MiB)
 stay in a core's L2 / its share of L3 between the GEMMs and the ReLU / pool passes, while each NumPy call
@@ -286,7 +287,7 @@ def log_softmax(x, axis: int = -1):
     """``log(softmax(x))`` along ``axis``, computed stably (max subtracted); same shape and dtype as ``x``."""
     xp = backend.get_array_module(x)
     shifted = x - amax(x, axis)
-    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+    return shifted - xp.log(asum(xp.exp(shifted), axis))
 
 
 def amax(x, axis: int):
@@ -294,9 +295,7 @@ def amax(x, axis: int):
     most :data:`FEW_COLUMNS` values (per-pixel class scores) taken along ``C``, as ``C - 1`` element-wise
     maxima of its columns: NumPy reduces each short row with a loop of its own, while the columns are a few
     long passes. The same values either way (a maximum is exact; NaN propagates in both)."""
-    few = (backend.get_array_module(x) is np and x.ndim == 2 and axis in (1, -1) and x.flags.c_contiguous
-           and 1 < x.shape[1] <= FEW_COLUMNS and x.shape[0] >= MANY_ROWS)
-    if not few:
+    if not _by_columns(x, axis):
         return x.max(axis=axis, keepdims=True)
     out = x[:, 0].copy()  # (M,)
     for column in range(1, x.shape[1]):
@@ -304,8 +303,38 @@ def amax(x, axis: int):
     return out[:, None]  # (M, 1)
 
 
+def asum(x, axis: int):
+    """``x.sum(axis=axis, keepdims=True)``; for the arrays :func:`amax` takes by columns, the columns added in
+    the order NumPy adds a short contiguous row (its pairwise summation below 128 values: eight running sums
+    over columns ``j, j + 8, ...``, combined as ``((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))``, then
+    the columns left over, one by one): the same bits, in a few long passes."""
+    if not _by_columns(x, axis):
+        return x.sum(axis=axis, keepdims=True)
+    c = x.shape[1]
+    if c < 8:
+        total = x[:, 0].copy()  # (M,)
+        for column in range(1, c):
+            total += x[:, column]
+        return total[:, None]
+    sums = [x[:, j].copy() for j in range(8)]  # 8 x (M,)
+    blocked = c - c % 8
+    for start in range(8, blocked, 8):
+        for j in range(8):
+            sums[j] += x[:, start + j]
+    total = ((sums[0] + sums[1]) + (sums[2] + sums[3])) + ((sums[4] + sums[5]) + (sums[6] + sums[7]))
+    for column in range(blocked, c):
+        total += x[:, column]
+    return total[:, None]  # (M, 1)
+
+
+def _by_columns(x, axis: int) -> bool:
+    """Whether :func:`amax` and :func:`asum` take ``x`` column by column (see :data:`FEW_COLUMNS`)."""
+    return (backend.get_array_module(x) is np and x.ndim == 2 and axis in (1, -1) and x.flags.c_contiguous
+            and 1 < x.shape[1] <= FEW_COLUMNS and x.shape[0] >= MANY_ROWS)
+
+
 def softmax(x, axis: int = -1):
     """Softmax along ``axis`` (max subtracted for stability); same shape and dtype as ``x``."""
     xp = backend.get_array_module(x)
     e = xp.exp(x - amax(x, axis))
-    return e / e.sum(axis=axis, keepdims=True)
+    return e / asum(e, axis)
