@@ -39,11 +39,12 @@ from xpvision.atomic import write_bytes
 from xpvision.data.coco import rle_encode
 from xpvision.data.folders import atomic_dir
 from xpvision.data.mnist import DIGIT_CLASSES, load_mnist_split
-from xpvision.data.voc import voc_palette, write_voc_xml
+from xpvision.data.voc import voc_palette, voc_xml
 from xpvision.data.workers import ordered_map
 from xpvision.errors import ConfigError
 
 SPLITS = ("train", "test")
+SCENE_FOLDERS = ("JPEGImages", "Annotations", "SegmentationClass")  # one file per scene in each
 SCENE_CHUNK = 100
 """Scenes per task of a worker process: small enough that the last tasks leave no worker idle for long,
 large enough that handing tasks out (and the digits with them) is a small share of the work."""
@@ -90,6 +91,8 @@ def write_digit_scenes(out_dir: str | os.PathLike, digits_dir: str | os.PathLike
     Returns ``{"train": n_train, "test": n_test}``.
     """
     with atomic_dir(out_dir) as root:
+        for folder in SCENE_FOLDERS:
+            (root / folder).mkdir()
         chunks = []
         for split in SPLITS:
             digits = load_mnist_split(digits_dir, split)
@@ -256,10 +259,11 @@ def _write_scene(root: Path, image_id: str, numeric_id: int, image: np.ndarray, 
                  labels: list[int], palette: list[int], config: SceneConfig) -> dict:
     """Write one scene's JPEG, VOC XML and PNG mask; return its COCO ``{"image", "annotations"}`` (the
     annotations without their ids, which number the split's annotations in scene order)."""
+    # plain writes: the files lie in write_digit_scenes' atomic folder, which appears only when complete
     file_name = f"{image_id}.jpg"
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=config.jpeg_quality, subsampling=0)
-    write_bytes(root / "JPEGImages" / file_name, buf.getvalue())
+    (root / "JPEGImages" / file_name).write_bytes(buf.getvalue())
     boxes, annotations = [], []
     semantic = np.zeros(owner.shape, dtype=np.uint8)
     for k, label in enumerate(labels):
@@ -272,12 +276,13 @@ def _write_scene(root: Path, image_id: str, numeric_id: int, image: np.ndarray, 
             "image_id": numeric_id, "category_id": label + 1, "segmentation": rle_encode(visible),
             "area": int(visible.sum()), "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
             "iscrowd": 0})
-    write_voc_xml(root / "Annotations" / f"{image_id}.xml", file_name, image.shape,
-                  np.array(boxes, dtype=np.float32).reshape(-1, 4), np.array(labels), DIGIT_CLASSES)
+    boxes = np.array(boxes, dtype=np.float32).reshape(-1, 4)  # (R, 4)
+    (root / "Annotations" / f"{image_id}.xml").write_bytes(
+        voc_xml(file_name, image.shape, boxes, np.array(labels), DIGIT_CLASSES))
     mask = Image.fromarray(semantic, mode="P")
     mask.putpalette(palette)
     buf = io.BytesIO()
     mask.save(buf, format="PNG")
-    write_bytes(root / "SegmentationClass" / f"{image_id}.png", buf.getvalue())
+    (root / "SegmentationClass" / f"{image_id}.png").write_bytes(buf.getvalue())
     return {"image": {"id": numeric_id, "file_name": file_name, "height": int(owner.shape[0]),
                       "width": int(owner.shape[1])}, "annotations": annotations}

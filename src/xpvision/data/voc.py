@@ -144,8 +144,15 @@ def _flag(node, key: str, path: Path) -> bool:
 def write_voc_xml(path: str | os.PathLike, filename: str, image_shape: tuple[int, int, int],
                   boxes: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],
                   folder: str = "VOC") -> None:
-    """Write a VOC annotation atomically. ``boxes`` ``(R, 4)`` 0-based continuous xyxy with integer
-    corners."""
+    """Write the :func:`voc_xml` annotation atomically."""
+    write_bytes(path, voc_xml(filename, image_shape, boxes, labels, classes, folder))
+
+
+def voc_xml(filename: str, image_shape: tuple[int, int, int], boxes: np.ndarray, labels: np.ndarray,
+            classes: tuple[str, ...], folder: str = "VOC") -> bytes:
+    """A VOC annotation (UTF-8 XML) of the ``image_shape`` ``(H, W, C)`` image ``filename``: ``boxes`` ``(R,
+    4)`` 0-based continuous xyxy with integer corners (written 1-based, as the devkit's), ``labels`` ``(R,)``
+    indices into ``classes``."""
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = folder
     ET.SubElement(root, "filename").text = filename
@@ -163,7 +170,7 @@ def write_voc_xml(path: str | os.PathLike, filename: str, image_shape: tuple[int
         for key, value in zip(("xmin", "ymin", "xmax", "ymax"), (x1 + 1, y1 + 1, x2, y2), strict=True):
             ET.SubElement(box, key).text = str(value)
     ET.indent(root)
-    write_bytes(path, ET.tostring(root, encoding="utf-8", xml_declaration=False) + b"\n")
+    return ET.tostring(root, encoding="utf-8", xml_declaration=False) + b"\n"
 
 
 def read_voc_mask(path: str | os.PathLike) -> np.ndarray:
