@@ -139,11 +139,14 @@ def torch_runners(torch, device: str, channels_last: bool) -> dict[tuple[str, in
 
 
 def measure(impls: dict[str, dict], repeats: int, warmup: int) -> dict[str, dict]:
-    """Median seconds per call for every implementation and case, interleaved."""
+    """Median seconds per call for every implementation and case, interleaved. Each timed call follows an
+    untimed one of the same implementation and case, so it finds its caches, buffers and thread pool as a
+    training loop's next step would, not as the other library left them."""
     times: dict[str, dict] = {name: {case: [] for case in CASES} for name in impls}
     for r in range(warmup + repeats):
         for case in CASES:
             for name, runners in impls.items():
+                runners[case]()
                 start = time.perf_counter()
                 runners[case]()
                 elapsed = time.perf_counter() - start
