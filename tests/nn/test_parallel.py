@@ -286,3 +286,21 @@ def test_data_parallel_refuses_a_forward_before_the_last_backward_was_reduced():
     model.backward(dout)
     with pytest.raises(RuntimeError, match="call reduce_gradients after each backward"):
         hook.forward_loss(task, model, batch)
+
+
+def test_threaded_blocks_run_with_a_short_switch_interval_and_restore_it():
+    import sys
+
+    previous_threads, previous_interval = parallel.get_num_threads(), sys.getswitchinterval()
+    seen = []
+    try:
+        parallel.set_num_threads(2)
+        for interval in (5e-3, parallel.GIL_SWITCH_INTERVAL / 2):  # Python's default; one already shorter
+            sys.setswitchinterval(interval)
+            seen.clear()
+            parallel.run_blocks(lambda a, b, w: seen.append(sys.getswitchinterval()), [(0, 1), (1, 2)], np)
+            assert seen == [pytest.approx(min(interval, parallel.GIL_SWITCH_INTERVAL), rel=0.05)] * 2
+            assert sys.getswitchinterval() == pytest.approx(interval, rel=0.05)
+    finally:
+        parallel.set_num_threads(previous_threads)
+        sys.setswitchinterval(previous_interval)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +55,12 @@ MAX_DEFAULT_THREADS = 4
 """The default thread count's ceiling. Past it, the threads wait for one another on Python's interpreter lock
 (each block's element-wise calls are short), so more threads make a step slower, not faster (bench/README.md,
 "Threads and processes on 16 cores")."""
+
+GIL_SWITCH_INTERVAL = 2e-4
+"""Seconds (``sys.setswitchinterval``; Python's default is 5 ms) a thread running Python code may keep the
+interpreter lock from another that asks for it, while the engine's threads run blocks: a thread back from a
+GEMM or a copy (which run without the lock) gets the lock within this time and feeds its core again, instead
+of idling while the other runs its Python between NumPy calls."""
 
 REDUCTION_BLOCKS = 16
 """Blocks a global batch is cut into for its sums (fewer when it holds fewer samples): 1, 2, 4, 8 or 16
@@ -167,11 +174,22 @@ def run_blocks(work: Callable[[int, int, int], None], blocks: list[tuple[int, in
                 return
             work(*block, worker)
 
-    with controller.limit(limits=1):
+    with controller.limit(limits=1), _gil_handover():
         futures = [_state["pool"].submit(run_worker, w) for w in range(threads)]
         for future in futures:
             future.result()
     return threads
+
+
+@contextlib.contextmanager
+def _gil_handover():
+    """Inside, Python's switch interval is at most :data:`GIL_SWITCH_INTERVAL` (restored on exit)."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(min(previous, GIL_SWITCH_INTERVAL))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def ordered_sum(parts: dict[int, object]):
