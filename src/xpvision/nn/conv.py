@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -261,7 +262,8 @@ def conv_transpose2d_backward(dy, saved, *, grads: dict, scratch: Scratch):
     with single_threaded_blas(xp):
         if "W" in grads:  # (kh*kw*O, I) per block, seen as (I, O, kh, kw)
             parts = [F.conv2d_grad_weight(dypad[a:e], x[a:e], kernel, stride) for a, e in blocks]
-            layout.fold_into([F.conv_weight_from_matrix(part, kernel) for part in parts], grads["W"])
+            layout.fold_into(parts, grads["W"],
+                             view=functools.partial(F.conv_weight_from_matrix, kernel=kernel))
         if "b" in grads:
             layout.fold_into([dy[a:e].reshape(-1, dy.shape[3]).sum(axis=0) for a, e in blocks], grads["b"])
         if separable:  # weights holds (U_h, U_w)

@@ -252,7 +252,7 @@ class BatchLayout:
                              f"of {bounds}")
         self.total, self.start, self.count, self.blocks, self.fold = total, start, count, mine, fold
         self.defer = defer
-        self._deferred: list[tuple[list, object]] = []
+        self._deferred: list[tuple[list, object, Callable]] = []  # (parts, out, view) of each fold_into
 
     def fold_into(self, parts: list, out, view: Callable[[object], object] | None = None) -> None:
         """``out[...] = view(fold(parts))`` (``view``: none, or a function giving the sum in ``out``'s shape,
