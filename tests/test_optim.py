@@ -112,6 +112,35 @@ def test_parameters_become_views_of_one_flat_buffer():
     assert bucket.params.size == 2 * (12 + 4) and bucket.dtype == np.float32
 
 
+def test_parameters_keep_their_memory_layout_and_state_is_saved_in_shape_order():
+    from xpvision.nn import Conv2d
+    from xpvision.nn import functional as F
+
+    conv = Conv2d(3, 4, 2)  # W (4, 3, 2, 2), in memory (2, 2, 3, 4)
+    plain = Conv2d(3, 4, 2)
+    plain.load_state_dict(conv.state_dict())
+    plain.params["W"] = np.ascontiguousarray(plain.params["W"])  # the same values in C order
+    plain.grads["W"] = np.zeros_like(plain.params["W"])
+    opts = [optim.Adam(layer, lr=0.1) for layer in (conv, plain)]
+    assert np.shares_memory(F.conv_weight_matrix(conv.params["W"]), opts[0]._buckets[0].params)
+    assert conv.params["W"].strides == conv.grads["W"].strides != plain.params["W"].strides
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        grads = {key: rng.standard_normal(g.shape).astype(np.float32) for key, g in conv.grads.items()}
+        for layer, opt in zip((conv, plain), opts, strict=True):
+            for key, value in grads.items():
+                layer.grads[key][...] = value
+            opt.step()
+    np.testing.assert_array_equal(conv.params["W"], plain.params["W"])
+    saved = [opt.state_dict() for opt in opts]
+    for key, value in saved[1].items():
+        np.testing.assert_array_equal(saved[0][key], value)
+    opts[0].load_state_dict(saved[1])  # a state saved from C-ordered parameters resumes these
+    for name in ("exp_avg", "exp_avg_sq"):
+        flat = opts[0]._buckets[0].state[name]
+        np.testing.assert_array_equal(opts[0]._buckets[0].logical(flat), saved[1][f"bucket0.{name}"])
+
+
 def test_values_survive_flattening():
     model, reference = toy_model(), toy_model()
     optim.SGD(model)

@@ -56,9 +56,10 @@ class _Bucket:
     """The parameters of one group with one dtype and device, packed into flat ``(P,)`` buffers.
 
     ``params`` and ``grads`` are 1-D arrays of the parameters' dtype; every ``layer.params[key]`` becomes a
-    view ``params[offset:offset + size].reshape(shape)`` (likewise the gradient). ``state`` holds the
-    optimizer's per-element state (moments, accumulators), each a ``(P,)`` array; ``scratch``
-    holds reusable work buffers.
+    view of ``params[offset:offset + size]`` of its shape and memory order (likewise the gradient): a
+    parameter kept as a transposed view, as a convolution's weights are, keeps that layout. ``state`` holds
+    the optimizer's per-element state (moments, accumulators), each a ``(P,)`` array; ``scratch`` holds
+    reusable work buffers.
     """
 
     def __init__(self, group_index: int, refs: list[ParamRef], names: list[str]) -> None:
@@ -72,23 +73,39 @@ class _Bucket:
         self.grads = self.xp.zeros(total, dtype=first.dtype)
         self.param_views: list[Any] = []
         self.grad_views: list[Any] = []
+        self._segments: list[tuple[int, int, tuple, list[int]]] = []  # (offset, size, shape, memory order)
         offset = 0
         for layer, key in refs:
             value = layer.params[key]
-            size, shape = int(value.size), value.shape
-            self.params[offset:offset + size] = value.reshape(-1)
-            param_view = self.params[offset:offset + size].reshape(shape)
-            grad_view = self.grads[offset:offset + size].reshape(shape)
+            self._segments.append((offset, int(value.size), value.shape, _memory_order(value)))
+            offset += int(value.size)
+        self.param_views = self.views(self.params)
+        self.grad_views = self.views(self.grads)
+        for (layer, key), param_view, grad_view in zip(refs, self.param_views, self.grad_views, strict=True):
+            param_view[...] = layer.params[key]
             layer.params[key], layer.grads[key] = param_view, grad_view
-            self.param_views.append(param_view)
-            self.grad_views.append(grad_view)
-            offset += size
         self.state: dict[str, Any] = {}
         self.scratch: dict[str, Any] = {}
 
     @property
     def dtype(self) -> np.dtype:
         return np.dtype(self.params.dtype)
+
+    def views(self, flat) -> list[Any]:
+        """Each parameter's part of the ``(P,)`` array ``flat``, as a view of the parameter's shape and memory
+        order."""
+        return [_view_in_order(flat[offset:offset + size], shape, order)
+                for offset, size, shape, order in self._segments]
+
+    def logical(self, flat):
+        """A copy of the ``(P,)`` array ``flat`` with each parameter's values in the order of its shape (as a
+        C-contiguous copy of it would hold them): how state is saved, whatever the layout in memory."""
+        return self.xp.concatenate([view.reshape(-1) for view in self.views(flat)])
+
+    def set_logical(self, flat, values) -> None:
+        """``flat[...] =`` the ``(P,)`` ``values`` of :meth:`logical`'s order."""
+        for view, (offset, size, _, _) in zip(self.views(flat), self._segments, strict=True):
+            view[...] = values[offset:offset + size].reshape(view.shape)
 
     def state_buffer(self, name: str, fill: float = 0.0):
         """The ``(P,)`` state array ``name``, created filled with ``fill`` on first use."""
@@ -229,7 +246,7 @@ class Optimizer:
         for j, bucket in enumerate(self._buckets):
             state[f"bucket{j}.size"] = np.array(bucket.params.size)
             for name, value in bucket.state.items():
-                state[f"bucket{j}.{name}"] = np.array(backend.to_numpy(value))
+                state[f"bucket{j}.{name}"] = np.array(backend.to_numpy(bucket.logical(value)))
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -261,7 +278,19 @@ class Optimizer:
                 if value.shape != bucket.params.shape:
                     raise WeightsError(f"optimizer state {prefix + name} has shape {value.shape}, "
                                        f"expected {bucket.params.shape}")
-                bucket.state_buffer(name)[...] = bucket.xp.asarray(value.astype(bucket.dtype, copy=False))
+                bucket.set_logical(bucket.state_buffer(name), bucket.xp.asarray(value.astype(bucket.dtype,
+                                                                                          copy=False)))
+
+
+def _memory_order(array) -> list[int]:
+    """``array``'s axes from the outermost in memory (largest stride) to the innermost."""
+    return sorted(range(array.ndim), key=lambda axis: -array.strides[axis])
+
+
+def _view_in_order(flat, shape: tuple, order: list[int]):
+    """The 1-D ``flat`` as an array of ``shape`` whose axes lie in memory in ``order`` (outermost first)."""
+    stored = flat.reshape([shape[axis] for axis in order])
+    return stored.transpose(np.argsort(order).tolist())
 
 
 def _as_groups(params: Layer | list) -> list[dict[str, Any]]:

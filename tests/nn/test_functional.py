@@ -50,6 +50,15 @@ def test_weight_matrix_round_trip(rng):
     np.testing.assert_array_equal(F.conv_weight_from_matrix(w_mat, (2, 5)), w)
 
 
+def test_weights_kept_in_storage_layout_give_their_matrix_without_a_copy(rng):
+    w = rng.standard_normal((4, 3, 2, 5)).astype(np.float32)
+    kept = F.conv_weight_storage(w)
+    np.testing.assert_array_equal(kept, w)
+    w_mat = F.conv_weight_matrix(kept)
+    assert np.shares_memory(w_mat, kept) and not np.shares_memory(F.conv_weight_matrix(w), w)
+    np.testing.assert_array_equal(w_mat, F.conv_weight_matrix(w))
+
+
 @pytest.mark.parametrize(("shape", "order", "dtype"), [
     ((F.MANY_ROWS, 11), "C", np.float32),  # by columns
     ((F.MANY_ROWS + 5, F.FEW_COLUMNS), "C", np.float64),  # by columns

@@ -23,7 +23,8 @@ from xpvision.nn.validate import forward_done, grad_like, image_input, pair, pos
 class Conv2d(Layer):
     """2-D convolution (cross-correlation, as PyTorch).
 
-    Parameters: ``W`` ``(out_ch, in_ch, kh, kw)`` (PyTorch's layout), He-normal initialised with fan-in
+    Parameters: ``W`` ``(out_ch, in_ch, kh, kw)`` (PyTorch's shape; in memory ``(kh, kw, in_ch, out_ch)``, the
+    GEMM's layout, see :func:`~xpvision.nn.functional.conv_weight_storage`), He-normal initialised with fan-in
     ``in_ch * kh * kw``; ``b`` ``(out_ch,)`` zeros (when ``bias``). ``kernel_size``, ``stride``, ``padding``
     and ``dilation`` are ints or ``(h, w)`` pairs; padding is zeros.
 
@@ -43,7 +44,8 @@ class Conv2d(Layer):
         self.padding = pair("padding", padding, 0)
         self.dilation = pair("dilation", dilation, 1)
         kh, kw = self.kernel_size
-        self.add_param("W", init.he_normal((self.out_ch, self.in_ch, kh, kw), fan_in=self.in_ch * kh * kw))
+        self.add_param("W", F.conv_weight_storage(init.he_normal((self.out_ch, self.in_ch, kh, kw),
+                                                                 fan_in=self.in_ch * kh * kw)))
         if bias:
             self.add_param("b", np.zeros(self.out_ch, dtype=np.float32))
         self._scratch = Scratch()  # reused buffers, the zero-bordered padded input among them
@@ -126,7 +128,8 @@ def conv2d_backward(dy, saved, *, grads: dict, need_input: bool, scratch: Scratc
 class ConvTranspose2d(Layer):
     """2-D transposed convolution (the gradient of a convolution w.r.t. its input), as PyTorch's.
 
-    Parameters: ``W`` ``(in_ch, out_ch, kh, kw)`` (PyTorch's layout), He-normal initialised with fan-in
+    Parameters: ``W`` ``(in_ch, out_ch, kh, kw)`` (PyTorch's shape; in memory ``(kh, kw, out_ch, in_ch)``, the
+    matching convolution's GEMM layout), He-normal initialised with fan-in
     ``in_ch * kh * kw / (sh * sw)`` (the input terms per output pixel); ``b`` ``(out_ch,)`` zeros.
 
     Input ``(N, in_ch, H, W)``; output ``(N, out_ch, (H - 1) * S - 2P + K, ...)``, an NCHW-shaped view of a
@@ -154,7 +157,8 @@ class ConvTranspose2d(Layer):
         self.padding = pair("padding", padding, 0)
         kh, kw = self.kernel_size
         fan_in = max(1, self.in_ch * kh * kw // (self.stride[0] * self.stride[1]))
-        self.add_param("W", init.he_normal((self.in_ch, self.out_ch, kh, kw), fan_in=fan_in))
+        self.add_param("W", F.conv_weight_storage(init.he_normal((self.in_ch, self.out_ch, kh, kw),
+                                                                 fan_in=fan_in)))
         if bias:
             self.add_param("b", np.zeros(self.out_ch, dtype=np.float32))
         self._scratch = Scratch()  # the zero-bordered padded output gradient, as Conv2d's padded input

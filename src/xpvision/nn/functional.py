@@ -143,8 +143,18 @@ def col2im_add(dxpad, dcols, kernel, stride, dilation):
 
 
 # -- convolution ---------------------------------------------------------------------------------------------
+def conv_weight_storage(w):
+    """Weights ``(O, I, kh, kw)`` -> the same values, as an ``(O, I, kh, kw)`` view of a contiguous
+    ``(kh, kw, I, O)`` array: how the layers keep their weights, so that :func:`conv_weight_matrix` is a
+    reshape, not a transposing copy, and a weight gradient formed as that matrix is written back by a plain
+    copy."""
+    xp = backend.get_array_module(w)
+    return xp.ascontiguousarray(w.transpose(2, 3, 1, 0)).transpose(3, 2, 0, 1)  # (O, I, kh, kw) view
+
+
 def conv_weight_matrix(w):
-    """Weights ``(O, I, kh, kw)`` -> contiguous GEMM matrix ``(kh * kw * I, O)`` (rows ordered kh, kw, I)."""
+    """Weights ``(O, I, kh, kw)`` -> contiguous GEMM matrix ``(kh * kw * I, O)`` (rows ordered kh, kw, I): a
+    view when ``w`` is kept as :func:`conv_weight_storage` keeps it, else a copy."""
     xp = backend.get_array_module(w)
     o, i, kh, kw = w.shape
     return xp.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(kh * kw * i, o)  # (kh*kw*I, O)
