@@ -57,6 +57,7 @@ FOLD_RANKS = """
 import numpy as np
 from xpvision.distributed.comm import MPICommunicator
 from xpvision.distributed.data import part_bounds
+from xpvision.distributed.shared import WINDOW_BYTES
 from xpvision.nn.parallel import local_fold
 
 shared, messages = MPICommunicator(), MPICommunicator(shared_memory=False)
@@ -64,7 +65,7 @@ assert shared.shared is not None and messages.shared is None, "one host: the sha
 rs = np.random.default_rng(0)
 cases = [(16, (3, 5), np.float32), (4, (70000,), np.float32), (3, (7,), np.float64), (5, (2,), np.float32),
          (16, (40, 33), np.float32)]
-chunked = [(4, (300000, 2), np.float32), (3, (140000,), np.float64)]  # several CHUNK_BYTES of each block
+chunked = [(4, (2000000, 2), np.float32), (3, (1200000,), np.float64)]  # several chunks of WINDOW_BYTES
 for blocks, shape, dtype in cases * 20 + chunked:  # the window reused and reallocated, sums over old totals
     every = [(rs.standard_normal(shape) * 10.0 ** rs.integers(-6, 7, shape)).astype(dtype)
              for _ in range(blocks)]  # magnitudes 1e-6 .. 1e6: any other order of additions shows
@@ -74,8 +75,14 @@ for blocks, shape, dtype in cases * 20 + chunked:  # the window reused and reall
         total = comm.fold(every[first:last], blocks)
         assert total.dtype == dtype and total.shape == shape, name
         assert np.array_equal(total, expected), f"{name}: {blocks} blocks of {shape}"
-from xpvision.distributed.shared import CHUNK_BYTES
-assert shared.shared._memory.size <= 17 * CHUNK_BYTES, "bounded by (blocks + 1) chunks, whatever the fold"
+        staged = comm.fold_staging(last - first, expected.size, dtype, np, blocks)  # as a deferred flush does
+        for row, part in zip(staged, every[first:last], strict=True):
+            row[...] = part.reshape(-1)
+        total = comm.fold(list(staged), blocks)
+        assert np.array_equal(total, expected.reshape(-1)), f"{name}, staged: {blocks} blocks of {shape}"
+        in_window = comm.shared is not None and np.shares_memory(staged, comm.shared._memory)
+        assert in_window == (name == "shared" and (blocks + 1) * expected.nbytes <= WINDOW_BYTES), name
+assert shared.shared._memory.size <= WINDOW_BYTES, "bounded, whatever the fold"
 shared.barrier()  # every process got here: an assertion anywhere ends mpiexec with an error instead
 if shared.rank == 0:
     print("folded", shared.size)
@@ -87,7 +94,8 @@ if shared.rank == 0:
 def test_the_shared_memory_and_the_message_folds_add_as_one_process_does(tmp_path, k):
     """Through the shared window (the one-host default) and by messages (as between hosts), each of 102
     folds of growing and shrinking sizes (the window is reallocated; the largest go in chunks), float32 and
-    float64, gives the bits of one process adding every block in order."""
+    float64, gives the bits of one process adding every block in order; so does each fold of partial sums
+    written into ``fold_staging``'s array, which lies in the window when the fold fits in one chunk."""
     import os
     import subprocess
     import sys

@@ -90,13 +90,15 @@ class DataParallel:
         on this process's blocks inside the batch's layout, is already the whole batch's."""
         total, start = batch["global_batch"]
         blocks = len(parallel.global_blocks(total, self.size, self.block_count))
-        fold = (functools.partial(self.comm.fold, blocks=blocks) if self.reduction == "ordered"
-                else self._allreduce)
+        fold, staging = self._allreduce, None
+        if self.reduction == "ordered":
+            fold = functools.partial(self.comm.fold, blocks=blocks)
+            staging = functools.partial(self.comm.fold_staging, blocks=blocks)
         if self._layout is not None and self._layout.pending:
             raise RuntimeError("a backward's gradient sums were never folded: call reduce_gradients after "
                                "each backward, before the next forward_loss")
         self._layout = parallel.BatchLayout(total, start, len(batch["images"]), self.size, fold,
-                                            self.block_count, defer=True)
+                                            self.block_count, defer=True, staging=staging)
         with rng.batch_part(total, start), parallel.batch_layout(self._layout):
             loss, dout = task.forward_loss(model, batch)
         return loss, dout, total

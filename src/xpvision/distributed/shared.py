@@ -4,11 +4,12 @@ host share (an MPI-3 shared-memory window), instead of messages.
 Every process writes its blocks' partial sums into their slots of one shared array ``(blocks + 1, n)``; after
 a barrier, each process adds a share of the ``n`` values over the ``blocks`` rows in block order into the
 last row (the total); after a second barrier every process copies the total out, and a third lets the next
-fold write. Large folds go chunk by chunk, so the shared memory stays small. Each value is the same chain of
-additions one process makes over all the blocks: the bits of the message path and of one process. A step's
-gradients, one fold of a few MB, then cost a few copies and three barriers instead of two large messages in
-turn, which an MPI library moves between two processes of one host several times slower than a copy
-(bench/README.md has the figures).
+fold write. Large folds go chunk by chunk, so the shared memory stays small; a fold that fits in one chunk
+may have its partial sums written straight into their slots (:meth:`SharedFold.staging`). Each value is the
+same chain of additions one process makes over all the blocks: the bits of the message path and of one
+process. A step's gradients, one fold of a few MB, then cost a few copies and three barriers instead of two
+large messages in turn, which an MPI library moves between two processes of one host several times slower
+than a copy (bench/README.md has the figures).
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ import numpy as np
 
 from xpvision.distributed.data import part_bounds
 
-CHUNK_BYTES = 1 << 20
-"""Bytes of each block's partial sums folded at a time: the shared window holds ``blocks + 1`` of them (17 MiB
-for 16 blocks) whatever the model's size, within a container's small ``/dev/shm`` (Docker's is 64 MiB)."""
+WINDOW_BYTES = 17 << 20
+"""The most shared memory a fold uses: a chunk of each block's partial sums and of the total, ``blocks + 1``
+rows (1 MiB each for 16 blocks), whatever the model's size, within a container's small ``/dev/shm`` (Docker's
+is 64 MiB)."""
 
 
 class SharedFold:
     """Folds over the processes of ``node``, an MPI communicator whose processes all run on one host, ranked
-    as in the world communicator. Large folds go in chunks of :data:`CHUNK_BYTES` per block; the window
-    grows (collectively: every process folds the same sizes in the same order) to the largest chunk seen."""
+    as in the world communicator. Large folds go in chunks of ``blocks + 1`` rows of at most
+    :data:`WINDOW_BYTES` in all; the window grows (collectively: every process folds the same sizes in the
+    same order) to the largest chunk seen."""
 
     def __init__(self, node: Any, MPI: Any) -> None:
         self.node, self.MPI = node, MPI
@@ -46,7 +49,7 @@ class SharedFold:
         shape, dtype, n = parts[0].shape, parts[0].dtype, parts[0].size
         values = [part.reshape(-1) for part in parts]  # (n,) each: a copy only of a non-contiguous part
         total = np.empty(n, dtype=dtype)
-        step = max(1, CHUNK_BYTES // dtype.itemsize)
+        step = _chunk_values(blocks, dtype)
         for start in range(0, n, step):
             stop = min(start + step, n)
             self._fold_chunk([v[start:stop] for v in values], blocks, first, total[start:stop])
@@ -59,7 +62,8 @@ class SharedFold:
         # (blocks, m) partial sums, then the (m,) total
         slots = self._slots((blocks + 1) * m * dtype.itemsize).view(dtype).reshape(blocks + 1, m)
         for row, value in zip(slots[first:first + len(values)], values, strict=True):
-            row[...] = value
+            if not _same_memory(row, value):  # else written there through staging()
+                row[...] = value
         self._barrier()
         a, b = part_bounds(m, self.size, self.rank)  # the values this process adds
         total = slots[blocks, a:b]
@@ -69,6 +73,17 @@ class SharedFold:
         self._barrier()
         out[...] = slots[blocks]
         self._barrier()  # the next chunk's partial sums may lie where this total is
+
+    def staging(self, count: int, n: int, dtype, blocks: int) -> np.ndarray | None:
+        """Where this process may write its ``count`` blocks' partial sums ``(count, n)`` of a fold of
+        ``blocks`` (collective, as the fold itself) so that the fold copies nothing in: their rows of the
+        shared window when the fold fits in one chunk, else ``None``."""
+        dtype = np.dtype(dtype)
+        if n > _chunk_values(blocks, dtype):
+            return None
+        first, _ = part_bounds(blocks, self.size, self.rank)
+        slots = self._slots((blocks + 1) * n * dtype.itemsize).view(dtype).reshape(blocks + 1, n)
+        return slots[first:first + count]
 
     def _slots(self, nbytes: int) -> np.ndarray:
         """At least ``nbytes`` of the shared memory (reallocated, collectively, when too small)."""
@@ -88,3 +103,13 @@ class SharedFold:
         self._window.Sync()
         self.node.Barrier()
         self._window.Sync()
+
+
+def _chunk_values(blocks: int, dtype: np.dtype) -> int:
+    """The values of each block folded at a time: ``blocks + 1`` rows of them fill :data:`WINDOW_BYTES`."""
+    return max(1, WINDOW_BYTES // ((blocks + 1) * dtype.itemsize))
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """``a`` and ``b`` are the same values in memory (one array, or views of the same bytes)."""
+    return a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.strides == b.strides

@@ -236,12 +236,14 @@ class BatchLayout:
     for one process; a collective over the processes otherwise, which every process calls in the same
     order). :meth:`fold_into` is ``fold`` for the sums nobody reads before the optimizer step (weight and
     bias gradients): with ``defer`` they wait for :meth:`flush`, which folds them all in one collective, so
-    the processes meet once per backward pass instead of once per layer.
+    the processes meet once per backward pass instead of once per layer; ``staging(rows, n, dtype, xp)``
+    gives the ``(rows, n)`` array it lays them out in (one ``fold`` reads without a copy, e.g. shared memory;
+    default: a new array).
     """
 
     def __init__(self, total: int, start: int = 0, count: int | None = None, processes: int = 1,
                  fold: Callable[[list], object] = local_fold, block_count: int = REDUCTION_BLOCKS,
-                 defer: bool = False) -> None:
+                 defer: bool = False, staging: Callable | None = None) -> None:
         count = total - start if count is None else count
         if start < 0 or count <= 0 or start + count > total:
             raise ValueError(f"a part of {count} samples from {start} lies outside a batch of {total}")
@@ -252,6 +254,7 @@ class BatchLayout:
                              f"of {bounds}")
         self.total, self.start, self.count, self.blocks, self.fold = total, start, count, mine, fold
         self.defer = defer
+        self.staging = staging or (lambda rows, n, dtype, xp: xp.empty((rows, n), dtype=dtype))
         self._deferred: list[tuple[list, object, Callable]] = []  # (parts, out, view) of each fold_into
 
     def fold_into(self, parts: list, out, view: Callable[[object], object] | None = None) -> None:
@@ -284,7 +287,7 @@ class BatchLayout:
             first = items[0][0][0]
             ends = list(itertools.accumulate(parts[0].size for parts, _, _ in items))
             xp = backend.get_array_module(first)
-            stacked = xp.empty((len(self.blocks), ends[-1]), dtype=first.dtype)  # (blocks, all sums' values)
+            stacked = self.staging(len(self.blocks), ends[-1], first.dtype, xp)  # (blocks, all sums' values)
             for (parts, _, _), end in zip(items, ends, strict=True):
                 for row, part in zip(stacked, parts, strict=True):
                     row[end - part.size:end].reshape(part.shape)[...] = part
