@@ -236,10 +236,12 @@ def place_object(rng: np.random.Generator, ink: np.ndarray, owner: np.ndarray, f
     h, w = ink.shape
     if h > size or w > size:
         return None
+    objects = len(full_areas)
+    visible = np.bincount(owner.ravel() + 1, minlength=objects + 1)[1:]  # (objects,) pixels each shows now
     for _ in range(_PLACEMENT_TRIES):
         y, x = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
-        covered = owner[y:y + h, x:x + w][ink]
-        visible_after = [int((owner == k).sum()) - int((covered == k).sum()) for k in range(len(full_areas))]
+        covered = np.bincount(owner[y:y + h, x:x + w][ink] + 1, minlength=objects + 1)[1:]  # (objects,)
+        visible_after = (visible - covered).tolist()
         if all(v >= (1.0 - max_occlusion) * a for v, a in zip(visible_after, full_areas, strict=True)):
             return y, x
     return None
