@@ -141,6 +141,27 @@ def test_parameters_keep_their_memory_layout_and_state_is_saved_in_shape_order()
         np.testing.assert_array_equal(opts[0]._buckets[0].logical(flat), saved[1][f"bucket0.{name}"])
 
 
+def test_clip_grad_norm_through_an_optimizer_does_not_depend_on_the_memory_layout():
+    from xpvision.nn import Conv2d
+
+    conv = Conv2d(64, 64, 3)  # W in (kh, kw, I, O) memory
+    plain = Conv2d(64, 64, 3)
+    plain.params["W"] = np.ascontiguousarray(plain.params["W"])
+    plain.grads["W"] = np.zeros_like(plain.params["W"])
+    opts = [optim.SGD(layer) for layer in (conv, plain)]
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        grads = {key: (rng.standard_normal(g.shape) * 10.0 ** rng.integers(-3, 4, g.shape)).astype(np.float32)
+                 for key, g in conv.grads.items()}
+        norms = []
+        for layer, opt in zip((conv, plain), opts, strict=True):
+            for key, value in grads.items():
+                layer.grads[key][...] = value
+            norms.append(optim.clip_grad_norm(opt, 1.0))
+        assert norms[0] == norms[1]
+        np.testing.assert_array_equal(conv.grads["W"], plain.grads["W"])
+
+
 def test_values_survive_flattening():
     model, reference = toy_model(), toy_model()
     optim.SGD(model)

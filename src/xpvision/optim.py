@@ -71,8 +71,6 @@ class _Bucket:
         total = sum(int(layer.params[key].size) for layer, key in refs)
         self.params = self.xp.empty(total, dtype=first.dtype)
         self.grads = self.xp.zeros(total, dtype=first.dtype)
-        self.param_views: list[Any] = []
-        self.grad_views: list[Any] = []
         self._segments: list[tuple[int, int, tuple, list[int]]] = []  # (offset, size, shape, memory order)
         offset = 0
         for layer, key in refs:
@@ -98,8 +96,11 @@ class _Bucket:
                 for offset, size, shape, order in self._segments]
 
     def logical(self, flat):
-        """A copy of the ``(P,)`` array ``flat`` with each parameter's values in the order of its shape (as a
-        C-contiguous copy of it would hold them): how state is saved, whatever the layout in memory."""
+        """The ``(P,)`` array ``flat`` with each parameter's values in the order of its shape (as a
+        C-contiguous copy of it would hold them; ``flat`` itself when every parameter is C-ordered): how
+        state is saved and gradient norms are summed, whatever the layout in memory."""
+        if all(order == sorted(order) for _, _, _, order in self._segments):
+            return flat
         return self.xp.concatenate([view.reshape(-1) for view in self.views(flat)])
 
     def set_logical(self, flat, values) -> None:
@@ -213,9 +214,11 @@ class Optimizer:
     def _update(self, bucket: _Bucket, group: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def flat_grads(self) -> Iterator[Any]:
-        """The flat ``(P,)`` gradient buffer of each bucket (used by :func:`clip_grad_norm`)."""
-        return (bucket.grads for bucket in self._buckets)
+    def flat_grads(self) -> Iterator[tuple[Any, Any]]:
+        """``(buffer, values)`` of each bucket: its flat ``(P,)`` gradient buffer, and the gradients in each
+        parameter's shape order (:meth:`_Bucket.logical`; the buffer itself when that is its order). Used
+        by :func:`clip_grad_norm`, whose norm then adds the values in one order whatever the layout."""
+        return ((bucket.grads, bucket.logical(bucket.grads)) for bucket in self._buckets)
 
     @staticmethod
     def _l2_grad(bucket: _Bucket, weight_decay: float):
@@ -246,7 +249,7 @@ class Optimizer:
         for j, bucket in enumerate(self._buckets):
             state[f"bucket{j}.size"] = np.array(bucket.params.size)
             for name, value in bucket.state.items():
-                state[f"bucket{j}.{name}"] = np.array(backend.to_numpy(bucket.logical(value)))
+                state[f"bucket{j}.{name}"] = np.array(backend.to_numpy(bucket.logical(value)))  # a copy
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -483,16 +486,17 @@ def clip_grad_norm(model_or_optimizer: Layer | Optimizer, max_norm: float) -> fl
     """Scale all trainable gradients in place so that their global L2 norm is at most ``max_norm``.
 
     Returns the norm *before* clipping (a Python float; ``inf``/``nan`` when a gradient is not finite, in
-    which case nothing is scaled). Through an optimizer this is one dot product per flat buffer.
+    which case nothing is scaled). Through an optimizer this is one dot product per flat buffer, over its
+    values in the parameters' shape order (so the bits do not depend on how parameters lie in memory).
     """
     if not (isinstance(max_norm, int | float) and max_norm > 0):
         raise ConfigError(f"max_norm must be a positive number, got {max_norm!r}")
     if isinstance(model_or_optimizer, Optimizer):
-        grads = list(model_or_optimizer.flat_grads())
+        grads, ordered = zip(*model_or_optimizer.flat_grads(), strict=True)
     else:
-        grads = [layer.grads[key]
-                 for _, layer, key in model_or_optimizer.named_parameters(trainable_only=True)]
-    total = math.sqrt(sum(float(backend.get_array_module(g).vdot(g.ravel(), g.ravel())) for g in grads))
+        grads = ordered = [layer.grads[key]
+                           for _, layer, key in model_or_optimizer.named_parameters(trainable_only=True)]
+    total = math.sqrt(sum(float(backend.get_array_module(g).vdot(g.ravel(), g.ravel())) for g in ordered))
     if math.isfinite(total) and total > max_norm:
         scale = max_norm / (total + 1e-6)
         for g in grads:
