@@ -7,18 +7,13 @@ import os
 import time
 
 import pytest
+from tests.data.worker_tasks import slow_echo
 
 from xpvision.atomic import write_text
 from xpvision.data.images import read_image
 from xpvision.data.workers import ordered_map, resolve_workers
 from xpvision.errors import DataError, XPVisionError
 from xpvision.nn import parallel
-
-
-def slow_echo(task: int, count: int) -> tuple[int, int]:
-    """``(task, pid)`` after a delay that shrinks with ``task``: later tasks finish first."""
-    time.sleep(0.01 * (count - task))
-    return task, os.getpid()
 
 
 @pytest.mark.parametrize("workers", [2, 3])
