@@ -177,16 +177,20 @@ def _flush(folder: Path, pending: list[dict], manifest: dict, stats: ChannelStat
     arrays = {"images": np.stack([s["image"] for s in pending])}  # (n, H, W, C)
     if stats is not None:
         stats.add(arrays["images"])  # per shard: the histograms do not depend on how images are grouped
+    dtype = ARRAY_DTYPES
     if "label" in manifest["targets"]:
-        arrays["label"] = np.array([int(s["label"]) for s in pending], dtype=np.int64)
+        arrays["label"] = np.array([int(s["label"]) for s in pending], dtype=dtype["label"])
     if "boxes" in manifest["targets"]:
-        arrays["boxes"] = np.concatenate([np.asarray(s["boxes"], np.float32).reshape(-1, 4) for s in pending])
-        arrays["labels"] = np.concatenate([np.asarray(s["labels"], np.int64).reshape(-1) for s in pending])
-        arrays["difficult"] = np.concatenate([np.asarray(s.get("difficult", np.zeros(len(s["labels"]), bool)),
-                                                         bool).reshape(-1) for s in pending])
-        arrays["box_offsets"] = np.cumsum([0] + [len(s["labels"]) for s in pending]).astype(np.int64)
+        counts = [len(s["labels"]) for s in pending]
+        arrays["boxes"] = np.concatenate([np.asarray(s["boxes"], dtype["boxes"]).reshape(-1, 4)
+                                          for s in pending])
+        arrays["labels"] = np.concatenate([np.asarray(s["labels"], dtype["labels"]).reshape(-1)
+                                           for s in pending])
+        arrays["difficult"] = np.concatenate([np.asarray(s.get("difficult", np.zeros(n)), dtype["difficult"])
+                                              .reshape(-1) for s, n in zip(pending, counts, strict=True)])
+        arrays["box_offsets"] = np.cumsum([0, *counts]).astype(dtype["box_offsets"])
     if "mask" in manifest["targets"]:
-        arrays["masks"] = np.stack([s["mask"] for s in pending]).astype(np.uint8)  # (n, H, W)
+        arrays["masks"] = np.stack([s["mask"] for s in pending]).astype(dtype["masks"])  # (n, H, W)
     name = f"shard-{len(manifest['shards']):05d}.npz"
     data = npz_bytes(arrays)
     (folder / name).write_bytes(data)
