@@ -70,8 +70,9 @@ class SingleCommunicator:
 
         return local_fold(parts)
 
-    def fold_staging(self, count: int, n: int, dtype, xp, blocks: int | None = None) -> Any:
-        return xp.empty((count, n), dtype=dtype)
+    def fold_staging(self, count: int, n: int, dtype, xp, blocks: int | None = None) -> None:
+        """One process's fold reads its partial sums wherever they lie: no memory of its own to offer."""
+        return None
 
     def bcast(self, array: Any) -> None:
         pass
@@ -163,15 +164,15 @@ class MPICommunicator:
         self.comm.Bcast(total, root=self.size - 1)
         return xp.asarray(total)
 
-    def fold_staging(self, count: int, n: int, dtype, xp, blocks: int) -> Any:
+    def fold_staging(self, count: int, n: int, dtype, xp, blocks: int) -> np.ndarray | None:
         """A ``(count, n)`` array for this process's partial sums of a fold of ``blocks`` that :meth:`fold`
         reads without copying them (the shared window's rows, see
-        :meth:`~xpvision.distributed.shared.SharedFold.staging`), else a new array on the device of ``xp``.
-        Collective: every process calls it, with the same sizes, before the fold of those partial sums."""
-        staged = None
-        if self.shared is not None and xp is np:
-            staged = self.shared.staging(count, n, dtype, blocks)
-        return xp.empty((count, n), dtype=dtype) if staged is None else staged
+        :meth:`~xpvision.distributed.shared.SharedFold.staging`), or ``None`` (other hosts, arrays of ``xp``
+        other than NumPy, a fold of several chunks). Collective: every process calls it, with the same sizes,
+        before the fold of those partial sums."""
+        if self.shared is None or xp is not np:
+            return None
+        return self.shared.staging(count, n, dtype, blocks)
 
     def allgather_arrays(self, arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
         from xpvision.data.shards import npz_bytes

@@ -237,8 +237,8 @@ class BatchLayout:
     order). :meth:`fold_into` is ``fold`` for the sums nobody reads before the optimizer step (weight and
     bias gradients): with ``defer`` they wait for :meth:`flush`, which folds them all in one collective, so
     the processes meet once per backward pass instead of once per layer; ``staging(rows, n, dtype, xp)``
-    gives the ``(rows, n)`` array it lays them out in (one ``fold`` reads without a copy, e.g. shared memory;
-    default: a new array).
+    may give the ``(rows, n)`` array it lays them out in (one ``fold`` reads without a copy, e.g. shared
+    memory), or ``None`` for a new array.
     """
 
     def __init__(self, total: int, start: int = 0, count: int | None = None, processes: int = 1,
@@ -254,7 +254,7 @@ class BatchLayout:
                              f"of {bounds}")
         self.total, self.start, self.count, self.blocks, self.fold = total, start, count, mine, fold
         self.defer = defer
-        self.staging = staging or (lambda rows, n, dtype, xp: xp.empty((rows, n), dtype=dtype))
+        self.staging = staging
         self._deferred: list[tuple[list, object, Callable]] = []  # (parts, out, view) of each fold_into
 
     def fold_into(self, parts: list, out, view: Callable[[object], object] | None = None) -> None:
@@ -287,7 +287,10 @@ class BatchLayout:
             first = items[0][0][0]
             ends = list(itertools.accumulate(parts[0].size for parts, _, _ in items))
             xp = backend.get_array_module(first)
-            stacked = self.staging(len(self.blocks), ends[-1], first.dtype, xp)  # (blocks, all sums' values)
+            rows, n = len(self.blocks), ends[-1]
+            stacked = None if self.staging is None else self.staging(rows, n, first.dtype, xp)
+            if stacked is None:
+                stacked = xp.empty((rows, n), dtype=first.dtype)  # (blocks, all sums' values)
             for (parts, _, _), end in zip(items, ends, strict=True):
                 for row, part in zip(stacked, parts, strict=True):
                     row[end - part.size:end].reshape(part.shape)[...] = part
