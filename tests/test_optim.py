@@ -112,15 +112,21 @@ def test_parameters_become_views_of_one_flat_buffer():
     assert bucket.params.size == 2 * (12 + 4) and bucket.dtype == np.float32
 
 
-def test_parameters_keep_their_memory_layout_and_state_is_saved_in_shape_order():
+def conv_and_c_ordered_twin(*args):
+    """A ``Conv2d(*args)`` (W in (kh, kw, I, O) memory) and one with the same weights in C order."""
     from xpvision.nn import Conv2d
+
+    conv, plain = Conv2d(*args), Conv2d(*args)
+    plain.load_state_dict(conv.state_dict())
+    plain.params["W"] = np.ascontiguousarray(plain.params["W"])
+    plain.grads["W"] = np.zeros_like(plain.params["W"])
+    return conv, plain
+
+
+def test_parameters_keep_their_memory_layout_and_state_is_saved_in_shape_order():
     from xpvision.nn import functional as F
 
-    conv = Conv2d(3, 4, 2)  # W (4, 3, 2, 2), in memory (2, 2, 3, 4)
-    plain = Conv2d(3, 4, 2)
-    plain.load_state_dict(conv.state_dict())
-    plain.params["W"] = np.ascontiguousarray(plain.params["W"])  # the same values in C order
-    plain.grads["W"] = np.zeros_like(plain.params["W"])
+    conv, plain = conv_and_c_ordered_twin(3, 4, 2)  # W (4, 3, 2, 2), in memory (2, 2, 3, 4)
     opts = [optim.Adam(layer, lr=0.1) for layer in (conv, plain)]
     assert np.shares_memory(F.conv_weight_matrix(conv.params["W"]), opts[0]._buckets[0].params)
     assert conv.params["W"].strides == conv.grads["W"].strides != plain.params["W"].strides
@@ -142,12 +148,7 @@ def test_parameters_keep_their_memory_layout_and_state_is_saved_in_shape_order()
 
 
 def test_clip_grad_norm_through_an_optimizer_does_not_depend_on_the_memory_layout():
-    from xpvision.nn import Conv2d
-
-    conv = Conv2d(64, 64, 3)  # W in (kh, kw, I, O) memory
-    plain = Conv2d(64, 64, 3)
-    plain.params["W"] = np.ascontiguousarray(plain.params["W"])
-    plain.grads["W"] = np.zeros_like(plain.params["W"])
+    conv, plain = conv_and_c_ordered_twin(64, 64, 3)
     opts = [optim.SGD(layer) for layer in (conv, plain)]
     rng = np.random.default_rng(0)
     for _ in range(5):
