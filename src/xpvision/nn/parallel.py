@@ -162,7 +162,7 @@ def run_blocks(work: Callable[[int, int, int], None], blocks: list[tuple[int, in
                 work(start, stop, 0)
         return 1
     if _state["pool"] is None:
-        _state["pool"] = ThreadPoolExecutor(get_num_threads(), thread_name_prefix="xpvision-nn")
+        _state["pool"] = ThreadPoolExecutor(get_num_threads() - 1, thread_name_prefix="xpvision-nn")
     queue = iter(blocks)
     lock = threading.Lock()
 
@@ -175,9 +175,13 @@ def run_blocks(work: Callable[[int, int, int], None], blocks: list[tuple[int, in
             work(*block, worker)
 
     with controller.limit(limits=1), _gil_handover():
-        futures = [_state["pool"].submit(run_worker, w) for w in range(threads)]
-        for future in futures:
-            future.result()
+        # the caller is worker 0: one thread fewer to wake, and none to wake it while it works
+        futures = [_state["pool"].submit(run_worker, w) for w in range(1, threads)]
+        try:
+            run_worker(0)
+        finally:
+            for future in futures:
+                future.result()
     return threads
 
 

@@ -76,10 +76,13 @@ AUTO_CHANNELS = 64
 """Fewest input and output channels ``auto`` takes. The multiplications saved per pixel grow with ``I * O``,
 the transforms' passes with ``I + O``: at 64 and 64 channels a forward chunk is ~30% cheaper than im2col's,
 at 16-32 only 4-12%, which the rest of the layer and the backward's extra transforms eat (bench/README.md)."""
-AUTO_TILES = 4096
+AUTO_TILES = 16_000
 """Fewest 2x2 output tiles in the batch (``N * TH * TW``) ``auto`` takes: each call's fixed costs (three
-weight transforms of ``16 I O`` values, Python per chunk) must be spread over enough tiles. DeepConvNet's
-64-channel conv6 (4x4 tiles per image) was faster at batch 256 and 1000, not at 100 (bench/README.md)."""
+weight transforms of ``16 I O`` values, Python per chunk) and the backward's extra transforms must be spread
+over enough tiles, and how many is enough grows with the speed of the BLAS's GEMM, which Winograd uses less
+of. DeepConvNet's 64-channel conv6 (4x4 tiles per image) at batch 1000 (16,000 tiles) ties im2col with
+OpenBLAS's AVX-512 kernels and is faster with its AVX2 ones; at batch 256, training, it is slower with both
+(bench/README.md)."""
 TILE_ELEMENTS_PER_PIXEL = 4
 """Values of ``V`` (and of ``M``) per output pixel and channel: 16 per tile of four pixels."""
 
