@@ -71,6 +71,20 @@ def torch_twin(model, torch):
     return nn.Sequential(*layers)
 
 
+def blas_description() -> str:
+    """NumPy's BLAS as it runs here (library, version, the kernel it picked for this CPU), and the environment
+    variables that override that pick: an OpenBLAS told ``OPENBLAS_CORETYPE=Haswell`` on an AVX-512 CPU runs
+    its AVX2 kernels, with GEMMs up to 2x slower."""
+    from threadpoolctl import threadpool_info
+
+    libs = [f"{i['internal_api']} {i['version']} {i.get('architecture') or ''}".strip()
+            for i in threadpool_info() if i["user_api"] == "blas"]
+    forced = [f"{name}={os.environ[name]}" for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+              if name in os.environ]
+    note = f" (set here: {' '.join(forced)})" if forced else ""
+    return f"NumPy BLAS: {', '.join(libs) or 'unknown'}{note}"
+
+
 def xpvision_runners(xp, sync: Callable[[], None], winograd_mode: str | None = None
                      ) -> dict[tuple[str, int], Callable[[], None]]:
     """The cases on an xpvision DeepConvNet, each call run in Winograd mode ``winograd_mode`` (default: the
@@ -200,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"DeepConvNet, float32, {args.device}, median of {repeats} interleaved repeats (ms); "
           f"ratio = xpvision / best torch; load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")
+    if args.device == "cpu":
+        print(blas_description())
     print(f"{'case':<16}" + "".join(f"{name:>26}" for name in names) + "".join(
         f"{'ratio ' + name.split(maxsplit=1)[-1]:>22}" for name in ours))
     for case in CASES:

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from bench_convnet import torch_twin
+from bench_convnet import blas_description, torch_twin
 from xpvision import backend, optim
 from xpvision.nn import ConvTranspose2d, Sequential, engine, parallel, rng
 from xpvision.segmentation.fcn import FCN, build_fcn
@@ -128,6 +128,7 @@ def main() -> None:
     print(f"segmentation_ft training step, batch {args.batch}, {args.size} px, {parallel.get_num_threads()} "
           f"threads, median of {args.rounds} interleaved rounds; load average {load_before:.1f} -> "
           f"{os.getloadavg()[0]:.1f} on {parallel.available_cores()} available cores")
+    print(blas_description())
     print(f"{'variant':28s} {'ms':>8s} {'ratio to default':>18s}")
     default = times[VARIANTS[0][0]]
     for name, variant in times.items():

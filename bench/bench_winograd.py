@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from bench_convnet import blas_description
 from xpvision.models import deep_convnet
 from xpvision.nn import Conv2d, MaxPool2d, ReLU, convblock, parallel, winograd
 from xpvision.nn import functional as F
@@ -80,6 +81,7 @@ def pieces(layers, calls: int = 200) -> None:
     """Microseconds per forward chunk, piece by piece, at 1 thread (see the module docstring)."""
     print(f"forward chunk pieces, float32, 1 thread, 10th percentile of {calls} calls (us); load average "
           f"{os.getloadavg()[0]:.1f}")
+    print(blas_description())
     print(f"{'layer':<7}{'chunk':>6}{'V = BtdB':>10}{'16 GEMMs':>10}{'GFLOP/s':>9}{'Y = AtMA':>10}{'sum':>8}"
           f"{'im2col copy':>13}{'GEMM':>8}{'GFLOP/s':>9}{'sum':>8}")
     with parallel.single_threaded_blas():
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"DeepConvNet 3x3 convolutions, float32, {args.threads} threads, median of {args.repeats} "
           f"interleaved repeats (ms); load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} CPUs")
+    print(blas_description())
     print(f"{'layer':<7}{'I->O':>7}{'H x W':>8}{'fused':>11}{'case':>18}{'median im2col':>15}{'winograd':>10}"
           f"{'ratio':>7}{'best im2col':>13}{'winograd':>10}{'ratio':>7}")
     for name, layer, relu, pool, hw in layers:

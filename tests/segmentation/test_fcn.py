@@ -235,5 +235,6 @@ def test_fused_encoder_equals_layer_by_layer(frozen, encoder):
     assert (dx1 is None) == (dx2 is None) == frozen
     if dx1 is not None:
         np.testing.assert_allclose(dx1, dx2, rtol=0, atol=1e-5)
-    for name in g2:
-        np.testing.assert_allclose(g1[name], g2[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    for name in g2:  # float32 sums over the batch's pixels, added in other chunks: within 1e-6 of the largest
+        scale = float(np.abs(g2[name]).max())
+        np.testing.assert_allclose(g1[name], g2[name], rtol=1e-4, atol=1e-5 + 1e-6 * scale, err_msg=name)
