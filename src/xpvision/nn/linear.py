@@ -62,10 +62,8 @@ class Linear(Layer):
             if self.trainable:
                 self._parameter_grads(dout)
             dx = xp.empty(self._x.shape, dtype=xp.result_type(dout.dtype, self.params["W"].dtype))
-            # (out, in) C-contiguous: OpenBLAS multiplies a few rows by it 2-3x faster than by the W.T view
-            w_t = xp.ascontiguousarray(self.params["W"].T)
             for a, b in self._layout.blocks:
-                xp.matmul(dout[a:b], w_t, out=dx[a:b])  # (n, in)
+                xp.matmul(dout[a:b], self.params["W"].T, out=dx[a:b])  # (n, in)
             return dx
 
     def _parameter_grads(self, dout) -> None:
