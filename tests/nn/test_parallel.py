@@ -58,6 +58,25 @@ def test_run_blocks_covers_every_sample_once(threads, default_threads):
         assert used == threads
 
 
+def test_the_calling_thread_is_worker_0_and_the_pool_runs_the_others(default_threads):
+    """Worker 0 is the caller (no thread to wake for it); the others are the pool's threads."""
+    if parallel._blas_controller() is None:
+        pytest.skip("threadpoolctl is not installed: the blocks run on the caller alone")
+    release = threading.Barrier(3, timeout=10)  # every worker holds its first block until all three run
+    threads_of = {}
+
+    def work(start, stop, worker):
+        threads_of.setdefault(worker, threading.get_ident())
+        if start < 3:
+            release.wait()
+
+    parallel.set_num_threads(3)
+    parallel.run_blocks(work, [(i, i + 1) for i in range(6)], np)
+    assert set(threads_of) == {0, 1, 2}
+    assert threads_of[0] == threading.get_ident()
+    assert len(set(threads_of.values())) == 3
+
+
 def test_default_is_the_available_cores_up_to_the_ceiling(default_threads, monkeypatch):
     assert parallel.available_cores() == len(os.sched_getaffinity(0))
     assert parallel.get_num_threads() == min(parallel.available_cores(), parallel.MAX_DEFAULT_THREADS)
