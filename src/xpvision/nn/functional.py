@@ -21,7 +21,7 @@ CHUNK_ELEMENTS = 160 * 1024
 """Values per im2col + GEMM chunk on the CPU (cache blocking: 640 KiB of float32, in a core's L2 with the
 GEMM's other operands). Rows per chunk are ``CHUNK_ELEMENTS / K``: ~1,100 for ``K = 145``, ~280 for ``K =
 577``, ~16,000 for a one-channel input (``K = 10``, whose per-call costs would dominate in short chunks).
-Measured at 1 thread on DeepConvNet: 3-6 % faster steps than a fixed 1,024 or 2,048 rows."""
+bench/README.md has the measurement that chose it."""
 GPU_CHUNK_ELEMENTS = 16 * 1024 * 1024
 """Values per im2col chunk on the GPU: 64 MiB of float32, a bounded workspace small against any CUDA device's
 memory (DeepConvNet's second convolution at batch 1000 would need 455 MB in one piece) and ~100,000 rows per

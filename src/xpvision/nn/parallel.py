@@ -176,7 +176,7 @@ def run_blocks(work: Callable[[int, int, int], None], blocks: list[tuple[int, in
             work(*block, worker)
 
     with controller.limit(limits=1), _gil_handover():
-        # the caller works too: one thread fewer to wake per call (a futex wake-up of an idle core: 60-90 us)
+        # the caller works too: one thread fewer to wake per call (bench/README.md)
         futures = [_state["pool"].submit(run_worker, w) for w in range(1, threads)]
         try:
             run_worker(0)
