@@ -295,8 +295,11 @@ except tracking.Terminated as e:
 def start_stage_process(workdir: Path) -> subprocess.Popen:
     """A process with an open ``train`` stage run (like ``xpvision train``), once it has opened the run."""
     src = Path(__file__).resolve().parents[1] / "src"
+    # SIGINT at its default in the child: a runner started in the background (`cmd &`) passes it on ignored,
+    # and Python then installs no KeyboardInterrupt handler
     process = subprocess.Popen([sys.executable, "-c", STAGE_SCRIPT], cwd=workdir, stderr=subprocess.PIPE,
-                               env={**os.environ, "PYTHONPATH": str(src)})
+                               env={**os.environ, "PYTHONPATH": str(src)},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (workdir / "ready").exists():
         if process.poll() is not None or time.monotonic() > deadline:
