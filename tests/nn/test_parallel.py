@@ -231,6 +231,29 @@ def test_a_layout_holds_whole_blocks():
         parallel.BatchLayout(10, 8, 3)
 
 
+def test_equal_runs_group_consecutive_blocks_of_one_size():
+    assert parallel.BatchLayout(100).equal_runs == [(0, 7, 4), (28, 6, 12)]
+    assert parallel.BatchLayout(96).equal_runs == [(0, 6, 16)]
+    assert parallel.BatchLayout(100, 21, 13, processes=4).equal_runs == [(0, 7, 1), (7, 6, 1)]  # a part
+
+
+def test_linear_gives_the_bits_of_one_gemm_per_block(rng):
+    """Linear's stacked calls (one per run of equal blocks) against one matmul per block."""
+    from xpvision.nn import Linear
+
+    layer = Linear(40, 9)
+    x = rng.standard_normal((100, 40), dtype=np.float32)
+    dout = rng.standard_normal((100, 9), dtype=np.float32)
+    y, dx = layer.forward(x), layer.backward(dout)
+    blocks = parallel.global_blocks(100)
+    w = layer.params["W"]
+    np.testing.assert_array_equal(y, np.concatenate([x[a:b] @ w for a, b in blocks]) + layer.params["b"])
+    np.testing.assert_array_equal(dx, np.concatenate([dout[a:b] @ w.T for a, b in blocks]))
+    w_parts, b_parts = [x[a:b].T @ dout[a:b] for a, b in blocks], [dout[a:b].sum(axis=0) for a, b in blocks]
+    np.testing.assert_array_equal(layer.grads["W"], parallel.local_fold(w_parts))
+    np.testing.assert_array_equal(layer.grads["b"], parallel.local_fold(b_parts))
+
+
 def test_the_current_layout_is_the_whole_batch_outside_a_batch_layout():
     assert parallel.current_layout(5).blocks == [(i, i + 1) for i in range(5)]
     part = parallel.BatchLayout(10, 4, 3, processes=3)

@@ -17,11 +17,11 @@ import numpy as np
 
 from xpvision import backend
 
-CHUNK_ELEMENTS = 160 * 1024
-"""Values per im2col + GEMM chunk on the CPU (cache blocking: 640 KiB of float32, in a core's L2 with the
-GEMM's other operands). Rows per chunk are ``CHUNK_ELEMENTS / K``: ~1,100 for ``K = 145``, ~280 for ``K =
-577``, ~16,000 for a one-channel input (``K = 10``, whose per-call costs would dominate in short chunks).
-bench/README.md has the measurement that chose it."""
+CHUNK_ELEMENTS = 512 * 1024
+"""Values per im2col + GEMM chunk on the CPU: 2 MiB of float32, about a core's L2 cache (1-2 MiB on current
+x86 server cores), so that the matrix is still in cache when the GEMM reads it, while each chunk's Python
+calls cover enough work. Rows per chunk are ``CHUNK_ELEMENTS / K``: ~3,600 for ``K = 145``, ~900 for ``K =
+577``, ~52,000 for a one-channel input (``K = 10``). bench/README.md has the measurements that chose it."""
 GPU_CHUNK_ELEMENTS = 16 * 1024 * 1024
 """Values per im2col chunk on the GPU: 64 MiB of float32, a bounded workspace small against any CUDA device's
 memory (DeepConvNet's second convolution at batch 1000 would need 455 MB in one piece) and ~100,000 rows per

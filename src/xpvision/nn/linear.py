@@ -47,9 +47,9 @@ class Linear(Layer):
         self._layout = current_layout(self._x.shape[0], xp)
         w = self.params["W"]
         y = xp.empty((self._x.shape[0], self.out_features), dtype=xp.result_type(self._x.dtype, w.dtype))
-        with single_threaded_blas(xp):
-            for a, b in self._layout.blocks:  # a row's bits depend on its GEMM's height: one GEMM per block
-                xp.matmul(self._x[a:b], w, out=y[a:b])  # (n, out)
+        with single_threaded_blas(xp):  # a row's bits depend on its GEMM's height: one GEMM per block
+            for _, (x, out) in self._per_block(self._x, y):
+                xp.matmul(x, w, out=out)  # (blocks, n, out)
         if "b" in self.params:
             y += self.params["b"]
         return y
@@ -62,9 +62,19 @@ class Linear(Layer):
             if self.trainable:
                 self._parameter_grads(dout)
             dx = xp.empty(self._x.shape, dtype=xp.result_type(dout.dtype, self.params["W"].dtype))
-            for a, b in self._layout.blocks:
-                xp.matmul(dout[a:b], self.params["W"].T, out=dx[a:b])  # (n, in)
+            for _, (d, out) in self._per_block(dout, dx):
+                xp.matmul(d, self.params["W"].T, out=out)  # (blocks, n, in)
             return dx
+
+    def _per_block(self, *arrays):
+        """Per run of equal blocks of the layout (:attr:`~xpvision.nn.parallel.BatchLayout.equal_runs`), the
+        slice of its block indices and the ``(blocks, n, features)`` views of each of ``arrays`` ``(N,
+        features)``: one stacked matmul is one GEMM per block, in one call."""
+        first = 0
+        for a, size, count in self._layout.equal_runs:
+            rows = slice(a, a + size * count)
+            yield slice(first, first + count), [x[rows].reshape(count, size, x.shape[1]) for x in arrays]
+            first += count
 
     def _parameter_grads(self, dout) -> None:
         """``W`` and ``b`` gradients: one ``(in [+ 1], out)`` partial per block, folded in block order (at
@@ -76,10 +86,10 @@ class Linear(Layer):
         blocks = self._layout.blocks
         shape = (len(blocks), self.in_features + bias, self.out_features)  # (blocks, in [+ 1], out)
         parts = self._scratch.get(0, "grad_parts", shape, xp.result_type(self._x.dtype, dout.dtype), xp)
-        for i, (a, b) in enumerate(blocks):
-            xp.matmul(self._x[a:b].T, dout[a:b], out=parts[i, :self.in_features])  # (in, out)
+        for run, (x, d) in self._per_block(self._x, dout):
+            xp.matmul(x.transpose(0, 2, 1), d, out=parts[run, :self.in_features])  # (blocks, in, out)
             if bias:
-                xp.sum(dout[a:b], axis=0, out=parts[i, self.in_features])  # (out,)
+                xp.sum(d, axis=1, out=parts[run, self.in_features])  # (blocks, out)
         self._layout.fold_into([part[:self.in_features] for part in parts], self.grads["W"])
         if bias:
             self._layout.fold_into([part[self.in_features] for part in parts], self.grads["b"])

@@ -303,6 +303,19 @@ class BatchLayout:
             for (parts, out, view), end in zip(items, ends, strict=True):
                 out[...] = view(total[end - parts[0].size:end].reshape(parts[0].shape))
 
+    @property
+    def equal_runs(self) -> list[tuple[int, int, int]]:
+        """``blocks`` as runs of consecutive blocks of one size, ``(start, size, count)`` each (at most two:
+        :func:`global_blocks` makes the first ones one sample longer), for stacked calls of one GEMM per
+        block."""
+        runs: list[tuple[int, int, int]] = []
+        for a, b in self.blocks:
+            if runs and runs[-1][1] == b - a:
+                runs[-1] = (runs[-1][0], b - a, runs[-1][2] + 1)
+            else:
+                runs.append((a, b - a, 1))
+        return runs
+
     def block_rows(self, rows: int) -> list[tuple[int, int]]:
         """``blocks`` in rows of an array holding ``rows`` rows (``rows / count`` per sample)."""
         per = rows // self.count
