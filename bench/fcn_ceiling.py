@@ -1,11 +1,13 @@
-"""The mIoU ceiling of FCN-8s on digit-scenes: the best its stride-8 scores can do through the fixed bilinear
-final upsampling, with the scores fitted directly to the test masks (Adam on the score map itself, softmax
-cross-entropy), then scored like a prediction. It tells which scene geometry the architecture can resolve:
-the image size of ``download.segmentation`` is only a fair lever while this ceiling stays high.
+"""The mIoU ceiling of FCN-8s (or -4s) on digit-scenes: the best its stride-8 (stride-4) scores can do
+through the fixed bilinear final upsampling, with the scores fitted directly to the test masks (Adam on the
+score map itself, softmax cross-entropy), then scored like a prediction. It tells which scene geometry the
+architecture can resolve: the image size of ``download.segmentation`` is only a fair lever while this
+ceiling stays high.
 
     python bench/fcn_ceiling.py                                # the default: 96 px scenes, 32-64 px digits
     python bench/fcn_ceiling.py --image-size 64 --digit-size 21 43
     python bench/fcn_ceiling.py --image-size 64 --digit-size 14 32 --steps 400
+    python bench/fcn_ceiling.py --variant 4s
 
 The scenes are the test split that ``download`` generates for these settings (same seed and renderer).
 """
@@ -44,11 +46,13 @@ def test_masks(image_size: int, digit_size: tuple[int, int], occlusion: float, c
     return np.stack(masks).astype(np.int64)
 
 
-def fit_ceiling(masks, steps: int, lr: float) -> tuple[float, float]:
-    """Fit stride-8 scores to ``masks`` through FCN-8s's final upsampling; returns ``(miou, pixel_acc)``."""
+def fit_ceiling(masks, steps: int, lr: float, variant: str = "8s") -> tuple[float, float]:
+    """Fit the last scores of FCN-``variant`` to ``masks`` through its final upsampling; returns ``(miou,
+    pixel_acc)``."""
     n, h, w = masks.shape
     rng.manual_seed(0)
-    model = build_fcn("8s", in_channels=3, num_classes=NUM_CLASSES, encoder_stride=16, extra_channels=[128])
+    model = build_fcn(variant, in_channels=3, num_classes=NUM_CLASSES, encoder_stride=16,
+                      extra_channels=[128])
     model.eval()
     model.forward(np.zeros((1, 3, h, w), np.float32))  # the plan: score-map size and crop
     _, plan, fused_shapes, _ = model._cache
@@ -84,13 +88,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=0.3)
+    parser.add_argument("--variant", default="8s", choices=["8s", "4s"])
     args = parser.parse_args()
     start = time.perf_counter()
     masks = test_masks(args.image_size, tuple(args.digit_size), args.occlusion, args.num_test, args.seed)
-    miou, accuracy = fit_ceiling(masks, args.steps, args.lr)
+    miou, accuracy = fit_ceiling(masks, args.steps, args.lr, args.variant)
     print(f"{args.image_size} px scenes, {args.digit_size[0]}-{args.digit_size[1]} px digits, occlusion "
-          f"{args.occlusion}, {args.num_test} test scenes: FCN-8s ceiling mIoU {miou:.3f} (pixel accuracy "
-          f"{accuracy:.3f}; {args.steps} Adam steps, {time.perf_counter() - start:.0f} s)")
+          f"{args.occlusion}, {args.num_test} test scenes: FCN-{args.variant} ceiling mIoU {miou:.3f} (pixel "
+          f"accuracy {accuracy:.3f}; {args.steps} Adam steps, {time.perf_counter() - start:.0f} s)")
 
 
 if __name__ == "__main__":

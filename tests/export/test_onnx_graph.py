@@ -87,7 +87,7 @@ def randomise_parameters(model, rng, scale=0.1):
 
 
 @pytest.mark.parametrize(("variant", "input_shape"), [("8s", (3, 64, 64)), ("16s", (3, 33, 41)),
-                                                      ("32s", (1, 29, 30))])
+                                                      ("32s", (1, 29, 30)), ("4s", (3, 35, 38))])
 def test_fcn_export_matches_xpvision_for_odd_and_even_sizes(variant, input_shape):
     from xpvision.segmentation.fcn import build_fcn
 

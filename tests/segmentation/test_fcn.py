@@ -1,4 +1,4 @@
-"""FCN-32s/16s/8s: shapes for odd and even inputs, pixel alignment of the skips, bilinear upsampling,
+"""FCN-32s/16s/8s/4s: shapes for odd and even inputs, pixel alignment of the skips, bilinear upsampling,
 gradients, frozen upsampling, spec/weights round trip."""
 
 import numpy as np
@@ -14,9 +14,10 @@ from xpvision.segmentation.fcn import FCN, build_fcn
 torch = pytest.importorskip("torch")
 
 
-@pytest.mark.parametrize("variant, encoder", [("32s", {}), ("16s", {}), ("8s", {}),
+@pytest.mark.parametrize("variant, encoder", [("32s", {}), ("16s", {}), ("8s", {}), ("4s", {}),
                                                ("8s", {"encoder_stride": 8, "fc_kernel": 4}),
-                                               ("8s", {"encoder_stride": 16, "extra_channels": [8]})])
+                                               ("8s", {"encoder_stride": 16, "extra_channels": [8]}),
+                                               ("4s", {"encoder_stride": 16, "extra_channels": [8]})])
 @pytest.mark.parametrize("size", [(64, 64), (65, 63), (29, 31), (28, 28), (33, 16)])
 def test_output_has_the_input_size(variant, encoder, size):
     rng.manual_seed(0)
@@ -40,9 +41,10 @@ class _AvgFCN(FCN):
         return stages
 
 
-@pytest.mark.parametrize("variant, encoder", [("32s", {}), ("16s", {}), ("8s", {}),
+@pytest.mark.parametrize("variant, encoder", [("32s", {}), ("16s", {}), ("8s", {}), ("4s", {}),
                                                ("8s", {"encoder_stride": 8, "fc_kernel": 4}),
-                                               ("16s", {"encoder_stride": 16, "fc_kernel": 2})])
+                                               ("16s", {"encoder_stride": 16, "fc_kernel": 2}),
+                                               ("4s", {"encoder_stride": 16, "fc_kernel": 2})])
 @pytest.mark.parametrize("size", [232, 233])
 def test_every_output_pixel_is_centred_on_its_input_pixel(variant, encoder, size):
     """With constant positive kernels, average pooling and bilinear upsampling, the input gradient of output
@@ -68,14 +70,14 @@ def test_every_output_pixel_is_centred_on_its_input_pixel(variant, encoder, size
         assert (grad * cols).sum() / grad.sum() == pytest.approx(j, abs=1e-9)
 
 
-@pytest.mark.parametrize("variant", ["16s", "8s"])
+@pytest.mark.parametrize("variant", ["16s", "8s", "4s"])
 def test_upsampling_layers_are_bilinear_interpolation(variant):
     """Inside the FCN, each transposed convolution reproduces PyTorch's bilinear interpolation
     (align_corners=False) on interior pixels, channel by channel."""
     model = build_fcn(variant, num_classes=3)
     image = np.random.default_rng(1).random((1, 3, 6, 7))
     layers = [model.upsamplers[16], model.final_upsampler]
-    for layer, factor in zip(layers, [2, 16 if variant == "16s" else 8], strict=True):
+    for layer, factor in zip(layers, [2, int(variant[:-1])], strict=True):
         ours = layer.astype(np.float64).forward(image)
         ref = torch.nn.functional.interpolate(torch.from_numpy(image), scale_factor=factor, mode="bilinear",
                                               align_corners=False).numpy()
@@ -85,13 +87,14 @@ def test_upsampling_layers_are_bilinear_interpolation(variant):
         assert not np.allclose(ours[..., 0, 0], ref[..., 0, 0])  # border really differs: the slice matters
 
 
-def test_gradients_match_finite_differences_float64():
+@pytest.mark.parametrize("variant", ["8s", "4s"])
+def test_gradients_match_finite_differences_float64(variant):
     """The skip fusion (crop + sum), the upsamplers and the padding/cropping backward, checked numerically."""
     rng.manual_seed(3)
     features = Sequential(("conv1", Conv2d(2, 3, 3, padding=1)), ("relu1", ReLU()), ("pool1", MaxPool2d(2)),
                           ("conv2", Conv2d(3, 3, 3, padding=2)), ("relu2", ReLU()), ("pool2", MaxPool2d(2)),
                           ("conv3", Conv2d(3, 4, 3, padding=1)), ("pool3", MaxPool2d(2)))
-    model = FCN(features, 3, "8s", extra_channels=[3, 3], fc_channels=4).astype(np.float64)
+    model = FCN(features, 3, variant, extra_channels=[3, 3], fc_channels=4).astype(np.float64)
     model.unfreeze()  # so that the fixed final upsampling fills its gradient too
     generator = np.random.default_rng(3)
     for _, layer, key in model.named_parameters():  # score layers start at zero, biases too: perturb all
@@ -99,6 +102,7 @@ def test_gradients_match_finite_differences_float64():
     x = generator.standard_normal((2, 2, 13, 11))
     errors = layer_gradient_errors(model, x, max_entries=25)
     checked = {"input", "score8.W", "score16.W", "up32.W", "up16.W", "upsample.W", "features.conv1.W"}
+    checked |= {"score4.W", "up8.W"} if variant == "4s" else set()
     assert checked <= set(errors)
     assert max(errors.values()) < 1e-6, errors
 
@@ -140,7 +144,7 @@ def test_spec_and_weights_round_trip_through_io(tmp_path):
 
 def test_bad_configurations_raise():
     with pytest.raises(ConfigError, match="variant"):
-        build_fcn("4s")
+        build_fcn("2s")
     with pytest.raises(ConfigError, match="extra_channels needs 2 entries"):
         build_fcn("8s", extra_channels=[8])
     with pytest.raises(ConfigError, match=

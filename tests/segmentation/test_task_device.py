@@ -30,7 +30,7 @@ def scenes(rng, n=6, size=16):
     return ListDataset(samples, ["bg", "a", "b"])
 
 
-@pytest.mark.parametrize("variant", ["32s", "16s", "8s"])
+@pytest.mark.parametrize("variant", ["32s", "16s", "8s", "4s"])
 @pytest.mark.parametrize("weights", [None, (0.3, 1.0, 1.0)])
 def test_fcn_training_step_matches_the_cpu(gpu, rng, variant, weights):
     dataset = scenes(rng)

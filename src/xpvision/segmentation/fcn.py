@@ -1,4 +1,5 @@
-"""Fully convolutional networks (Long, Shelhamer and Darrell): FCN-32s, -16s and -8s on any conv backbone.
+"""Fully convolutional networks (Long, Shelhamer and Darrell): FCN-32s, -16s, -8s and -4s on any conv
+backbone.
 
 Architecture
 ------------
@@ -9,6 +10,8 @@ of it the encoder adds downsampling stages until the output stride is 32, standi
 ReLU (and dropout when ``dropout > 0``): VGG's fully connected layers as convolutions. So FCN-32s, -16s and
 -8s keep their paper meaning: scores predicted at stride 32, then refined with skips from the stride-16 and
 stride-8 maps (the last encoder layer at that stride; for DeepConvNet stride 8 is the backbone's ``pool3``).
+FCN-4s goes one step further with the stride-4 map (DeepConvNet's ``pool2``); the paper stopped at 8s, where
+a further skip returned little on VOC.
 
 ``encoder_stride`` (8, 16 or 32; default 32) sets where the added stages stop: with ``encoder_stride = 8`` on
 DeepConvNet there are none and ``fc6`` (kernel ``fc_kernel``) sits on ``pool3``, exactly where the
@@ -18,9 +21,9 @@ classifier, :func:`xpvision.transfer.convolutionalize_head`). Skips are taken on
 ``encoder_stride``; the top score layer is ``score<encoder_stride>``.
 
 Decoder: ``score32`` (1x1 conv to classes) on ``fc7``; for 16s/8s, ``up32`` (2x transposed conv) +
-``score16`` (1x1 on the stride-16 map), summed; for 8s the same again with ``up16`` + ``score8``; finally
-``upsample``, a transposed conv by the remaining factor ``f`` (kernel ``2f``, stride ``f``, padding
-``f / 2``).
+``score16`` (1x1 on the stride-16 map), summed; for 8s the same again with ``up16`` + ``score8``, for 4s
+once more with ``up8`` + ``score4``; finally ``upsample``, a transposed conv by the remaining factor ``f``
+(kernel ``2f``, stride ``f``, padding ``f / 2``).
 All transposed convolutions are initialised as bilinear interpolation and have no bias; the 2x ones are
 learnable unless ``learnable_upsampling=False`` (then frozen, ``trainable = False``); the final one is always
 fixed, as in the paper. Score layers start at zero (the paper's choice: the net starts from a constant
@@ -59,7 +62,7 @@ from xpvision.nn.pooling import MaxPool2d
 from xpvision.nn.validate import check_float, forward_done
 from xpvision.segmentation import geometry as geo
 
-VARIANTS = {"32s": 32, "16s": 16, "8s": 8}
+VARIANTS = {"32s": 32, "16s": 16, "8s": 8, "4s": 4}
 ENCODER_STRIDE = 32
 
 
@@ -161,7 +164,7 @@ class FCN(Layer):
     def _build_decoder(self) -> None:
         """Score layers per stride (zero-initialised), 2x upsamplers between them, the final upsampler."""
         n = self.num_classes
-        self.skip_strides = [s for s in (16, 8) if VARIANTS[self.variant] <= s < self.encoder_stride]
+        self.skip_strides = [s for s in (16, 8, 4) if VARIANTS[self.variant] <= s < self.encoder_stride]
         self.taps = {s: self._last_layer_at_stride(s) for s in self.skip_strides}  # fused in this order
         self.scores = {self.encoder_stride: self._score(self.fc_channels)}
         self.upsamplers: dict[int, ConvTranspose2d] = {}
