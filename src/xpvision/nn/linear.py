@@ -49,7 +49,7 @@ class Linear(Layer):
         y = xp.empty((self._x.shape[0], self.out_features), dtype=xp.result_type(self._x.dtype, w.dtype))
         with single_threaded_blas(xp):  # a row's bits depend on its GEMM's height: one GEMM per block
             for _, (x, out) in self._per_block(self._x, y):
-                xp.matmul(x, w, out=out)  # (blocks, n, out)
+                xp.matmul(x, w, out=out)  # ([blocks,] n, out)
         if "b" in self.params:
             y += self.params["b"]
         return y
@@ -63,17 +63,21 @@ class Linear(Layer):
                 self._parameter_grads(dout)
             dx = xp.empty(self._x.shape, dtype=xp.result_type(dout.dtype, self.params["W"].dtype))
             for _, (d, out) in self._per_block(dout, dx):
-                xp.matmul(d, self.params["W"].T, out=out)  # (blocks, n, in)
+                xp.matmul(d, self.params["W"].T, out=out)  # ([blocks,] n, in)
             return dx
 
     def _per_block(self, *arrays):
         """Per run of equal blocks of the layout (:attr:`~xpvision.nn.parallel.BatchLayout.equal_runs`), the
         slice of its block indices and the ``(blocks, n, features)`` views of each of ``arrays`` ``(N,
-        features)``: one stacked matmul is one GEMM per block, in one call."""
+        features)``: one stacked matmul is one GEMM per block, in one call. A run of one block gives its index
+        and its ``(n, features)`` rows (on the GPU a batch is one block: no reshape, a call fewer each)."""
         first = 0
         for a, size, count in self._layout.equal_runs:
             rows = slice(a, a + size * count)
-            yield slice(first, first + count), [x[rows].reshape(count, size, x.shape[1]) for x in arrays]
+            if count == 1:
+                yield first, [x[rows] for x in arrays]
+            else:
+                yield slice(first, first + count), [x[rows].reshape(count, size, x.shape[1]) for x in arrays]
             first += count
 
     def _parameter_grads(self, dout) -> None:
@@ -87,9 +91,9 @@ class Linear(Layer):
         shape = (len(blocks), self.in_features + bias, self.out_features)  # (blocks, in [+ 1], out)
         parts = self._scratch.get(0, "grad_parts", shape, xp.result_type(self._x.dtype, dout.dtype), xp)
         for run, (x, d) in self._per_block(self._x, dout):
-            xp.matmul(x.transpose(0, 2, 1), d, out=parts[run, :self.in_features])  # (blocks, in, out)
+            xp.matmul(x.swapaxes(-1, -2), d, out=parts[run, :self.in_features])  # ([blocks,] in, out)
             if bias:
-                xp.sum(d, axis=1, out=parts[run, self.in_features])  # (blocks, out)
+                xp.sum(d, axis=-2, out=parts[run, self.in_features])  # ([blocks,] out)
         self._layout.fold_into([part[:self.in_features] for part in parts], self.grads["W"])
         if bias:
             self._layout.fold_into([part[self.in_features] for part in parts], self.grads["b"])
