@@ -435,6 +435,37 @@ def test_ui_url_opens_the_model_training_view_that_the_installed_mlflow_ui_reads
     assert f'get("{key}")' in ui_code and f'"{value}"' in ui_code
 
 
+def test_the_candidate_alias_is_moved_even_when_a_concurrent_pipeline_created_it_first(tmp_path, monkeypatch):
+    """Two pipelines registering at once both insert the alias: the store refuses the second insert (a
+    unique-key violation on PostgreSQL), and setting it again then updates it."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = config("sqlite:///mlflow.db")
+    tracking.start_pipeline_run("classification", cfg, {}).write("run.json")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "MLmodel").write_text("flavors: {}\n")
+    real_set = MlflowClient.set_registered_model_alias
+    refused = []
+
+    def set_alias_raced(client, name, alias, version):
+        if not refused:  # the other pipeline's insert lands first
+            real_set(client, name, alias, version)
+            refused.append(version)
+            raise MlflowException("duplicate key value violates unique constraint", error_code="BAD_REQUEST")
+        return real_set(client, name, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", set_alias_raced)
+    with tracking.stage_run("export", "run.json", cfg, final=True) as stage:
+        stage.log_artifact(tmp_path / "model", "mlflow_model")
+        assert stage.register_model("raced-classification", "mlflow_model", {"test_accuracy": 0.9}) == "1"
+    candidate = MlflowClient(absolute("sqlite:///mlflow.db")).get_model_version_by_alias(
+        "raced-classification", "candidate")
+    assert refused and str(candidate.version) == "1"
+
+
 def test_registered_version_carries_metrics_and_the_candidate_alias(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 

@@ -273,7 +273,12 @@ class StageRun:
         tags = {key: f"{value:.6g}" for key, value in _numbers(metrics).items()}
         version = self.client.create_model_version(name, f"runs:/{self.run_id}/{artifact_path}",
                                                    run_id=self.run_id, tags=tags)
-        self.client.set_registered_model_alias(name, CANDIDATE_ALIAS, version.version)
+        try:
+            self.client.set_registered_model_alias(name, CANDIDATE_ALIAS, version.version)
+        except MlflowException:
+            # another pipeline created the alias at the same moment (the store's unique key refused the
+            # second insert): now it exists, and setting it again moves it
+            self.client.set_registered_model_alias(name, CANDIDATE_ALIAS, version.version)
         return str(version.version)
 
     @contextlib.contextmanager
