@@ -435,18 +435,26 @@ def test_ui_url_opens_the_model_training_view_that_the_installed_mlflow_ui_reads
     assert f'get("{key}")' in ui_code and f'"{value}"' in ui_code
 
 
-def test_the_candidate_alias_is_moved_even_when_a_concurrent_pipeline_created_it_first(tmp_path, monkeypatch):
-    """Two pipelines registering at once both insert the alias: the store refuses the second insert (a
-    unique-key violation on PostgreSQL), and setting it again then updates it."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
+@pytest.fixture
+def export_project(tmp_path, monkeypatch):
+    """A project folder (the working directory) with a pipeline run in ``run.json`` on a local SQLite store
+    and an MLflow model folder ``model/``: the tracking config of an export stage."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = config("sqlite:///mlflow.db")
     tracking.start_pipeline_run("classification", cfg, {}).write("run.json")
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "MLmodel").write_text("flavors: {}\n")
+    return cfg
+
+
+def test_the_candidate_alias_is_moved_even_when_a_concurrent_pipeline_created_it_first(
+        tmp_path, monkeypatch, export_project):
+    """Two pipelines registering at once both insert the alias: the store refuses the second insert (a
+    unique-key violation on PostgreSQL), and setting it again then updates it."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
     real_set = MlflowClient.set_registered_model_alias
     refused = []
 
@@ -458,7 +466,7 @@ def test_the_candidate_alias_is_moved_even_when_a_concurrent_pipeline_created_it
         return real_set(client, name, alias, version)
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", set_alias_raced)
-    with tracking.stage_run("export", "run.json", cfg, final=True) as stage:
+    with tracking.stage_run("export", "run.json", export_project, final=True) as stage:
         stage.log_artifact(tmp_path / "model", "mlflow_model")
         assert stage.register_model("raced-classification", "mlflow_model", {"test_accuracy": 0.9}) == "1"
     candidate = MlflowClient(absolute("sqlite:///mlflow.db")).get_model_version_by_alias(
@@ -466,18 +474,12 @@ def test_the_candidate_alias_is_moved_even_when_a_concurrent_pipeline_created_it
     assert refused and str(candidate.version) == "1"
 
 
-def test_registered_version_carries_metrics_and_the_candidate_alias(tmp_path, monkeypatch):
+def test_registered_version_carries_metrics_and_the_candidate_alias(tmp_path, export_project):
     from mlflow import MlflowClient
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = config("sqlite:///mlflow.db")
-    tracking.start_pipeline_run("classification", cfg, {}).write("run.json")
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "MLmodel").write_text("flavors: {}\n")
     versions = []
     for accuracy in (0.9, 0.95):
-        with tracking.stage_run("export", "run.json", cfg, final=True) as stage:
+        with tracking.stage_run("export", "run.json", export_project, final=True) as stage:
             stage.log_artifact(tmp_path / "model", "mlflow_model")
             versions.append(stage.register_model("test-classification", "mlflow_model",
                                                  {"test_accuracy": accuracy, "test_loss": 0.25,
