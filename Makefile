@@ -72,6 +72,7 @@ lint: $(VENV)/.test
 ## Benchmarks against PyTorch on this machine (not part of the tests).
 bench: $(VENV)/.test
 	$(BIN)/python bench/bench_convnet.py
+	$(BIN)/python bench/bench_convnet.py --processes 2
 
 ## The team's MLflow server: PostgreSQL + `mlflow server` on 127.0.0.1 (scripts/tracking-server documents it).
 tracking-server: $(VENV)/.pipeline

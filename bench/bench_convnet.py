@@ -1,4 +1,4 @@
-"""DeepConvNet speed: xpvision (NumPy / CuPy) against PyTorch, in one process, interleaved.
+"""DeepConvNet speed: xpvision (NumPy / CuPy) against PyTorch, interleaved.
 
 Cases: a training step (forward + loss + backward + Adam, float32) at batch 100 and 256, and inference at
 batch 1000, on 1x28x28 inputs, with the same architecture and the same initial weights. PyTorch runs in NCHW
@@ -9,6 +9,7 @@ implementation in turn (so drifts of the machine's speed hit all of them alike) 
     python bench/bench_convnet.py --quick      # smoke run: 2 repeats
     python bench/bench_convnet.py --device gpu # CuPy vs PyTorch CUDA
     python bench/bench_convnet.py --winograd on  # also xpvision with XPVISION_WINOGRAD=on, in the same rounds
+    python bench/bench_convnet.py --processes 2  # xpvision as 2 processes of 1 thread (as the pipeline)
 
 Benchmarks are not tests: the numbers depend on the machine and on what else runs on it.
 """
@@ -21,9 +22,11 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
+import convnet_processes
 from xpvision import backend
 from xpvision.models import deep_convnet
 from xpvision.nn import (
@@ -34,6 +37,7 @@ from xpvision.nn import (
     MaxPool2d,
     ReLU,
     SoftmaxCrossEntropy,
+    heap,
     parallel,
     rng,
     winograd,
@@ -178,12 +182,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for both xpvision and PyTorch")
     parser.add_argument("--winograd", choices=winograd.MODES,
                         help="also time xpvision in this Winograd F(2x2, 3x3) mode (XPVISION_WINOGRAD)")
+    parser.add_argument("--processes", type=int, default=0,
+                        help="time xpvision data-parallel in this many processes of one thread each, as "
+                             "train.<task>.processes trains (instead of one process of --threads threads; "
+                             "needs mpiexec, see bench/convnet_processes.py)")
+    parser.add_argument("--group-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.group_worker:
+        convnet_processes.worker(args.group_worker, CASES)
+        return 0
     try:
         import torch
     except ImportError:
         print("PyTorch is not installed: pip install 'xpvision[parity]'", file=sys.stderr)
         return 2
+    group = None
     if args.device == "gpu":
         if not backend.gpu_available() or not torch.cuda.is_available():
             print(f"--device gpu needs CuPy with a CUDA device (available: {backend.gpu_available()}) and a "
@@ -201,14 +214,26 @@ def main(argv: list[str] | None = None) -> int:
     else:
         torch.set_num_threads(args.threads)
         parallel.set_num_threads(args.threads)
-        impls = {"xpvision (NumPy)": xpvision_runners(np, lambda: None)}
-        if args.winograd:
-            impls[f"xpvision Winograd {args.winograd}"] = xpvision_runners(np, lambda: None, args.winograd)
+        # glibc's malloc as xpvision's engine sets it, process-wide: PyTorch's large allocations then reuse
+        # memory too, as they do beside in-process runs (which set it at their first call)
+        heap.configure()
+        if args.processes > 1:  # instead of the in-process runs, which slow the calls after them
+            group = convnet_processes.ProcessGroup(args.processes, __file__)
+            impls = {f"xpvision {args.processes} processes": {case: group.runner(*case) for case in CASES}}
+        else:
+            impls = {"xpvision (NumPy)": xpvision_runners(np, lambda: None)}
+            if args.winograd:
+                name = f"xpvision Winograd {args.winograd}"
+                impls[name] = xpvision_runners(np, lambda: None, args.winograd)
         impls |= {"torch NCHW": torch_runners(torch, "cpu", False),
                  "torch channels_last": torch_runners(torch, "cpu", True)}
     repeats, warmup = (2, 1) if args.quick else (args.repeats, 2)
     load_before = os.getloadavg()[0]
-    medians = measure(impls, repeats, warmup)
+    try:
+        medians = measure(impls, repeats, warmup)
+    finally:
+        if group is not None:
+            group.close()
     names = list(impls)
     ours = [name for name in names if name.startswith("xpvision")]
     print(f"DeepConvNet, float32, {args.device}, median of {repeats} interleaved repeats (ms); "
