@@ -341,17 +341,25 @@ def _zero_unpooled_edge(a, ph: int, pw: int) -> None:
         a[:, :, 2 * pw:] = 0
 
 
-def _plan(layout: BatchLayout, rows_per_sample: int, xp, row_elements: int) -> list[tuple[int, ...]]:
+def _plan(layout: BatchLayout, rows_per_sample: int, xp, row_elements: int) -> tuple[tuple[int, ...], ...]:
     """How a batch is worked on: ``(start, stop, chunk, part)`` sub-blocks, each block ``part`` of ``layout``
     cut as :func:`~xpvision.nn.functional.block_and_chunk` cuts a batch of that block's size, with GEMM
     chunks of ``chunk`` samples. Every GEMM's rows, so every result, then depend on the block's size and the
     shapes alone, not on the samples around the block (BLAS may round a row differently in a GEMM of other
     height)."""
+    return _plan_of_blocks(tuple(layout.blocks), rows_per_sample, xp, row_elements)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_of_blocks(blocks: tuple[tuple[int, int], ...], rows_per_sample: int, xp,
+                    row_elements: int) -> tuple[tuple[int, ...], ...]:
+    """:func:`_plan` for the blocks ``blocks``, kept: every layer call of every step asks for the same few
+    (a DeepConvNet step's twelve plans cost ~0.2 ms to recompute)."""
     plan = []
-    for part, (a, b) in enumerate(layout.blocks):
+    for part, (a, b) in enumerate(blocks):
         block, chunk = F.block_and_chunk(b - a, rows_per_sample, xp, row_elements)  # of this block alone
         plan += [(start, min(start + block, b), chunk, part) for start in range(a, b, block)]
-    return plan
+    return tuple(plan)
 
 
 def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: bool, scratch: Scratch,
