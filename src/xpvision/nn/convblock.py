@@ -341,7 +341,23 @@ def _zero_unpooled_edge(a, ph: int, pw: int) -> None:
         a[:, :, 2 * pw:] = 0
 
 
-def _plan(layout: BatchLayout, rows_per_sample: int, xp, row_elements: int) -> tuple[tuple[int, ...], ...]:
+class Plan:
+    """How a batch is worked on (:func:`_plan`; shared between calls, so never changed): ``sub_blocks``,
+    ``(start, stop, chunk, part)`` each, and what the kernels look up in them: ``ranges`` (their ``(start,
+    stop)``, for ``run_blocks``), ``by_start`` (``start -> (index, chunk)``), ``of_part`` (the indices of each
+    block's sub-blocks, in order), the largest sub-block and chunk (``block``, ``chunk``: buffer sizes)."""
+
+    def __init__(self, sub_blocks: tuple[tuple[int, int, int, int], ...]) -> None:
+        self.sub_blocks = sub_blocks
+        self.ranges = [(a, e) for a, e, _, _ in sub_blocks]
+        self.by_start = {a: (j, c) for j, (a, _, c, _) in enumerate(sub_blocks)}
+        self.of_part = [[j for j, sub in enumerate(sub_blocks) if sub[3] == part]
+                        for part in range(sub_blocks[-1][3] + 1)]
+        self.block = max(e - a for a, e, _, _ in sub_blocks)
+        self.chunk = max(c for _, _, c, _ in sub_blocks)
+
+
+def _plan(layout: BatchLayout, rows_per_sample: int, xp, row_elements: int) -> Plan:
     """How a batch is worked on: ``(start, stop, chunk, part)`` sub-blocks, each block ``part`` of ``layout``
     cut as :func:`~xpvision.nn.functional.block_and_chunk` cuts a batch of that block's size, with GEMM
     chunks of ``chunk`` samples. Every GEMM's rows, so every result, then depend on the block's size and the
@@ -351,15 +367,14 @@ def _plan(layout: BatchLayout, rows_per_sample: int, xp, row_elements: int) -> t
 
 
 @functools.lru_cache(maxsize=256)
-def _plan_of_blocks(blocks: tuple[tuple[int, int], ...], rows_per_sample: int, xp,
-                    row_elements: int) -> tuple[tuple[int, ...], ...]:
+def _plan_of_blocks(blocks: tuple[tuple[int, int], ...], rows_per_sample: int, xp, row_elements: int) -> Plan:
     """:func:`_plan` for the blocks ``blocks``, kept: every layer call of every step asks for the same few
-    (a DeepConvNet step's twelve plans cost ~0.2 ms to recompute)."""
+    (recomputing a DeepConvNet step's twelve cost ~0.5 ms)."""
     plan = []
     for part, (a, b) in enumerate(blocks):
         block, chunk = F.block_and_chunk(b - a, rows_per_sample, xp, row_elements)  # of this block alone
         plan += [(start, min(start + block, b), chunk, part) for start in range(a, b, block)]
-    return tuple(plan)
+    return Plan(tuple(plan))
 
 
 def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: bool, scratch: Scratch,
@@ -381,8 +396,7 @@ def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: boo
     ph, pw = oh // 2, ow // 2
     dtype = xp.result_type(xpad.dtype, w_mat.dtype)
     plan = _plan(layout or whole_batch(n, xp), geom.rows_per_sample, xp, w_mat.shape[0])
-    block, chunk = max(e - a for a, e, _, _ in plan), max(c for _, _, c, _ in plan)  # buffer sizes
-    chunk_of = {a: c for a, _, c, _ in plan}
+    block, chunk = plan.block, plan.chunk  # buffer sizes
     index = None
     if pool:
         out = scratch.get_free("out", (n, ph, pw, o), dtype, xp)
@@ -402,8 +416,9 @@ def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: boo
             xpad[start:stop, p0:p0 + h, p1:p1 + w] = source[start:stop]  # (m, H, W, I) interior
         # (m, 2, 2, PH, PW, O) pool-major blocks, or the (m, OH, OW, O) output itself
         y = scratch.get(worker, "y", (block, 2, 2, ph, pw, o), dtype, xp)[:m] if pool else out[start:stop]
-        for s in range(0, m, chunk_of[start]):
-            e = min(s + chunk_of[start], m)
+        step = plan.by_start[start][1]
+        for s in range(0, m, step):
+            e = min(s + step, m)
             cols = _im2col(scratch, worker, "cols", patches, start + s, start + e, chunk, bias is not None)
             _gemm(cols, w_mat, y[s:e].reshape(-1, o))  # (rows, O), bias included
         if pool:
@@ -412,7 +427,7 @@ def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: boo
         elif relu:
             xp.maximum(y, 0, out=y)
 
-    run_blocks(work, [(a, e) for a, e, _, _ in plan], xp)
+    run_blocks(work, plan.ranges, xp)
     return out, index
 
 
@@ -437,8 +452,7 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
     dtype = xp.result_type(dout.dtype, w_mat.dtype)
     layout = layout or whole_batch(n, xp)
     plan = _plan(layout, geom.rows_per_sample, xp, k)
-    block, chunk = max(e - a for a, e, _, _ in plan), max(c for _, _, c, _ in plan)  # buffer sizes
-    sub_block = {a: (j, c) for j, (a, _, c, _) in enumerate(plan)}
+    block, chunk = plan.block, plan.chunk  # buffer sizes
     transposed = geom.input_grad_by_transposed_conv
     q0, q1 = geom.transposed_padding
     dx = dxpad = w_flip = None
@@ -470,7 +484,7 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
     def work(start: int, stop: int, worker: int) -> None:
         """One block of samples: the element-wise output gradient on the whole block, then GEMMs by chunk."""
         dconv_block = conv_output_grad(start, stop, worker)
-        j, step = sub_block[start]
+        j, step = plan.by_start[start]
         for s in range(0, stop - start, step):
             e = min(s + step, stop - start)
             chunk_grads(start + s, start + e, dconv_block[s:e], worker, j)
@@ -503,10 +517,9 @@ def conv_backward(dout, xpad, w_mat, geom: ConvGeometry, *, relu_out, pool_index
             dcols = (dmat @ w_mat.T).reshape(m, oh, ow, kh, kw, i_ch)
             F.col2im_add(dxpad[start:stop], dcols, geom.kernel, geom.stride, geom.dilation)
 
-    run_blocks(work, [(a, e) for a, e, _, _ in plan], xp)
+    run_blocks(work, plan.ranges, xp)
     # (K[+1], O) per block: its sub-blocks added in order; the fold adds the blocks in block order
-    parts = [_block_sum([dw_parts[j] for j, sub in enumerate(plan) if sub[3] == part])
-             for part in range(len(layout.blocks))] if need_params else []
+    parts = [_block_sum([dw_parts[j] for j in subs]) for subs in plan.of_part] if need_params else []
     if "W" in grads:
         layout.fold_into([part[:k] for part in parts], grads["W"],
                          view=functools.partial(F.conv_weight_from_matrix, kernel=geom.kernel))
