@@ -342,13 +342,12 @@ def _zero_unpooled_edge(a, ph: int, pw: int) -> None:
 
 
 class Plan:
-    """How a batch is worked on (:func:`_plan`; shared between calls, so never changed): ``sub_blocks``,
-    ``(start, stop, chunk, part)`` each, and what the kernels look up in them: ``ranges`` (their ``(start,
+    """How a batch is worked on (:func:`_plan`; shared between calls, so never changed), from its sub-blocks,
+    ``(start, stop, chunk, part)`` each: what the kernels look up in them, ``ranges`` (their ``(start,
     stop)``, for ``run_blocks``), ``by_start`` (``start -> (index, chunk)``), ``of_part`` (the indices of each
     block's sub-blocks, in order), the largest sub-block and chunk (``block``, ``chunk``: buffer sizes)."""
 
     def __init__(self, sub_blocks: tuple[tuple[int, int, int, int], ...]) -> None:
-        self.sub_blocks = sub_blocks
         self.ranges = [(a, e) for a, e, _, _ in sub_blocks]
         self.by_start = {a: (j, c) for j, (a, _, c, _) in enumerate(sub_blocks)}
         self.of_part = [[j for j, sub in enumerate(sub_blocks) if sub[3] == part]
