@@ -89,6 +89,26 @@ def test_asum_adds_short_rows_column_by_column_with_numpys_bits(dtype, rng):
     np.testing.assert_array_equal(F.asum(x, 1), x.sum(axis=1, keepdims=True))
 
 
+@pytest.mark.parametrize("size", [5, F.ZERO_ROW, 3 * F.ZERO_ROW + 7])  # remainder only, rows only, both
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_in_place_has_the_bits_of_maximum_with_zero(size, dtype, rng):
+    x = rng.standard_normal(size).astype(dtype)
+    x[:4] = [np.nan, -0.0, np.inf, -np.inf]
+    x = x.reshape(-1, 1)  # any contiguous shape
+    expected = np.maximum(x, 0)
+    got = F.relu_(x)
+    assert got is x
+    assert got.tobytes() == expected.tobytes()  # NaN and the sign of zero included
+
+
+def test_relu_in_place_of_a_strided_view_writes_the_view_alone(rng):
+    base = rng.standard_normal((6, 8)).astype(np.float32)
+    expected = base.copy()
+    expected[:, ::2] = np.maximum(expected[:, ::2], 0)
+    F.relu_(base[:, ::2])
+    np.testing.assert_array_equal(base, expected)
+
+
 @pytest.mark.parametrize("axis", [0, 1, -1])
 def test_softmax_and_log_softmax(axis, xp, rng):
     x = xp.asarray(rng.standard_normal((3, 4)) * 50)

@@ -247,7 +247,7 @@ def pool4(taps, out, index, relu: bool) -> None:
         xp.maximum(out, taps[2], out=out)
         xp.maximum(out, taps[3], out=out)
         if relu:
-            xp.maximum(out, 0, out=out)
+            F.relu_(out)
         return
     top, bottom = xp.maximum(taps[0], taps[1]), xp.maximum(taps[2], taps[3])
     bottom_wins = top < bottom
@@ -256,7 +256,7 @@ def pool4(taps, out, index, relu: bool) -> None:
     index += xp.where(bottom_wins, taps[2] < taps[3], taps[0] < taps[1])
     if relu:
         index += (out <= 0).view(xp.uint8) * xp.uint8(DEAD)
-        xp.maximum(out, 0, out=out)
+        F.relu_(out)
 
 
 def _pieces(a, n: int) -> int:
@@ -424,7 +424,7 @@ def conv_forward(xpad, w_mat, bias, geom: ConvGeometry, *, relu: bool, pool: boo
             taps = [y[:, a, b] for a in (0, 1) for b in (0, 1)]  # 4 x (m, PH, PW, O)
             pool4(taps, out[start:stop], None if index is None else index[start:stop], relu)
         elif relu:
-            xp.maximum(y, 0, out=y)
+            F.relu_(y)
 
     run_blocks(work, plan.ranges, xp)
     return out, index

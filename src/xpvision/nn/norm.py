@@ -203,7 +203,7 @@ class BatchNorm2d(_BatchNorm):
         with single_threaded_blas(xp):  # the channel sums are GEMVs
             y2 = self._forward_rows(x4.reshape(-1, self.num_features), x4.shape[0])  # (N*H*W, C)
         if relu:
-            xp.maximum(y2, 0, out=y2)
+            F.relu_(y2)
         self._relu_out = y2 if relu else None  # its positive entries pass the gradient
         self._shape = x4.shape
         return F.nchw(y2.reshape(x4.shape))
