@@ -137,6 +137,18 @@ def test_max_pool2x2_index_rules():
         assert dconv.sum() == (0 if relu else 1) and dconv[0, 0, 0, 0] == (0 if relu else 1)
 
 
+def test_max_pool2x2_index_is_the_first_maximum_of_each_window(rng):
+    y = rng.integers(-2, 3, (3, 8, 10, 5)).astype(np.float32)  # small integers: ties everywhere
+    out = np.empty((3, 4, 5, 5), np.float32)
+    index = np.empty(out.shape, np.uint8)
+    max_pool2x2(y, out, index, relu=False)
+    # (N, PH, PW, C, 4): the window's taps in the order 2a + b
+    windows = y.reshape(3, 4, 2, 5, 2, 5).transpose(0, 1, 3, 5, 2, 4).reshape(3, 4, 5, 5, 4)
+    np.testing.assert_array_equal(index, windows.argmax(axis=-1))  # argmax: the first maximum
+    np.testing.assert_array_equal(out, windows.max(axis=-1))
+    assert set(np.unique(index)) == {0, 1, 2, 3}
+
+
 def test_fused_pool_too_small_raises():
     from xpvision.errors import ShapeError
     model = Sequential(Conv2d(1, 1, 3), ReLU(), MaxPool2d(2))

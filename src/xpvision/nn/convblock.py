@@ -253,10 +253,23 @@ def pool4(taps, out, index, relu: bool) -> None:
     bottom_wins = top < bottom
     xp.maximum(top, bottom, out=out)
     xp.multiply(bottom_wins, xp.uint8(2), out=index)
-    index += xp.where(bottom_wins, taps[2] < taps[3], taps[0] < taps[1])
+    index += _select(bottom_wins, taps[2] < taps[3], taps[0] < taps[1])
     if relu:
         index += (out <= 0).view(xp.uint8) * xp.uint8(DEAD)
         F.relu_(out)
+
+
+def _select(condition, if_true, if_false):
+    """``where(condition, if_true, if_false)`` of three bool arrays of one shape. On the CPU by bitwise
+    operations, in place in ``if_true``: NumPy's ``where`` branches on every element, and a condition that
+    follows the data (which pool tap won) is mispredicted half the time, ~3 ns an element against ~0.04."""
+    xp = backend.get_array_module(condition)
+    if xp is not np:
+        return xp.where(condition, if_true, if_false)
+    if_true ^= if_false
+    if_true &= condition
+    if_true ^= if_false  # ((t ^ f) & c) ^ f: t where c, f elsewhere
+    return if_true
 
 
 def _pieces(a, n: int) -> int:
