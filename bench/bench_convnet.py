@@ -89,6 +89,14 @@ def blas_description() -> str:
     return f"NumPy BLAS: {', '.join(libs) or 'unknown'}{note}"
 
 
+def case_inputs() -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
+    """The inputs of every case, the same for every implementation: images ``(batch, 1, 28, 28)`` float32
+    and labels ``(batch,)`` int64."""
+    data = np.random.default_rng(0)
+    return {(kind, batch): (data.random((batch, 1, 28, 28), dtype=np.float32), data.integers(0, 10, batch))
+            for kind, batch in CASES}
+
+
 def xpvision_runners(xp, sync: Callable[[], None], winograd_mode: str | None = None
                      ) -> dict[tuple[str, int], Callable[[], None]]:
     """The cases on an xpvision DeepConvNet, each call run in Winograd mode ``winograd_mode`` (default: the
@@ -101,11 +109,9 @@ def xpvision_runners(xp, sync: Callable[[], None], winograd_mode: str | None = N
     model.needs_input_grad = False  # like PyTorch for an input without requires_grad
     optimizer = Adam(model, lr=1e-3)
     loss = SoftmaxCrossEntropy()
-    data = np.random.default_rng(0)
     runners = {}
-    for kind, batch in CASES:
-        x = xp.asarray(data.random((batch, 1, 28, 28), dtype=np.float32))
-        y = xp.asarray(data.integers(0, 10, batch))
+    for (kind, batch), (x, y) in case_inputs().items():
+        x, y = xp.asarray(x), xp.asarray(y)
 
         def train(x=x, y=y):
             winograd.set_mode(winograd_mode)
@@ -132,12 +138,10 @@ def torch_runners(torch, device: str, channels_last: bool) -> dict[tuple[str, in
     model = model.to(memory_format=fmt)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    data = np.random.default_rng(0)
     runners = {}
-    for kind, batch in CASES:
-        x = torch.tensor(data.random((batch, 1, 28, 28), dtype=np.float32), device=device)
-        x = x.contiguous(memory_format=fmt)
-        y = torch.tensor(data.integers(0, 10, batch), device=device)
+    for (kind, batch), (x, y) in case_inputs().items():
+        x = torch.tensor(x, device=device).contiguous(memory_format=fmt)
+        y = torch.tensor(y, device=device)
 
         def train(x=x, y=y):
             model.train()
@@ -189,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.group_worker:
-        convnet_processes.worker(args.group_worker, CASES)
+        convnet_processes.worker(args.group_worker, case_inputs())
         return 0
     try:
         import torch

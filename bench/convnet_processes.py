@@ -20,14 +20,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 READY_TIMEOUT_S = 300
 """Seconds to wait for the group to start (imports, the model, MPI) or to finish a call."""
 
 
-def worker(folder: Path, cases) -> None:
-    """One process of the group: set up, say ``ready`` (root), then run each case read from its pipe."""
+def worker(folder: Path, inputs: dict) -> None:
+    """One process of the group: set up, say ``ready`` (root), then run each case read from its pipe.
+    ``inputs``: ``(kind, batch) -> (images, labels)`` of the whole batch, as the other runs get them."""
     from xpvision import distributed
     from xpvision.distributed.data import batch_part
     from xpvision.models import deep_convnet
@@ -42,11 +41,8 @@ def worker(folder: Path, cases) -> None:
     model.needs_input_grad = False
     optimizer, task = Adam(model, lr=1e-3), ClassificationTask(10)
     hook = distributed.DataParallel(comm, model)
-    data = np.random.default_rng(0)
     batches = {}
-    for kind, batch in cases:  # the same inputs as the other runs, drawn in the same order
-        x = data.random((batch, 1, 28, 28), dtype=np.float32)
-        y = data.integers(0, 10, batch)
+    for (kind, batch), (x, y) in inputs.items():
         start, stop = batch_part(batch, comm.size, comm.rank)
         batches[(kind, batch)] = {"images": x[start:stop], "labels": y[start:stop],
                                   "global_batch": (batch, start)}

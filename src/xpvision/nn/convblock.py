@@ -370,11 +370,11 @@ class Plan:
 
 
 def _plan(layout: BatchLayout, rows_per_sample: int, xp, row_elements: int) -> Plan:
-    """How a batch is worked on: ``(start, stop, chunk, part)`` sub-blocks, each block ``part`` of ``layout``
-    cut as :func:`~xpvision.nn.functional.block_and_chunk` cuts a batch of that block's size, with GEMM
-    chunks of ``chunk`` samples. Every GEMM's rows, so every result, then depend on the block's size and the
-    shapes alone, not on the samples around the block (BLAS may round a row differently in a GEMM of other
-    height)."""
+    """How a batch is worked on, as a :class:`Plan` of ``(start, stop, chunk, part)`` sub-blocks: each block
+    ``part`` of ``layout`` cut as :func:`~xpvision.nn.functional.block_and_chunk` cuts a batch of that
+    block's size, with GEMM chunks of ``chunk`` samples. Every GEMM's rows, so every result, then depend on
+    the block's size and the shapes alone, not on the samples around the block (BLAS may round a row
+    differently in a GEMM of other height)."""
     return _plan_of_blocks(tuple(layout.blocks), rows_per_sample, xp, row_elements)
 
 
