@@ -262,7 +262,7 @@ def pool4(taps, out, index, relu: bool) -> None:
 def _select(condition, if_true, if_false):
     """``where(condition, if_true, if_false)`` of three bool arrays of one shape. On the CPU by bitwise
     operations, in place in ``if_true``: NumPy's ``where`` branches on every element, and a condition that
-    follows the data (which pool tap won) is mispredicted half the time, ~3 ns an element against ~0.04."""
+    follows the data (which pool tap won) is mispredicted half the time (bench/README.md has the figures)."""
     xp = backend.get_array_module(condition)
     if xp is not np:
         return xp.where(condition, if_true, if_false)
@@ -380,8 +380,7 @@ def _plan(layout: BatchLayout, rows_per_sample: int, xp, row_elements: int) -> P
 
 @functools.lru_cache(maxsize=256)
 def _plan_of_blocks(blocks: tuple[tuple[int, int], ...], rows_per_sample: int, xp, row_elements: int) -> Plan:
-    """:func:`_plan` for the blocks ``blocks``, kept: every layer call of every step asks for the same few
-    (recomputing a DeepConvNet step's twelve cost ~0.5 ms)."""
+    """:func:`_plan` for the blocks ``blocks``, kept: every layer call of every step asks for the same few."""
     plan = []
     for part, (a, b) in enumerate(blocks):
         block, chunk = F.block_and_chunk(b - a, rows_per_sample, xp, row_elements)  # of this block alone

@@ -297,8 +297,8 @@ def avg_pool_backward(dy, padded_hw, kernel, stride):
 # -- activation ----------------------------------------------------------------------------------------------
 ZERO_ROW = 16 * 1024
 """Length of the row of zeros :func:`relu_` takes its maxima with on the CPU: NumPy (2.x) runs ``maximum``
-with a scalar operand in a scalar loop, ~5x slower than with an array operand, which it runs in SIMD; a row
-of 64 KiB stays in L1/L2 while it is broadcast over the rows of the array."""
+with a scalar operand in a scalar loop, several times slower than with an array operand, which it runs in
+SIMD (bench/README.md); a row of 64 KiB stays in L1/L2 while it is broadcast over the rows of the array."""
 
 
 def relu_(x):
