@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import pytest
 from tests.data.worker_tasks import slow_echo
@@ -61,7 +65,41 @@ def test_leaving_early_cancels_the_tasks_not_started(tmp_path):
     results = ordered_map(functools.partial(write_text, text="x"), paths, 2, "writes")
     next(results)
     results.close()  # returns once the running tasks are done
+    assert list(results) == []  # and the iteration is over
     written = sorted(tmp_path.iterdir())
     time.sleep(0.3)
     assert sorted(tmp_path.iterdir()) == written  # no worker still writes
     assert len(written) < len(paths)  # only the tasks handed out ahead of the consumer ran
+
+
+def test_an_iterator_the_garbage_collector_drops_unfinished_waits_for_nothing():
+    # The collector may run inside any thread, even one that holds `threading`'s lock a thread takes to start
+    # and to end: waiting there for the pool's threads to end would hang for good.
+    script = textwrap.dedent("""
+        import functools, gc, threading
+        from tests.data.worker_tasks import slow_echo
+        from xpvision.data.workers import ordered_map
+        results = ordered_map(functools.partial(slow_echo, count=10), range(10), 2, "echo")
+        next(results)
+        cycle = [results]
+        cycle.append(cycle)  # only the collector can free it
+        del results, cycle
+        gc.disable()
+        with threading._active_limbo_lock:
+            gc.collect()
+        print("collected")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parents[2])
+    assert done.returncode == 0 and done.stdout == "collected\n", done.stderr
+
+
+def test_a_with_block_ends_the_pool_on_an_error_in_its_body(tmp_path):
+    paths = [tmp_path / f"{i:03d}.txt" for i in range(100)]
+    write = functools.partial(write_text, text="x")
+    with pytest.raises(KeyError), ordered_map(write, paths, 2, "writes") as results:
+        next(results)
+        raise KeyError("the consumer's own error")
+    written = sorted(tmp_path.iterdir())
+    time.sleep(0.3)
+    assert sorted(tmp_path.iterdir()) == written and len(written) < len(paths)

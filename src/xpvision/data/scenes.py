@@ -100,9 +100,9 @@ def write_digit_scenes(out_dir: str | os.PathLike, digits_dir: str | os.PathLike
             chunks += [_Chunk(root, split, start, min(start + SCENE_CHUNK, count), digits.images[..., 0],
                               digits.labels, config) for start in range(0, count, SCENE_CHUNK)]
         records: dict[str, list[dict]] = {split: [] for split in SPLITS}
-        results = ordered_map(_write_chunk, chunks, workers, f"digit-scenes into {out_dir}")
-        for chunk, chunk_records in zip(chunks, results, strict=True):
-            records[chunk.split] += chunk_records
+        with ordered_map(_write_chunk, chunks, workers, f"digit-scenes into {out_dir}") as results:
+            for chunk, chunk_records in zip(chunks, results, strict=True):
+                records[chunk.split] += chunk_records
         for split in SPLITS:
             _write_split_files(root, split, records[split], config)
     return {"train": config.n_train, "test": config.n_test}

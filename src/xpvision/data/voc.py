@@ -233,7 +233,11 @@ def iter_voc(root: str | os.PathLike, split: str, task: str = "detection", *,
                              mask_lut=_mask_lut(all_classes, keep), image_size=image_size,
                              pixel_origin=pixel_origin, box_policy=box_policy)
     chunks = [ids[i:i + READ_CHUNK] for i in range(0, len(ids), READ_CHUNK)]
-    yield from itertools.islice(_in_order(ordered_map(read, chunks, workers, f"VOC {root}")), max_images)
+    results = ordered_map(read, chunks, workers, f"VOC {root}")
+    yield from itertools.islice(_in_order(results), max_images)
+    # max_images reached: stop the chunks read ahead. Not in a `finally`: a consumer that drops this
+    # generator unfinished has it closed by the garbage collector, where waiting for the workers could hang
+    results.close()
 
 
 def _in_order(chunk_results: Iterator[list[dict | DataError | None]]) -> Iterator[dict]:
