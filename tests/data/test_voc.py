@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -157,3 +159,4 @@ def test_a_bad_file_read_ahead_is_raised_only_when_reached(tmp_path, monkeypatch
     with pytest.raises(DataError, match="not well-formed") as info:
         load_voc(root, "trainval", classes=("dog", "car"), workers=workers)
     assert str(root / "Annotations/000007.xml") in str(info.value)
+    assert multiprocessing.active_children() == []  # the workers reading ahead were stopped both times

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -53,11 +54,13 @@ def test_a_project_error_in_a_worker_is_raised_as_itself(tmp_path, workers):
     assert str(raised.value) == str(expected.value) and str(missing) in str(raised.value)
     if workers > 1:
         assert raised.value.__cause__ is None  # not the worker's pickled traceback
+    assert multiprocessing.active_children() == []  # the error ended the pool
 
 
 def test_a_worker_that_dies_is_a_clear_error():
     with pytest.raises(XPVisionError, match="exit tasks: a worker process ended abruptly"):
         list(ordered_map(os._exit, [3, 3, 3], 2, "exit tasks"))
+    assert multiprocessing.active_children() == []
 
 
 def test_leaving_early_cancels_the_tasks_not_started(tmp_path):

@@ -234,9 +234,14 @@ def iter_voc(root: str | os.PathLike, split: str, task: str = "detection", *,
                              pixel_origin=pixel_origin, box_policy=box_policy)
     chunks = [ids[i:i + READ_CHUNK] for i in range(0, len(ids), READ_CHUNK)]
     results = ordered_map(read, chunks, workers, f"VOC {root}")
-    yield from itertools.islice(_in_order(results), max_images)
-    # max_images reached: stop the chunks read ahead. Not in a `finally`: a consumer that drops this
-    # generator unfinished has it closed by the garbage collector, where waiting for the workers could hang
+    # the chunks read ahead are stopped at the end, at max_images and on a bad file; not in a `finally`: a
+    # consumer that drops this generator unfinished has it closed by the garbage collector, where waiting for
+    # the workers could hang (see OrderedResults)
+    try:
+        yield from itertools.islice(_in_order(results), max_images)
+    except Exception:
+        results.close()
+        raise
     results.close()
 
 
