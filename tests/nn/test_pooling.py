@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
+from xpvision import backend
 from xpvision.errors import ConfigError, ShapeError
-from xpvision.nn import AvgPool2d, GlobalAvgPool2d, MaxPool2d, build_layer
+from xpvision.nn import AvgPool2d, GlobalAvgPool2d, MaxPool2d, build_layer, engine, pooling
+from xpvision.nn import functional as F
 
 TOL = 1e-4
 
@@ -79,7 +81,7 @@ def test_pool_spec_round_trip():
     assert MaxPool2d(2).config() == {"kernel_size": 2, "stride": 2, "padding": 0}
 
 
-@pytest.mark.parametrize("case", POOL_CASES[:3])
+@pytest.mark.parametrize("case", POOL_CASES)
 def test_max_pool_evaluation_then_backward_equals_training(case, rng):
     """In evaluation the 2x2 pool keeps no index (the backward recomputes it): same output and gradient, ties
     included."""
@@ -91,6 +93,47 @@ def test_max_pool_evaluation_then_backward_equals_training(case, rng):
     for training in (True, False):
         layer = MaxPool2d(k, s, p).train(training)
         results.append((layer.forward(x).copy(), layer.backward(dout)))
-        assert (layer._cache[0] is None) == (not training and layer.is_2x2())
+        index_kept = layer._cache[1] is not None
+        assert index_kept == (training or engine.get_engine() == "reference")  # the tuned pools keep none
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+TAP_CASES = [  # (kernel, stride, padding, (N, H, W, C))
+    ((3, 3), (2, 2), (1, 1), (3, 9, 8, 5)),  # a ResNet stem's pool
+    ((3, 3), (1, 1), (1, 1), (2, 6, 7, 3)),  # every input in nine windows
+    ((2, 3), (1, 2), (1, 1), (2, 5, 7, 2)),  # non-square
+    ((2, 2), (1, 1), (0, 0), (2, 5, 5, 4)),  # 2x2, overlapping: not the fused 2x2 stride-2 kernel
+    ((4, 4), (4, 4), (2, 2), (2, 10, 9, 3)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", TAP_CASES, ids=[str(c[:3]) for c in TAP_CASES])
+def test_tuned_max_pool_equals_the_reference_bit_for_bit(xp, case, dtype, monkeypatch):
+    """Ties (small integers), NaN and -inf inputs, in several chunks of samples: the same maxima, the same
+    index (first maximum; the first NaN) and the same gradient bits as the textbook kernels."""
+    kernel, stride, padding, shape = case
+    out_hw = tuple(F.conv_output_size(s, k, st, p) for s, k, st, p in
+                   zip(shape[1:3], kernel, stride, padding, strict=True))
+    monkeypatch.setattr(pooling, "POOL_CHUNK_ELEMENTS", 2 * out_hw[0] * out_hw[1] * shape[3])  # 2 samples
+    data = np.random.default_rng(sum(shape))
+    x = data.integers(-3, 3, shape).astype(dtype)  # many ties
+    x[0, 1, 1, 0] = x[1, 2, 3, 1] = np.nan
+    x[1, 0, 0, :] = x[0, -1, -1, 0] = -np.inf
+    xpad = xp.asarray(F.pad_nhwc(x, padding, value=float("-inf")))
+    y_ref, index_ref = engine.kernel("max_pool2d", "reference")(xpad, kernel, stride, out_hw)
+    y, index = engine.kernel("max_pool2d", "tuned")(xpad, kernel, stride, out_hw, need_index=True)
+    y_eval, none = engine.kernel("max_pool2d", "tuned")(xpad, kernel, stride, out_hw, need_index=False)
+    assert none is None and index.dtype == index_ref.dtype == np.uint8
+    for found in (y, y_eval):
+        np.testing.assert_array_equal(backend.to_numpy(found), backend.to_numpy(y_ref))  # NaN where NaN
+    np.testing.assert_array_equal(backend.to_numpy(index), backend.to_numpy(index_ref))
+    dy = xp.asarray(data.standard_normal(y.shape).astype(dtype))
+    dy[0, 0, 0, 0] = np.nan
+    args = (xpad.shape[1:3], kernel, stride)
+    dx_ref = engine.kernel("max_pool2d_backward", "reference")(dy, index_ref, *args)
+    dx = engine.kernel("max_pool2d_backward", "tuned")(dy, index, *args)
+    bits = f"u{np.dtype(dtype).itemsize}"
+    np.testing.assert_array_equal(backend.to_numpy(dx).view(bits), backend.to_numpy(dx_ref).view(bits))
+

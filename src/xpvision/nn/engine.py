@@ -38,6 +38,12 @@ Kernels (``x``: channels-last ``(N, H, W, C)``; ``geom``: :class:`xpvision.nn.co
   saved)``: per channel of ``x2`` ``(M, C)``, the rows of ``layout``'s samples
   (:class:`xpvision.nn.parallel.BatchLayout`); in training the running statistics are updated in place.
 * ``batch_norm_backward(dy2, saved, gamma) -> (dx2, dgamma, dbeta)``.
+* ``max_pool2d(xpad, kernel, stride, out_hw, *, need_index) -> (y, index)``: the maximum of each window of
+  the ``-inf``-padded ``xpad`` ``(N, Hp, Wp, C)`` -> ``y`` ``(N, OH, OW, C)``, and ``index`` of ``y``'s
+  shape (uint8; int64 beyond 256 taps), the tap ``i * kw + j`` of each window's first maximum (PyTorch's tie
+  rule; a NaN is a maximum). Without ``need_index`` a kernel may return ``None`` for it.
+* ``max_pool2d_backward(dy, index, padded_hw, kernel, stride) -> dxpad``: ``dy`` ``(N, OH, OW, C)`` routed to
+  each window's maximum, the gradient of the padded input ``(N, Hp, Wp, C)`` (overlapping windows add up).
 
 Every sum over the batch (weight and bias gradients, batch statistics) is formed per block of the batch's
 layout (``conv2d`` takes it from :func:`xpvision.nn.parallel.current_layout`) and added with
@@ -56,7 +62,7 @@ ENGINES = ("reference", "tuned")
 ENV_ENGINE = "XPVISION_ENGINE"
 """Environment variable choosing the engine (``reference`` or ``tuned``)."""
 KERNELS = ("conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward", "batch_norm",
-           "batch_norm_backward")
+           "batch_norm_backward", "max_pool2d", "max_pool2d_backward")
 
 _registry: dict[str, dict[str, Callable]] = {engine: {} for engine in ENGINES}
 

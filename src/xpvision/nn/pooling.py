@@ -5,12 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from xpvision import backend
 from xpvision.errors import ConfigError, ShapeError
+from xpvision.nn import engine
 from xpvision.nn import functional as F
 from xpvision.nn.base import Layer
 from xpvision.nn.convblock import max_pool2x2, max_unpool2x2
 from xpvision.nn.validate import forward_done, grad_like, image_input, pair, unpair
+
+POOL_CHUNK_ELEMENTS = 128 * 1024
+"""Output values per chunk of samples in the tuned general max pool on the CPU: the chunk's running
+maximum, index and masks (about 7 bytes a value) then stay in a core's L2 cache (1-2 MiB) over all the
+window's taps."""
 
 
 class _Pool2d(Layer):
@@ -65,31 +73,109 @@ class MaxPool2d(_Pool2d):
 
     def forward(self, x):
         xpad, out_hw = self._padded_input(x)
-        if self.is_2x2():
-            xp = backend.get_array_module(xpad)
-            y = xp.empty((xpad.shape[0], *out_hw, xpad.shape[3]), dtype=xpad.dtype)  # (N, OH, OW, C)
-            # in evaluation no index: a backward (rare there) recomputes it from the cached input
-            argmax = xp.empty(y.shape, dtype=xp.uint8) if self.training else None
-            max_pool2x2(xpad, y, argmax, relu=False)
-            self._cache = (argmax, xpad.shape[1:3], y.shape, None if self.training else xpad)
-        else:
-            y, argmax = F.max_pool_nhwc(xpad, self.kernel_size, self.stride, out_hw)  # (N, OH, OW, C) both
-            self._cache = (argmax, xpad.shape[1:3], y.shape, None)
+        kernels = engine.get_engine()
+        y, index = engine.kernel("max_pool2d", kernels)(xpad, self.kernel_size, self.stride, out_hw,
+                                                        need_index=self.training)
+        # in evaluation the kernel may keep no index: a backward (rare there) recomputes it from the input
+        self._cache = (kernels, index, xpad.shape[1:3], y.shape, xpad if index is None else None)
         return F.nchw(y)
 
     def backward(self, dout):
-        argmax, padded_hw, y_shape, x_eval = self._cache or (None, None, None, None)
+        kernels, index, padded_hw, y_shape, xpad = self._cache or (None,) * 5
         dy = self._grad_output(dout, y_shape)  # (N, OH, OW, C)
-        if argmax is None:  # an evaluation-mode forward: the index from the cached input
-            xp = backend.get_array_module(dy)
-            argmax = xp.empty(y_shape, dtype=xp.uint8)
-            max_pool2x2(x_eval, xp.empty(y_shape, dtype=dy.dtype), argmax, relu=False)
-        if self.is_2x2():
-            dx = backend.get_array_module(dy).empty((dy.shape[0], *padded_hw, dy.shape[3]), dtype=dy.dtype)
-            max_unpool2x2(dy, argmax, dx)
-            return F.nchw(dx)
-        dxpad = F.max_pool_backward(dy, argmax, padded_hw, self.kernel_size, self.stride)
+        if index is None:
+            _, index = engine.kernel("max_pool2d", kernels)(xpad, self.kernel_size, self.stride, y_shape[1:3],
+                                                            need_index=True)
+        dxpad = engine.kernel("max_pool2d_backward", kernels)(dy, index, padded_hw, self.kernel_size,
+                                                              self.stride)  # (N, Hp, Wp, C)
         return F.nchw(F.crop_nhwc(dxpad, self.padding))
+
+
+@engine.register("tuned", "max_pool2d")
+def max_pool2d(xpad, kernel, stride, out_hw, *, need_index: bool):
+    """The tuned ``max_pool2d`` kernel of :mod:`xpvision.nn.engine`: the fused 2x2 stride-2 pool of
+    :mod:`.convblock` (no index without ``need_index``), else a running maximum over the window's taps
+    (:func:`max_pool_taps`)."""
+    if tuple(kernel) == tuple(stride) == (2, 2):
+        xp = backend.get_array_module(xpad)
+        y = xp.empty((xpad.shape[0], *out_hw, xpad.shape[3]), dtype=xpad.dtype)  # (N, OH, OW, C)
+        index = xp.empty(y.shape, dtype=xp.uint8) if need_index else None
+        max_pool2x2(xpad, y, index, relu=False)
+        return y, index
+    return max_pool_taps(xpad, kernel, stride, out_hw, need_index)
+
+
+@engine.register("tuned", "max_pool2d_backward")
+def max_pool2d_backward(dy, index, padded_hw, kernel, stride):
+    """The tuned ``max_pool2d_backward`` kernel: :func:`xpvision.nn.convblock.max_unpool2x2` for the 2x2
+    stride-2 pool, else :func:`max_pool_taps_backward`."""
+    if tuple(kernel) == tuple(stride) == (2, 2):
+        xp = backend.get_array_module(dy)
+        dxpad = xp.empty((dy.shape[0], *padded_hw, dy.shape[3]), dtype=dy.dtype)
+        max_unpool2x2(dy, index, dxpad)  # writes all of it
+        return dxpad
+    return max_pool_taps_backward(dy, index, padded_hw, kernel, stride)
+
+
+def _chunk(out_shape: tuple[int, ...], xp) -> int:
+    """Samples per chunk: about :data:`POOL_CHUNK_ELEMENTS` output values on the CPU, the batch on the GPU."""
+    per_sample = int(np.prod(out_shape[1:]))
+    return max(1, POOL_CHUNK_ELEMENTS // per_sample) if xp is np else out_shape[0]
+
+
+def max_pool_taps(xpad, kernel, stride, out_hw, need_index: bool = True):
+    """Max pool of the ``-inf``-padded ``xpad`` ``(N, Hp, Wp, C)`` as a running maximum over the ``kh * kw``
+    taps (strided views of ``xpad``, nothing copied), a chunk of samples at a time -> ``(y, index)`` of
+    ``(N, OH, OW, C)``, equal to :func:`xpvision.nn.functional.max_pool_nhwc`'s bit for bit: the index moves
+    to a later tap only where it is greater than the maximum so far, or NaN where the maximum is not (the
+    first NaN wins, as with ``argmax``). ``index`` is ``None`` without ``need_index``."""
+    xp = backend.get_array_module(xpad)
+    n, c, taps = xpad.shape[0], xpad.shape[3], kernel[0] * kernel[1]
+    y = xp.empty((n, *out_hw, c), dtype=xpad.dtype)
+    index = xp.zeros(y.shape, dtype=xp.uint8 if taps <= 256 else xp.int64) if need_index else None
+    chunk = _chunk(y.shape, xp)
+    later, real = xp.empty((chunk, *y.shape[1:]), dtype=bool), xp.empty((chunk, *y.shape[1:]), dtype=bool)
+    step = xp.empty(later.shape, dtype=index.dtype) if need_index else None
+    for a in range(0, n, chunk):
+        part, best = xpad[a:a + chunk], y[a:a + chunk]
+        m = best.shape[0]
+        best[...] = part[F.tap_slice((0, 0), stride, out_hw)]
+        for t in range(1, taps):
+            tap = part[F.tap_slice(divmod(t, kernel[1]), stride, out_hw)]  # (m, OH, OW, C) view
+            if need_index:
+                xp.less_equal(tap, best, out=later[:m])
+                xp.logical_not(later[:m], out=later[:m])  # tap > best, or tap is NaN
+                xp.equal(best, best, out=real[:m])
+                later[:m] &= real[:m]  # ... while best is no NaN
+                at = index[a:a + chunk]
+                xp.subtract(index.dtype.type(t), at, out=step[:m])
+                step[:m] *= later[:m]
+                at += step[:m]  # t where later, else unchanged: no branch per element
+            xp.maximum(best, tap, out=best)
+    return y, index
+
+
+def max_pool_taps_backward(dy, index, padded_hw, kernel, stride):
+    """Gradient of :func:`max_pool_taps`: for each tap, ``dy`` where ``index`` names it and +0.0 elsewhere
+    (``dy``'s bits ANDed with an all-ones or all-zeros mask: ``where(index == tap, dy, 0)`` bit for bit, NaN
+    included, without a branch per element) added into the tap's positions of the ``(N, Hp, Wp, C)``
+    gradient, a chunk of samples at a time."""
+    xp = backend.get_array_module(dy)
+    n, oh, ow, c = dy.shape
+    dxpad = xp.zeros((n, *padded_hw, c), dtype=dy.dtype)
+    bits = dy.view(f"u{dy.dtype.itemsize}")  # (N, OH, OW, C) unsigned ints of dy's width
+    ones = np.iinfo(bits.dtype).max
+    chunk = _chunk(dy.shape, xp)
+    hit = xp.empty((chunk, oh, ow, c), dtype=bool)
+    mask, routed = xp.empty(hit.shape, dtype=bits.dtype), xp.empty(hit.shape, dtype=bits.dtype)
+    for a in range(0, n, chunk):
+        m = min(chunk, n - a)
+        for t in range(kernel[0] * kernel[1]):
+            xp.equal(index[a:a + m], index.dtype.type(t), out=hit[:m])
+            xp.multiply(hit[:m], bits.dtype.type(ones), out=mask[:m])
+            xp.bitwise_and(bits[a:a + m], mask[:m], out=routed[:m])
+            dxpad[a:a + m][F.tap_slice(divmod(t, kernel[1]), stride, (oh, ow))] += routed[:m].view(dy.dtype)
+    return dxpad
 
 
 class AvgPool2d(_Pool2d):

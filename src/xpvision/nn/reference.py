@@ -153,3 +153,16 @@ def conv_transpose2d_backward(dy, saved, *, grads: dict, scratch=None):
     c0, c1 = max(0, -edges[0]), max(0, -edges[1])
     dspread[:, c0:spread_shape[1] - c0, c1:spread_shape[2] - c1] = dcropped
     return dspread[:, ::sh, ::sw]
+
+
+@engine.register("reference", "max_pool2d")
+def max_pool2d(xpad, kernel, stride, out_hw, *, need_index: bool = True):
+    """Max pool of the ``-inf``-padded ``xpad`` ``(N, Hp, Wp, C)`` -> ``(y, index)``: the windows copied out,
+    then ``argmax`` over each (:func:`xpvision.nn.functional.max_pool_nhwc`); the index always."""
+    return F.max_pool_nhwc(xpad, kernel, stride, out_hw)
+
+
+@engine.register("reference", "max_pool2d_backward")
+def max_pool2d_backward(dy, index, padded_hw, kernel, stride):
+    """Gradient of :func:`max_pool2d`: ``where(index == tap, dy, 0)`` added into each tap's positions."""
+    return F.max_pool_backward(dy, index, padded_hw, kernel, stride)
