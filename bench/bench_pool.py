@@ -23,18 +23,23 @@ import numpy as np
 
 from bench_convnet import blas_description
 from xpvision.nn import MaxPool2d, engine, parallel
+from xpvision.nn import functional as F
 
 
 def xpvision_runners(name: str, x: np.ndarray, dy: np.ndarray) -> dict:
+    """The cases on one layer of engine ``name`` (kept, as a model keeps it: its buffers are reused), fed as
+    inside a model: an NCHW-shaped view of a channels-last buffer."""
+    layer = MaxPool2d(3, stride=2, padding=1)
+    x, dy = (F.nchw(np.ascontiguousarray(a.transpose(0, 2, 3, 1))) for a in (x, dy))  # (N, C, H, W) views
+
     def train() -> None:
         engine.set_engine(name)
-        layer = MaxPool2d(3, stride=2, padding=1)
-        layer.forward(x)
+        layer.train().forward(x)
         layer.backward(dy)
 
     def infer() -> None:
         engine.set_engine(name)
-        MaxPool2d(3, stride=2, padding=1).eval().forward(x)
+        layer.eval().forward(x)
 
     return {"train": train, "infer": infer}
 
