@@ -134,8 +134,9 @@ def max_pool_taps(xpad, kernel, stride, out_hw, need_index: bool = True):
     y = xp.empty((n, *out_hw, c), dtype=xpad.dtype)
     index = xp.zeros(y.shape, dtype=xp.uint8 if taps <= 256 else xp.int64) if need_index else None
     chunk = _chunk(y.shape, xp)
-    later, real = xp.empty((chunk, *y.shape[1:]), dtype=bool), xp.empty((chunk, *y.shape[1:]), dtype=bool)
-    step = xp.empty(later.shape, dtype=index.dtype) if need_index else None
+    if need_index:  # masks of one chunk, reused
+        later, real = xp.empty((chunk, *y.shape[1:]), dtype=bool), xp.empty((chunk, *y.shape[1:]), dtype=bool)
+        step = xp.empty(later.shape, dtype=index.dtype)
     for a in range(0, n, chunk):
         part, best = xpad[a:a + chunk], y[a:a + chunk]
         m = best.shape[0]
