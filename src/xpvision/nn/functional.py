@@ -259,7 +259,12 @@ def max_pool_nhwc(xpad, kernel, stride, out_hw):
     cols = cols.reshape(n, out_hw[0], out_hw[1], kk, c)  # (N, OH, OW, kh*kw, C)
     argmax = cols.argmax(axis=3)  # (N, OH, OW, C)
     y = xp.take_along_axis(cols, argmax[:, :, :, None, :], axis=3)[:, :, :, 0, :]  # (N, OH, OW, C)
-    return y, argmax.astype(xp.uint8 if kk <= 256 else xp.int64)
+    return y, argmax.astype(pool_index_dtype(kk, xp))
+
+
+def pool_index_dtype(taps: int, xp):
+    """The dtype of a max pool's index over windows of ``taps`` positions: uint8 up to 256, else int64."""
+    return xp.uint8 if taps <= 256 else xp.int64
 
 
 def max_pool_backward(dy, argmax, padded_hw, kernel, stride):

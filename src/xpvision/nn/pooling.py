@@ -96,7 +96,7 @@ def max_pool2d(xpad, kernel, stride, out_hw, *, need_index: bool):
     """The tuned ``max_pool2d`` kernel of :mod:`xpvision.nn.engine`: the fused 2x2 stride-2 pool of
     :mod:`.convblock` (no index without ``need_index``), else a running maximum over the window's taps
     (:func:`max_pool_taps`)."""
-    if tuple(kernel) == tuple(stride) == (2, 2):
+    if _fused_2x2(kernel, stride):
         xp = backend.get_array_module(xpad)
         y = xp.empty((xpad.shape[0], *out_hw, xpad.shape[3]), dtype=xpad.dtype)  # (N, OH, OW, C)
         index = xp.empty(y.shape, dtype=xp.uint8) if need_index else None
@@ -109,12 +109,17 @@ def max_pool2d(xpad, kernel, stride, out_hw, *, need_index: bool):
 def max_pool2d_backward(dy, index, padded_hw, kernel, stride):
     """The tuned ``max_pool2d_backward`` kernel: :func:`xpvision.nn.convblock.max_unpool2x2` for the 2x2
     stride-2 pool, else :func:`max_pool_taps_backward`."""
-    if tuple(kernel) == tuple(stride) == (2, 2):
+    if _fused_2x2(kernel, stride):
         xp = backend.get_array_module(dy)
         dxpad = xp.empty((dy.shape[0], *padded_hw, dy.shape[3]), dtype=dy.dtype)
         max_unpool2x2(dy, index, dxpad)  # writes all of it
         return dxpad
     return max_pool_taps_backward(dy, index, padded_hw, kernel, stride)
+
+
+def _fused_2x2(kernel, stride) -> bool:
+    """Whether the tuned kernels take :mod:`.convblock`'s 2x2 stride-2 pool (any padding: ``xpad`` has it)."""
+    return tuple(kernel) == tuple(stride) == (2, 2)
 
 
 def _chunk(out_shape: tuple[int, ...], xp) -> int:
@@ -132,13 +137,14 @@ def max_pool_taps(xpad, kernel, stride, out_hw, need_index: bool = True):
     xp = backend.get_array_module(xpad)
     n, c, taps = xpad.shape[0], xpad.shape[3], kernel[0] * kernel[1]
     y = xp.empty((n, *out_hw, c), dtype=xpad.dtype)
-    index = xp.zeros(y.shape, dtype=xp.uint8 if taps <= 256 else xp.int64) if need_index else None
+    index = xp.zeros(y.shape, dtype=F.pool_index_dtype(taps, xp)) if need_index else None
     chunk = _chunk(y.shape, xp)
     if need_index:  # masks of one chunk, reused
         later, real = xp.empty((chunk, *y.shape[1:]), dtype=bool), xp.empty((chunk, *y.shape[1:]), dtype=bool)
         step = xp.empty(later.shape, dtype=index.dtype)
     for a in range(0, n, chunk):
         part, best = xpad[a:a + chunk], y[a:a + chunk]
+        at = None if index is None else index[a:a + chunk]
         m = best.shape[0]
         best[...] = part[F.tap_slice((0, 0), stride, out_hw)]
         for t in range(1, taps):
@@ -148,7 +154,6 @@ def max_pool_taps(xpad, kernel, stride, out_hw, need_index: bool = True):
                 xp.logical_not(later[:m], out=later[:m])  # tap > best, or tap is NaN
                 xp.equal(best, best, out=real[:m])
                 later[:m] &= real[:m]  # ... while best is no NaN
-                at = index[a:a + chunk]
                 xp.subtract(index.dtype.type(t), at, out=step[:m])
                 step[:m] *= later[:m]
                 at += step[:m]  # t where later, else unchanged: no branch per element
